@@ -1,0 +1,172 @@
+//! The client the CLI (and tests) use to talk to an agent.
+//!
+//! `addr` is a unix socket path (the default: `<data-dir>/shoal.sock`) or `http://host:port`
+//! for an agent started with `--api-listen`, in which case a bearer token is sent. Every
+//! failure becomes a [`ClientError`] whose message says what to do.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::http::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shoal_types::ErrorBody;
+use std::path::PathBuf;
+use tokio::net::{TcpStream, UnixStream};
+
+/// Where the agent is.
+#[derive(Debug, Clone)]
+enum Target {
+    Unix(PathBuf),
+    Tcp { authority: String },
+}
+
+/// Why a request to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The agent could not be reached
+    #[error(
+        "cannot reach the Shoal agent at {addr}: {source}. Is `shoal agent` running? Point --addr or SHOAL_ADDR at its API socket or http://host:port"
+    )]
+    Connect { addr: String, source: std::io::Error },
+    /// The socket is root-only
+    #[error("permission denied opening {addr}: the agent's API socket is root-only; run this command as root")]
+    PermissionDenied { addr: String },
+    /// The address is neither a path nor an http URL
+    #[error("`{addr}` is not an agent address: use a socket path or http://host:port")]
+    BadAddr { addr: String },
+    /// The agent wants a token
+    #[error("the agent refused the request: set SHOAL_TOKEN to its API token (the file api.token in its data dir)")]
+    Unauthorized,
+    /// The agent answered with an error
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    /// The HTTP exchange failed
+    #[error("talking to the agent failed: {0}")]
+    Http(String),
+    /// The answer did not decode
+    #[error("the agent sent an answer this CLI does not understand ({0}); are CLI and agent the same version?")]
+    Decode(String),
+}
+
+/// A connection-per-request client (requests are rare and local; keeping it simple keeps the
+/// CLI's start-up cheap).
+#[derive(Debug, Clone)]
+pub struct Client {
+    target: Target,
+    token: Option<String>,
+    shown: String,
+}
+
+impl Client {
+    /// `addr`: a socket path or `http://host:port`.
+    pub fn new(addr: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let target = if let Some(rest) = addr.strip_prefix("http://") {
+            let authority = rest.trim_end_matches('/').to_string();
+            if authority.is_empty() || authority.contains('/') {
+                return Err(ClientError::BadAddr { addr: addr.to_string() });
+            }
+            Target::Tcp { authority }
+        } else if addr.starts_with("https://") || addr.is_empty() {
+            return Err(ClientError::BadAddr { addr: addr.to_string() });
+        } else {
+            Target::Unix(PathBuf::from(addr))
+        };
+        Ok(Client { target, token, shown: addr.to_string() })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let connect_err = |source: std::io::Error| {
+            if source.kind() == std::io::ErrorKind::PermissionDenied {
+                ClientError::PermissionDenied { addr: self.shown.clone() }
+            } else {
+                ClientError::Connect { addr: self.shown.clone(), source }
+            }
+        };
+        let (host, sender) = match &self.target {
+            Target::Unix(p) => {
+                let s = UnixStream::connect(p).await.map_err(connect_err)?;
+                ("localhost".to_string(), handshake(s).await?)
+            }
+            Target::Tcp { authority } => {
+                let s = TcpStream::connect(authority.as_str()).await.map_err(connect_err)?;
+                let _ = s.set_nodelay(true);
+                (authority.clone(), handshake(s).await?)
+            }
+        };
+        let mut sender = sender;
+        let mut req = Request::builder().method(method).uri(path).header("host", host);
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req.header("content-type", "application/json").body(Full::new(Bytes::from(b))),
+            None => req.body(Full::new(Bytes::new())),
+        }
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    fn check(status: StatusCode, bytes: &Bytes) -> Result<(), ClientError> {
+        if status.is_success() {
+            return Ok(());
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized);
+        }
+        let message = serde_json::from_slice::<ErrorBody>(bytes)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| format!("the agent answered {status}"));
+        Err(ClientError::Api { status: status.as_u16(), message })
+    }
+
+    /// GET `path`, decoding JSON.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let (status, bytes) = self.send(Method::GET, path, None).await?;
+        Self::check(status, &bytes)?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Sends `body` as JSON with `method`, decoding the JSON answer.
+    pub async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Http(e.to_string()))?;
+        let (status, bytes) = self.send(method, path, Some(body)).await?;
+        Self::check(status, &bytes)?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// A raw request: status and body, no error mapping (for tests of error answers).
+    pub async fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Bytes), ClientError> {
+        let (s, b) = self.send(method, path, body).await?;
+        Ok((s.as_u16(), b))
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn handshake<S>(stream: S) -> Result<Sender, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}

@@ -1,0 +1,42 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+//!
+//! `docs/openapi.json` in the repository is this document; a test fails if they differ
+//! (regenerate with `SHOAL_UPDATE_OPENAPI=1 cargo test -p shoal-api openapi`).
+
+use axum::Json;
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Shoal agent API", description = "Every Shoal agent serves this API on its unix socket (root only) and, with --api-listen, on TCP behind a bearer token."),
+    paths(crate::v1::get_status, crate::v1::list_peers, crate::v1::get_peer),
+    components(schemas(shoal_types::AgentStatus, shoal_types::PeerInfo, shoal_types::PeerState, shoal_types::resources::ResourcesJson, shoal_types::ErrorBody)),
+    tags((name = "agent", description = "This agent"), (name = "cluster", description = "Membership")),
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON.
+pub fn document() -> String {
+    ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document always serializes")
+}
+
+pub(crate) async fn serve_doc() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_document_in_repo_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+        let generated = super::document() + "\n";
+        if std::env::var_os("SHOAL_UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/openapi.json is stale: run SHOAL_UPDATE_OPENAPI=1 cargo test -p shoal-api openapi"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! Agent configuration: defaults, then the `--config` TOML file, then command-line flags.
+//!
+//! Every setting has a default that gives a working single-peer cluster, so `shoal agent` with
+//! no flags runs. The file uses the flags' names (`listen`, `join`, `cluster-key`, ...), and
+//! flags always win over it. Join addresses may be multiaddrs or plain `host:port`.
+
+use serde::Deserialize;
+use shoal_overlay::SwimTuning;
+use shoal_overlay::libp2p::Multiaddr;
+use shoal_types::{ByteSize, Labels, Resources};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default overlay port.
+pub const DEFAULT_PORT: u16 = 4100;
+
+/// Configuration errors, each naming the bad value and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The config file is not valid TOML for Shoal
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// An address is neither a multiaddr nor host:port
+    #[error("`{value}` is not an address: use a multiaddr such as /ip4/10.0.0.1/tcp/4100 or host:port")]
+    BadAddr { value: String },
+    /// A label is malformed
+    #[error(transparent)]
+    Label(#[from] shoal_types::LabelError),
+    /// A resource amount is malformed
+    #[error("bad {what}: {message}")]
+    BadResource { what: &'static str, message: String },
+    /// The API listen address is malformed
+    #[error("`{value}` is not a host:port for --api-listen")]
+    BadApiListen { value: String },
+}
+
+/// The `[swim]` table of the config file (milliseconds).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SwimFile {
+    pub probe_period_ms: Option<u64>,
+    pub probe_rtt_ms: Option<u64>,
+    pub suspicion_alpha: Option<f64>,
+}
+
+/// The config file, as written by the user.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub name: Option<String>,
+    pub listen: Option<Vec<String>>,
+    pub join: Option<Vec<String>>,
+    pub cluster_key: Option<PathBuf>,
+    pub mdns: Option<bool>,
+    pub labels: Option<Labels>,
+    pub api_socket: Option<PathBuf>,
+    pub api_listen: Option<String>,
+    pub api_token_file: Option<PathBuf>,
+    pub cpus: Option<f64>,
+    pub memory: Option<String>,
+    pub dead_retention_secs: Option<u64>,
+    pub swim: Option<SwimFile>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+}
+
+/// Settings given as flags; `None` means "not given".
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub name: Option<String>,
+    pub listen: Vec<String>,
+    pub join: Vec<String>,
+    pub cluster_key: Option<PathBuf>,
+    pub mdns: bool,
+    pub labels: Vec<String>,
+    pub api_socket: Option<PathBuf>,
+    pub api_listen: Option<String>,
+    pub api_token_file: Option<PathBuf>,
+    pub cpus: Option<String>,
+    pub memory: Option<String>,
+}
+
+/// The resolved configuration the agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub listen: Vec<Multiaddr>,
+    pub join: Vec<Multiaddr>,
+    pub cluster_key: Option<PathBuf>,
+    pub mdns: bool,
+    pub labels: Labels,
+    pub api_socket: PathBuf,
+    pub api_listen: Option<SocketAddr>,
+    pub api_token_file: PathBuf,
+    /// Capacity override in millicores.
+    pub cpus: Option<u64>,
+    /// Capacity override in bytes.
+    pub memory: Option<u64>,
+    pub tuning: SwimTuning,
+    pub dead_retention: Duration,
+}
+
+/// The data dir used when none is given: `/var/lib/shoal` for root, else under the user's
+/// data home.
+pub fn default_data_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/shoal");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("shoal");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/shoal"),
+        None => PathBuf::from("shoal-data"),
+    }
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+/// The API socket a CLI should use when nothing is configured.
+pub fn default_api_socket() -> PathBuf {
+    default_data_dir().join("shoal.sock")
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "shoal".to_string())
+}
+
+/// Parses a multiaddr or `host:port` (IP literal or DNS name).
+pub fn parse_addr(value: &str) -> Result<Multiaddr, ConfigError> {
+    let bad = || ConfigError::BadAddr { value: value.to_string() };
+    if value.starts_with('/') {
+        return value.parse().map_err(|_| bad());
+    }
+    if let Ok(sa) = value.parse::<SocketAddr>() {
+        let ip = match sa.ip() {
+            std::net::IpAddr::V4(ip) => format!("/ip4/{ip}"),
+            std::net::IpAddr::V6(ip) => format!("/ip6/{ip}"),
+        };
+        return format!("{ip}/tcp/{}", sa.port()).parse().map_err(|_| bad());
+    }
+    let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+        return Err(bad());
+    }
+    format!("/dns4/{host}/tcp/{port}").parse().map_err(|_| bad())
+}
+
+impl AgentConfig {
+    /// Merges defaults, the file and the flags.
+    pub fn resolve(file: FileConfig, o: Overrides) -> Result<Self, ConfigError> {
+        let data_dir = o.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
+        let listen_raw = if o.listen.is_empty() {
+            file.listen.unwrap_or_else(|| {
+                vec![format!("/ip4/0.0.0.0/tcp/{DEFAULT_PORT}"), format!("/ip4/0.0.0.0/udp/{DEFAULT_PORT}/quic-v1")]
+            })
+        } else {
+            o.listen
+        };
+        let join_raw = if o.join.is_empty() { file.join.unwrap_or_default() } else { o.join };
+        let mut labels = file.labels.unwrap_or_default();
+        shoal_types::labels::validate_labels(&labels)?;
+        for l in &o.labels {
+            let (k, v) = shoal_types::parse_label(l)?;
+            labels.insert(k, v);
+        }
+        shoal_types::labels::validate_labels(&labels)?;
+        let cpus = match (o.cpus, file.cpus) {
+            (Some(s), _) => Some(
+                Resources::parse_cpus(&s)
+                    .map_err(|e| ConfigError::BadResource { what: "--cpus", message: e.to_string() })?,
+            ),
+            (None, Some(f)) => Some(
+                Resources::parse_cpus(&f.to_string())
+                    .map_err(|e| ConfigError::BadResource { what: "cpus", message: e.to_string() })?,
+            ),
+            (None, None) => None,
+        };
+        let memory = match o.memory.or(file.memory) {
+            Some(s) => Some(
+                s.parse::<ByteSize>()
+                    .map_err(|e| ConfigError::BadResource { what: "memory", message: e.to_string() })?
+                    .0,
+            ),
+            None => None,
+        };
+        let api_listen = match o.api_listen.or(file.api_listen) {
+            Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| ConfigError::BadApiListen { value: v.clone() })?),
+            None => None,
+        };
+        let swim = file.swim.unwrap_or_default();
+        let mut tuning = SwimTuning::default();
+        if let Some(ms) = swim.probe_period_ms {
+            tuning.probe_period = Duration::from_millis(ms.max(50));
+        }
+        if let Some(ms) = swim.probe_rtt_ms {
+            tuning.probe_rtt = Duration::from_millis(ms.max(10));
+        }
+        if let Some(a) = swim.suspicion_alpha {
+            tuning.suspicion_alpha = a.clamp(0.5, 20.0);
+        }
+        if tuning.probe_rtt >= tuning.probe_period {
+            tuning.probe_rtt = tuning.probe_period / 2;
+        }
+        Ok(AgentConfig {
+            api_socket: o.api_socket.or(file.api_socket).unwrap_or_else(|| data_dir.join("shoal.sock")),
+            api_token_file: o.api_token_file.or(file.api_token_file).unwrap_or_else(|| data_dir.join("api.token")),
+            name: o.name.or(file.name).unwrap_or_else(hostname),
+            listen: listen_raw.iter().map(|s| parse_addr(s)).collect::<Result<_, _>>()?,
+            join: join_raw.iter().map(|s| parse_addr(s)).collect::<Result<_, _>>()?,
+            cluster_key: o.cluster_key.or(file.cluster_key),
+            mdns: o.mdns || file.mdns.unwrap_or(false),
+            labels,
+            api_listen,
+            cpus,
+            memory,
+            tuning,
+            dead_retention: Duration::from_secs(file.dead_retention_secs.unwrap_or(24 * 3600)),
+            data_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_give_a_working_agent() {
+        let c = AgentConfig::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert!(c.join.is_empty());
+        assert_eq!(c.api_socket, c.data_dir.join("shoal.sock"));
+        assert!(!c.name.is_empty());
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            name = "from-file"
+            listen = ["/ip4/127.0.0.1/tcp/5000"]
+            join = ["10.0.0.1:4100"]
+            labels = { zone = "a", rack = "r1" }
+            memory = "1g"
+            [swim]
+            probe-period-ms = 1000
+            "#,
+        )
+        .unwrap();
+        let o = Overrides { name: Some("flag".into()), labels: vec!["zone=b".into()], ..Default::default() };
+        let c = AgentConfig::resolve(file, o).unwrap();
+        assert_eq!(c.name, "flag");
+        assert_eq!(c.labels["zone"], "b");
+        assert_eq!(c.labels["rack"], "r1");
+        assert_eq!(c.join[0].to_string(), "/ip4/10.0.0.1/tcp/4100");
+        assert_eq!(c.memory, Some(1 << 30));
+        assert_eq!(c.tuning.probe_period, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn bad_values_name_the_fix() {
+        let o = Overrides { join: vec!["nonsense".into()], ..Default::default() };
+        let e = AgentConfig::resolve(FileConfig::default(), o).unwrap_err();
+        assert!(e.to_string().contains("multiaddr"), "{e}");
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        assert_eq!(parse_addr("seed.example:4100").unwrap().to_string(), "/dns4/seed.example/tcp/4100");
+        assert_eq!(parse_addr("[::1]:7").unwrap().to_string(), "/ip6/::1/tcp/7");
+    }
+}

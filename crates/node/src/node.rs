@@ -1,0 +1,137 @@
+//! The [`Node`] handle: starts the agent's subsystems and answers the API.
+
+use crate::config::AgentConfig;
+use crate::error::NodeError;
+use shoal_overlay::{ClusterKey, LocalInfo, Overlay, OverlayConfig, load_or_create_identity};
+use shoal_types::{AgentStatus, PeerInfo, PeerState, Resources};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+/// A running agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: AgentConfig,
+    overlay: Overlay,
+    overlay_task: Mutex<Option<JoinHandle<()>>>,
+    started: Instant,
+    capacity: Resources,
+}
+
+impl Node {
+    /// Prepares the data dir and keys, then starts every subsystem.
+    pub async fn start(cfg: AgentConfig) -> Result<Node, NodeError> {
+        let dir = &cfg.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
+        let keypair = load_or_create_identity(&dir.join("identity.key"))?;
+        let cluster_key = match &cfg.cluster_key {
+            Some(p) => Some(ClusterKey::load(p)?),
+            None => {
+                warn!(
+                    "no --cluster-key: any peer that can reach this one can join; create a key with `shoal keygen -o cluster.key`"
+                );
+                None
+            }
+        };
+        let capacity = crate::resources::detect(cfg.cpus, cfg.memory);
+        info!(peer = %keypair.public().to_peer_id(), name = %cfg.name, %capacity, key = ?cluster_key, "starting agent");
+        let local = LocalInfo {
+            name: cfg.name.clone(),
+            labels: cfg.labels.clone(),
+            capacity,
+            free: capacity,
+            ext: Default::default(),
+        };
+        let (overlay, task) = Overlay::start(OverlayConfig {
+            keypair,
+            cluster_key,
+            listen: cfg.listen.clone(),
+            join: cfg.join.clone(),
+            mdns: cfg.mdns,
+            state_dir: cfg.data_dir.clone(),
+            local,
+            tuning: cfg.tuning.clone(),
+            dead_retention: cfg.dead_retention,
+        })
+        .await?;
+        Ok(Node {
+            inner: Arc::new(Inner {
+                cfg,
+                overlay,
+                overlay_task: Mutex::new(Some(task)),
+                started: Instant::now(),
+                capacity,
+            }),
+        })
+    }
+
+    /// The configuration this agent runs with.
+    pub fn config(&self) -> &AgentConfig {
+        &self.inner.cfg
+    }
+
+    /// This machine's capacity as offered to the cluster.
+    pub fn capacity(&self) -> Resources {
+        self.inner.capacity
+    }
+
+    /// Every known peer, optionally only those in `state`.
+    pub async fn peers(&self, state: Option<PeerState>) -> Result<Vec<PeerInfo>, NodeError> {
+        let mut peers = self.inner.overlay.peers().await?;
+        if let Some(s) = state {
+            peers.retain(|p| p.state == s);
+        }
+        Ok(peers)
+    }
+
+    /// One peer, by id or by name.
+    pub async fn peer(&self, key: &str) -> Result<PeerInfo, NodeError> {
+        let peers = self.inner.overlay.peers().await?;
+        if let Some(p) = peers.iter().find(|p| p.id == key) {
+            return Ok(p.clone());
+        }
+        // Names need not be unique (a peer rebuilt with a new identity keeps its name): prefer
+        // a live one.
+        let mut named: Vec<&PeerInfo> = peers.iter().filter(|p| p.name == key).collect();
+        named.sort_by_key(|p| !p.state.is_active());
+        let found = named.first().copied();
+        found.cloned().ok_or_else(|| NodeError::NotFound { what: format!("peer `{key}`") })
+    }
+
+    /// This agent's status.
+    pub async fn status(&self) -> Result<AgentStatus, NodeError> {
+        let s = self.inner.overlay.status().await?;
+        Ok(AgentStatus {
+            id: s.peer_id.to_string(),
+            name: self.inner.cfg.name.clone(),
+            version: shoal_types::VERSION.to_string(),
+            listen_addrs: s.listen_addrs,
+            cluster_size: s.cluster_size,
+            known_peers: s.known_peers,
+            private_network: s.private_network,
+            generation: s.generation,
+            uptime_secs: self.inner.started.elapsed().as_secs(),
+            data_dir: self.inner.cfg.data_dir.display().to_string(),
+            dropped_messages: s.dropped_messages,
+        })
+    }
+
+    /// Leaves the cluster gracefully and stops the subsystems.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.inner.overlay.leave().await {
+            warn!(err = %e, "overlay already stopped");
+        }
+        let task = self.inner.overlay_task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Key material: the peer's own ed25519 identity and the shared cluster key.
+//!
+//! The identity is created once, on first start, and kept in the data dir (`identity.key`,
+//! mode 0600, libp2p protobuf encoding), so the peer id survives restarts. The cluster key is a
+//! libp2p private-network pre-shared key in the same file format IPFS uses for `swarm.key`:
+//! a peer without it cannot complete even the first handshake with a cluster peer.
+
+use libp2p::identity::Keypair;
+use libp2p::pnet::PreSharedKey;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Errors reading or writing key files.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key file could not be read
+    #[error("cannot read key file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The key file could not be written
+    #[error("cannot write key file {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    /// The identity file is not a libp2p keypair
+    #[error(
+        "{path} is not a Shoal identity key (it may be corrupt); move it away to create a new identity, which gives this peer a new id"
+    )]
+    BadIdentity { path: PathBuf },
+    /// The cluster key file is not a pre-shared key
+    #[error("{path} is not a cluster key ({reason}); create one with `shoal keygen -o {path}`")]
+    BadClusterKey { path: PathBuf, reason: String },
+    /// A key file others can read
+    #[error("{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}`")]
+    TooOpen { path: PathBuf, mode: u32 },
+}
+
+/// Loads the identity at `path`, creating it (mode 0600) if it does not exist.
+pub fn load_or_create_identity(path: &Path) -> Result<Keypair, KeyError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            Keypair::from_protobuf_encoding(&bytes).map_err(|_| KeyError::BadIdentity { path: path.to_path_buf() })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().expect("ed25519 keys always encode");
+            write_secret(path, &bytes)?;
+            Ok(key)
+        }
+        Err(source) => Err(KeyError::Read { path: path.to_path_buf(), source }),
+    }
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600: a crash leaves the old file or the new
+/// one, never half of one.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let err = |source| KeyError::Write { path: path.to_path_buf(), source };
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)?;
+    Ok(())
+}
+
+/// The secret every peer of one cluster shares.
+#[derive(Clone, Copy)]
+pub struct ClusterKey(PreSharedKey);
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterKey({})", self.fingerprint())
+    }
+}
+
+impl ClusterKey {
+    /// A new random key.
+    pub fn generate() -> Self {
+        let bytes: [u8; 32] = rand::random();
+        ClusterKey(PreSharedKey::new(bytes))
+    }
+
+    /// Reads a key file; refuses one that other users can read.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let meta = fs::metadata(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::TooOpen { path: path.to_path_buf(), mode });
+        }
+        let text = fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text).map_err(|reason| KeyError::BadClusterKey { path: path.to_path_buf(), reason })
+    }
+
+    /// Parses the text of a key file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        text.parse::<PreSharedKey>().map(ClusterKey).map_err(|e| e.to_string())
+    }
+
+    /// The key file text (`/key/swarm/psk/1.0.0/` format).
+    pub fn to_file_text(self) -> String {
+        self.0.to_key_file()
+    }
+
+    /// A short public fingerprint that identifies the key without revealing it.
+    pub fn fingerprint(&self) -> String {
+        self.0.fingerprint().to_string()
+    }
+
+    pub(crate) fn psk(self) -> PreSharedKey {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_survives_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.key");
+        let a = load_or_create_identity(&path).unwrap();
+        let b = load_or_create_identity(&path).unwrap();
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn corrupt_identity_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.key");
+        fs::write(&path, b"garbage").unwrap();
+        let err = load_or_create_identity(&path).unwrap_err();
+        assert!(err.to_string().contains("move it away"), "{err}");
+    }
+
+    #[test]
+    fn cluster_key_round_trips_and_refuses_open_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.key");
+        let key = ClusterKey::generate();
+        write_secret(&path, key.to_file_text().as_bytes()).unwrap();
+        let back = ClusterKey::load(&path).unwrap();
+        assert_eq!(back.fingerprint(), key.fingerprint());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(ClusterKey::load(&path), Err(KeyError::TooOpen { .. })));
+        fs::write(dir.path().join("bad.key"), "nope").unwrap();
+        fs::set_permissions(dir.path().join("bad.key"), fs::Permissions::from_mode(0o600)).unwrap();
+        let err = ClusterKey::load(&dir.path().join("bad.key")).unwrap_err();
+        assert!(err.to_string().contains("shoal keygen"), "{err}");
+    }
+}

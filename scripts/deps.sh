@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what Shoal's build, tests and demo need on a fresh Debian 12 machine.
+# Idempotent: installs only what is missing. Needs root for apt.
+set -euo pipefail
+
+need_pkgs=()
+have() { command -v "$1" >/dev/null 2>&1; }
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+# Build: a C compiler for crates with C parts (gcc is on the machine), pkg-config.
+for p in pkg-config iproute2; do
+  pkg_installed "$p" || need_pkgs+=("$p")
+done
+
+if ((${#need_pkgs[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing packages: ${need_pkgs[*]}; run as root or install them with apt-get" >&2
+    exit 1
+  fi
+  echo "installing: ${need_pkgs[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if ! have cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
+  echo "installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest
+fi

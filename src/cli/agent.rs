@@ -1,0 +1,148 @@
+//! `shoal agent`: run a peer.
+//!
+//! Order of start-up: resolve the configuration (defaults < `--config` file < flags), bind the
+//! API socket (so a second agent on the same data dir fails before touching the network),
+//! start the node (identity, overlay, join), then serve the API. SIGTERM or SIGINT leaves the
+//! cluster gracefully (peers see `left`, not `dead`), then stops the API.
+
+use anyhow::Context;
+use shoal_node::{AgentConfig, FileConfig, Node, Overrides};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// TOML file with any of the settings below; flags win over it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the identity, keys and state live [default: /var/lib/shoal as root].
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// This peer's name [default: host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Overlay listen address (multiaddr), repeatable
+    /// [default: /ip4/0.0.0.0/tcp/4100 and /ip4/0.0.0.0/udp/4100/quic-v1].
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// Peers to join through: multiaddrs (with or without /p2p/<id>) or host:port.
+    #[arg(long, value_name = "ADDR", num_args = 1.., value_delimiter = ',')]
+    join: Vec<String>,
+    /// The cluster key file (see `shoal keygen`); peers without it cannot connect.
+    #[arg(long, value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
+    /// Discover peers on the local network with mDNS.
+    #[arg(long)]
+    mdns: bool,
+    /// A label key=value for placement constraints, repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// The API's unix socket [default: <data-dir>/shoal.sock].
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Also serve the API on TCP at host:port (requests need the token in api.token).
+    #[arg(long, value_name = "HOST:PORT")]
+    api_listen: Option<String>,
+    /// Where the TCP API's token is kept [default: <data-dir>/api.token].
+    #[arg(long, value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+    /// CPUs to offer to workloads [default: all this machine has].
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Memory to offer to workloads, e.g. 4g [default: all this machine has].
+    #[arg(long)]
+    memory: Option<String>,
+    /// Log filter, as RUST_LOG (which wins if set).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn init_tracing(level: &str, format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{level},libp2p=warn,libp2p_kad=error,multistream_select=warn,yamux=warn,foca=warn"))
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    init_tracing(&args.log_level, &args.log_format);
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let cfg = AgentConfig::resolve(
+        file,
+        Overrides {
+            data_dir: args.data_dir,
+            name: args.name,
+            listen: args.listen,
+            join: args.join,
+            cluster_key: args.cluster_key,
+            mdns: args.mdns,
+            labels: args.labels,
+            api_socket: args.api_socket,
+            api_listen: args.api_listen,
+            api_token_file: args.api_token_file,
+            cpus: args.cpus,
+            memory: args.memory,
+        },
+    )?;
+
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let unix = shoal_api::bind_unix(&cfg.api_socket).await?;
+    let tcp = match cfg.api_listen {
+        Some(a) => {
+            let token = shoal_api::auth::load_or_create_token(&cfg.api_token_file)
+                .with_context(|| format!("reading or creating the API token {}", cfg.api_token_file.display()))?;
+            Some((shoal_api::bind_tcp(a).await?, token))
+        }
+        None => None,
+    };
+
+    let node = Node::start(cfg.clone()).await?;
+    let app = shoal_api::router(node.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut servers = vec![tokio::spawn({
+        let (app, path, stop) = (app.clone(), cfg.api_socket.clone(), stopped(stop_rx.clone()));
+        async move { shoal_api::serve_unix(unix, &path, app, stop).await }
+    })];
+    if let Some((listener, token)) = tcp {
+        servers.push(tokio::spawn(shoal_api::serve_tcp(listener, token, app, stopped(stop_rx.clone()))));
+    }
+    let status = node.status().await?;
+    info!(peer = %status.id, name = %status.name, api = %cfg.api_socket.display(), "agent ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: leaving the cluster"),
+        _ = int.recv() => info!("SIGINT: leaving the cluster"),
+    }
+    node.shutdown().await;
+    let _ = stop_tx.send(true);
+    for s in servers {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), s).await {
+            Ok(Ok(Err(e))) => tracing::warn!(err = %e, "API server stopped with an error"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("API server did not stop in time"),
+        }
+    }
+    info!("agent stopped");
+    Ok(ExitCode::SUCCESS)
+}

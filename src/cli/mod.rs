@@ -1,0 +1,61 @@
+//! Command-line interface: one module per verb.
+
+mod agent;
+mod keygen;
+mod output;
+mod peers;
+mod status;
+
+use clap::{Parser, Subcommand};
+use shoal_api::client::Client;
+use std::process::ExitCode;
+
+/// Shoal: a leaderless peer-to-peer container platform.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    /// The agent to talk to: its API socket path or http://host:port.
+    /// [default: <data-dir>/shoal.sock]
+    #[arg(long, env = "SHOAL_ADDR", global = true)]
+    addr: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a peer on this machine.
+    Agent(Box<agent::Args>),
+    /// Create a new cluster key (the secret every peer of a cluster shares).
+    Keygen(keygen::Args),
+    /// List every peer in the cluster.
+    Peers(peers::Args),
+    /// Show this agent: id, name, version, addresses, cluster size.
+    Status(status::Args),
+}
+
+impl Cli {
+    /// The agent needs a multi-threaded runtime; the CLI verbs do not.
+    pub(crate) fn needs_multi_thread(&self) -> bool {
+        matches!(self.command, Command::Agent(_))
+    }
+}
+
+/// The client for the agent named by `--addr`/`SHOAL_ADDR`, with `SHOAL_TOKEN` if set.
+pub(crate) fn client(addr: Option<&str>) -> anyhow::Result<Client> {
+    let default = shoal_node::config::default_api_socket();
+    let addr = addr.map(str::to_string).unwrap_or_else(|| default.display().to_string());
+    let token = std::env::var("SHOAL_TOKEN").ok().filter(|t| !t.is_empty());
+    Ok(Client::new(&addr, token)?)
+}
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let addr = cli.addr.as_deref();
+    match cli.command {
+        Command::Agent(args) => agent::run(*args).await,
+        Command::Keygen(args) => keygen::run(args),
+        Command::Peers(args) => peers::run(args, &client(addr)?).await,
+        Command::Status(args) => status::run(args, &client(addr)?).await,
+    }
+}

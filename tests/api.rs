@@ -1,0 +1,154 @@
+//! End-to-end API tests: bad input gets a clear 4xx and the agent keeps running; the CLI's
+//! JSON has the documented shape; TCP needs the token.
+
+#![allow(clippy::unwrap_used)]
+
+use shoal_api::client::Client;
+use shoal_testkit::{Agent, AgentSpec, Cluster, shoal_bin};
+use std::process::Command;
+
+fn cli(agent: &Agent, args: &[&str]) -> std::process::Output {
+    Command::new(shoal_bin()).arg("--addr").arg(&agent.socket).args(args).output().expect("run shoal")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_4xx_with_a_message_and_the_agent_survives() -> anyhow::Result<()> {
+    let c = Cluster::start(1, true).await?;
+    let a = &c.agents[0];
+    let client = a.client();
+    let cases: &[(&str, &str, u16)] = &[
+        ("GET", "/v1/nope", 404),
+        ("GET", "/v1/peers?state=sleepy", 400),
+        ("GET", "/v1/peers?bogus=1", 400),
+        ("GET", "/v1/peers/no-such-peer", 404),
+        ("DELETE", "/v1/peers", 405),
+        ("POST", "/v1/status", 405),
+    ];
+    for (method, path, want) in cases {
+        let (status, body) = client.raw(method.parse()?, path, Some(b"{not json".to_vec())).await?;
+        assert_eq!(status, *want, "{method} {path}: {}", String::from_utf8_lossy(&body));
+        if *want != 405 {
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
+            assert!(v["error"].as_str().is_some_and(|m| !m.is_empty()), "{method} {path}: {v}");
+        }
+    }
+    // A control character in the path is refused, not crashed on.
+    let (status, _) = client.raw("GET".parse()?, "/v1/peers/%01%02", None).await?;
+    assert_eq!(status, 400);
+    // Still alive and answering.
+    assert_eq!(a.status().await?.cluster_size, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_json_has_the_documented_shape() -> anyhow::Result<()> {
+    let mut spec = AgentSpec::new("labelled");
+    spec.extra = vec!["--label".into(), "zone=eu-1".into(), "--label".into(), "gpu=none".into()];
+    let dir = tempfile::tempdir()?;
+    let mut a = Agent::start(dir.path(), spec)?;
+    a.ready().await?;
+    let out = cli(&a, &["peers", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let p = &v.as_array().expect("an array")[0];
+    for field in ["id", "name", "addrs", "state", "capacity", "free", "labels"] {
+        assert!(!p[field].is_null(), "missing {field} in {p}");
+    }
+    assert_eq!(p["state"], "alive");
+    assert_eq!(p["capacity"]["cpus"], 1.0);
+    assert_eq!(p["capacity"]["memory_bytes"], 1u64 << 30);
+    assert!(p["free"]["cpus"].is_number() && p["free"]["memory_bytes"].is_number());
+    assert_eq!(p["labels"]["zone"], "eu-1");
+    let out = cli(&a, &["status", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(s["name"], "labelled");
+    assert_eq!(s["cluster_size"], 1);
+    // The table form works too.
+    let out = cli(&a, &["peers"]);
+    let text = String::from_utf8(out.stdout)?;
+    assert!(text.contains("labelled (self)") && text.contains("alive") && text.contains("zone=eu-1"), "{text}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_errors_say_what_to_do() -> anyhow::Result<()> {
+    let out = Command::new(shoal_bin()).args(["--addr", "/nonexistent/shoal.sock", "peers"]).output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Is `shoal agent` running?"), "{err}");
+    let out =
+        Command::new(shoal_bin()).args(["agent", "--join", "not an address", "--data-dir", "/tmp/x-never"]).output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("multiaddr"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_api_requires_the_token() -> anyhow::Result<()> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let mut spec = AgentSpec::new("tcp");
+    spec.extra = vec!["--api-listen".into(), format!("127.0.0.1:{port}")];
+    let dir = tempfile::tempdir()?;
+    let mut a = Agent::start(dir.path(), spec)?;
+    a.ready().await?;
+    let url = format!("http://127.0.0.1:{port}");
+    let err = Client::new(&url, None)?.get::<serde_json::Value>("/v1/status").await.unwrap_err();
+    assert!(err.to_string().contains("SHOAL_TOKEN"), "{err}");
+    let err = Client::new(&url, Some("wrong".into()))?.get::<serde_json::Value>("/v1/status").await.unwrap_err();
+    assert!(err.to_string().contains("SHOAL_TOKEN"), "{err}");
+    let token = std::fs::read_to_string(a.dir.join("api.token"))?;
+    let s: serde_json::Value = Client::new(&url, Some(token.trim().into()))?.get("/v1/status").await?;
+    assert_eq!(s["name"], "tcp");
+    // The CLI uses SHOAL_ADDR and SHOAL_TOKEN.
+    let out = Command::new(shoal_bin())
+        .args(["status", "--json"])
+        .env("SHOAL_ADDR", &url)
+        .env("SHOAL_TOKEN", token.trim())
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_agent_on_the_same_data_dir_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut a = Agent::start(dir.path(), AgentSpec::new("one"))?;
+    a.ready().await?;
+    let out = Command::new(shoal_bin())
+        .args(["agent", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(&a.dir)
+        .output()?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another agent"), "{err}");
+    assert_eq!(a.status().await?.cluster_size, 1, "the first agent is unharmed");
+    Ok(())
+}
+
+/// `shoal agent` with no flags (data dir from the environment, as root's default would be)
+/// listens on the default TCP and QUIC port and forms a one-peer cluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_flags_gives_a_working_single_peer_cluster() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(shoal_bin())
+        .arg("agent")
+        .env("SHOAL_DATA_DIR", dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let client = Client::new(&dir.path().join("shoal.sock").display().to_string(), None)?;
+    let s = shoal_testkit::eventually(std::time::Duration::from_secs(15), "agent to answer", || async {
+        client.get::<shoal_types::AgentStatus>("/v1/status").await.ok()
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let s = s?;
+    assert_eq!(s.cluster_size, 1);
+    assert!(!s.private_network);
+    assert!(s.listen_addrs.iter().any(|a| a.contains("/tcp/4100/")), "{:?}", s.listen_addrs);
+    assert!(s.listen_addrs.iter().any(|a| a.contains("/udp/4100/quic-v1/")), "{:?}", s.listen_addrs);
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! A peer that holds the cluster key but misbehaves: garbage SWIM packets, oversized packets,
+//! malformed control messages and forged records. The agent must drop them, log them at a
+//! limited rate, keep running, and keep its view intact.
+
+#![allow(clippy::unwrap_used)]
+
+use futures::StreamExt;
+use shoal_overlay::ClusterKey;
+use shoal_overlay::libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use shoal_overlay::libp2p::identity::Keypair;
+use shoal_overlay::libp2p::request_response::{self, ProtocolSupport};
+use shoal_overlay::libp2p::swarm::NetworkBehaviour;
+use shoal_overlay::libp2p::swarm::SwarmEvent;
+use shoal_overlay::libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
+use shoal_overlay::record::{PeerRecord, WireRecord};
+use shoal_overlay::wire::CtlRequest;
+use shoal_testkit::{Cluster, state_of};
+use shoal_types::PeerState;
+use std::io;
+use std::time::Duration;
+
+/// Sends whatever bytes it is given and reads whatever comes back.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+impl request_response::Codec for RawCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        io.take(1 << 20).read_to_end(&mut v).await?;
+        Ok(v)
+    }
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        p: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Vec<u8>> {
+        self.read_request(p, io).await
+    }
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&r).await
+    }
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        r: Vec<u8>,
+    ) -> io::Result<()> {
+        io.write_all(&r).await
+    }
+}
+
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "shoal_overlay::libp2p::swarm::derive_prelude")]
+struct Hostile {
+    swim: request_response::Behaviour<RawCodec>,
+    ctl: request_response::Behaviour<RawCodec>,
+}
+
+fn raw(protocol: &'static str) -> request_response::Behaviour<RawCodec> {
+    request_response::Behaviour::with_codec(
+        RawCodec,
+        [(StreamProtocol::new(protocol), ProtocolSupport::Outbound)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
+    )
+}
+
+fn hostile_swarm(key: ClusterKey) -> Swarm<Hostile> {
+    let id = Keypair::generate_ed25519();
+    let peer = id.public().to_peer_id();
+    let transport = shoal_overlay::behaviour::transport(&id, Some(key)).unwrap();
+    let behaviour = Hostile { swim: raw("/shoal/swim/1"), ctl: raw("/shoal/ctl/1") };
+    Swarm::new(transport, behaviour, peer, shoal_overlay::libp2p::swarm::Config::with_tokio_executor())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_oversized_and_forged_messages_are_dropped() -> anyhow::Result<()> {
+    let c = Cluster::start(2, true).await?;
+    let target_addr: Multiaddr = c.agents[0].join_addr().await?.parse()?;
+    let target: PeerId = c.agents[0].status().await?.id.parse()?;
+    let victim_id = c.agents[1].status().await?.id;
+    let key = ClusterKey::load(c.key.as_ref().unwrap())?;
+    let mut swarm = hostile_swarm(key);
+    swarm.dial(target_addr)?;
+
+    // Let the connection come up.
+    loop {
+        if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
+            break;
+        }
+    }
+
+    // A record claiming to be the victim, leaving, signed by us: must not be believed.
+    let me = Keypair::generate_ed25519();
+    let forged = PeerRecord {
+        peer: victim_id.parse()?,
+        generation: u64::MAX,
+        version: 1,
+        name: "forged".into(),
+        addrs: vec![],
+        labels: Default::default(),
+        capacity: Default::default(),
+        free: Default::default(),
+        agent_version: "evil".into(),
+        leaving: true,
+        ext: Default::default(),
+    };
+    let body = serde_json::to_vec(&forged)?;
+    let signature = me.sign(&body)?;
+    let forged_push = postcard::to_stdvec(&CtlRequest::Push { records: vec![WireRecord { body, signature }] })?;
+    let mut sent = 0;
+    let b = swarm.behaviour_mut();
+    for i in 0..60u8 {
+        b.swim.send_request(&target, vec![i; 1 + i as usize * 13]);
+        sent += 1;
+    }
+    b.swim.send_request(&target, vec![0xAB; 200 * 1024]); // oversized SWIM packet
+    b.ctl.send_request(&target, forged_push);
+    b.ctl.send_request(&target, vec![0xFF; 64]); // not postcard
+    b.ctl.send_request(&target, vec![0x00; 5 * 1024 * 1024]); // oversized control message
+    sent += 4;
+
+    let mut done = 0;
+    let deadline = tokio::time::sleep(Duration::from_secs(20));
+    tokio::pin!(deadline);
+    while done < sent {
+        tokio::select! {
+            ev = swarm.select_next_some() => {
+                if let SwarmEvent::Behaviour(
+                    HostileEvent::Swim(request_response::Event::Message { .. } | request_response::Event::OutboundFailure { .. })
+                    | HostileEvent::Ctl(request_response::Event::Message { .. } | request_response::Event::OutboundFailure { .. }),
+                ) = ev
+                {
+                    done += 1;
+                }
+            }
+            _ = &mut deadline => break,
+        }
+    }
+
+    // The agent is alive, its view intact, the forged record not believed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let peers = c.agents[0].peers().await?;
+    assert_eq!(state_of(&peers, &victim_id), Some(PeerState::Alive), "{peers:?}");
+    assert!(peers.iter().all(|p| p.name != "forged"));
+    let log = c.agents[0].log_text();
+    let lines = log.matches("dropped a bad message from a peer").count();
+    assert!(lines >= 1, "bad messages must be logged:\n{log}");
+    assert!(lines <= 6, "bad-message logs must be rate limited, got {lines}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert_eq!(done, sent, "every hostile request got an answer or a failure");
+    // 60 garbage SWIM packets, one oversized, the forged record, the undecodable and the
+    // oversized control messages: each counted as dropped.
+    let dropped = c.agents[0].status().await?.dropped_messages;
+    assert_eq!(dropped, sent as u64, "dropped {dropped} of {sent}");
+    Ok(())
+}

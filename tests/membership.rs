@@ -1,0 +1,122 @@
+//! End-to-end membership tests: real `shoal agent` processes on loopback, driven through the
+//! real API. Each asserts what a user would check with `shoal peers`.
+
+#![allow(clippy::unwrap_used)]
+
+use shoal_testkit::{Agent, AgentSpec, Cluster, eventually, state_of, write_key};
+use shoal_types::PeerState;
+use std::time::Duration;
+
+/// Every agent in `viewers` reports `state` for `id`.
+async fn all_see(viewers: &[&Agent], id: &str, state: PeerState, within: Duration) -> anyhow::Result<()> {
+    for v in viewers {
+        eventually(within, &format!("{} to see {id} {state}", v.spec.name), || async {
+            let peers = v.peers().await.ok()?;
+            (state_of(&peers, id) == Some(state)).then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_peers_via_one_bootstrap_all_see_five_alive() -> anyhow::Result<()> {
+    let c = Cluster::start(5, true).await?;
+    for a in &c.agents {
+        let r = eventually(Duration::from_secs(15), &format!("{} to see 5 alive", a.spec.name), || async {
+            let peers = a.peers().await.ok()?;
+            let alive = peers.iter().filter(|p| p.state == PeerState::Alive).count();
+            // Records (names, capacity) arrive too, not just liveness.
+            let named = peers.iter().filter(|p| p.name.starts_with("peer-") && p.capacity.millicpus == 1000).count();
+            (alive == 5 && named == 5).then_some(peers)
+        })
+        .await;
+        r.map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
+    }
+    let status = c.agents[3].status().await?;
+    assert_eq!(status.cluster_size, 5);
+    assert!(status.private_network);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_is_dead_everywhere_and_restart_is_alive_with_same_id() -> anyhow::Result<()> {
+    let mut c = Cluster::start(4, true).await?;
+    let id = c.agents[2].status().await?.id;
+    let gen_before = c.agents[2].status().await?.generation;
+    {
+        let all: Vec<&Agent> = c.agents.iter().collect();
+        all_see(&all, &id, PeerState::Alive, Duration::from_secs(15)).await?;
+    }
+    c.agents[2].kill()?;
+    {
+        let others: Vec<&Agent> = c.agents.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, a)| a).collect();
+        all_see(&others, &id, PeerState::Dead, Duration::from_secs(10))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
+    }
+    let after = c.agents[2].restart().await?;
+    assert_eq!(after.id, id, "the peer id survives a restart");
+    assert!(after.generation > gen_before);
+    let all: Vec<&Agent> = c.agents.iter().collect();
+    all_see(&all, &id, PeerState::Alive, Duration::from_secs(15))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
+    // The restarted peer sees everyone again too.
+    for other in c.agents.iter().filter(|a| a.spec.name != "peer-2") {
+        let oid = other.status().await?.id;
+        all_see(&[&c.agents[2]], &oid, PeerState::Alive, Duration::from_secs(15)).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_shows_left() -> anyhow::Result<()> {
+    let mut c = Cluster::start(3, true).await?;
+    let id = c.agents[1].status().await?.id;
+    {
+        let all: Vec<&Agent> = c.agents.iter().collect();
+        all_see(&all, &id, PeerState::Alive, Duration::from_secs(15)).await?;
+    }
+    c.agents[1].terminate()?;
+    let others = [&c.agents[0], &c.agents[2]];
+    all_see(&others, &id, PeerState::Left, Duration::from_secs(5))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
+    // And it stays left (not flipped to dead by the failure detector).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for v in others {
+        assert_eq!(state_of(&v.peers().await?, &id), Some(PeerState::Left));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_with_another_key_or_none_cannot_join() -> anyhow::Result<()> {
+    let c = Cluster::start(2, true).await?;
+    let bootstrap = c.agents[0].join_addr().await?;
+    let other_key = write_key(c.root.path(), "other.key")?;
+    let mut spec = AgentSpec::new("intruder");
+    spec.cluster_key = Some(other_key);
+    spec.join = vec![bootstrap.clone()];
+    let mut intruder = Agent::start(c.root.path(), spec)?;
+    let intruder_id = intruder.ready().await?.id;
+    let mut spec = AgentSpec::new("keyless");
+    spec.join = vec![bootstrap];
+    let mut keyless = Agent::start(c.root.path(), spec)?;
+    let keyless_id = keyless.ready().await?.id;
+
+    // Give them ample time to try (joins are retried with backoff).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for a in &c.agents {
+        let peers = a.peers().await?;
+        assert_eq!(state_of(&peers, &intruder_id), None, "intruder must never be listed");
+        assert_eq!(state_of(&peers, &keyless_id), None, "keyless peer must never be listed");
+        assert_eq!(peers.len(), 2);
+    }
+    assert_eq!(intruder.status().await?.cluster_size, 1);
+    assert_eq!(keyless.status().await?.cluster_size, 1);
+    assert!(intruder.log_text().contains("the peer there uses a different cluster key"), "{}", intruder.log_text());
+    assert!(keyless.log_text().contains("cannot reach join address"), "{}", keyless.log_text());
+    Ok(())
+}
