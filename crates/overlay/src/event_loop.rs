@@ -20,7 +20,7 @@ use crate::behaviour::{Behaviour, BehaviourEvent};
 use crate::peerstore::{KnownPeer, PeerStore};
 use crate::ratelimit::LogLimiter;
 use crate::record::{self, MAX_ADDRS, PeerRecord, RecordHandler, SharedBook, SignedRecord, WireRecord};
-use crate::swim::{SwimId, SwimTuning, swim_config};
+use crate::swim::{SwimId, SwimTuning, rejoin_targets, swim_config};
 use crate::view::{MemberView, ViewChange};
 use crate::wire::{CtlRequest, CtlResponse, Frame};
 use crate::{LocalInfo, OverlayStatus};
@@ -98,6 +98,7 @@ pub(crate) struct EventLoop {
     pub(crate) last_sync: HashMap<PeerId, Instant>,
     pub(crate) last_prune: Instant,
     pub(crate) last_flush: Instant,
+    pub(crate) last_swim_rx: Instant,
     pub(crate) private: bool,
     pub(crate) dead_retention: Duration,
     leaving: Option<Leaving>,
@@ -176,6 +177,7 @@ impl EventLoop {
             last_sync: HashMap::new(),
             last_prune: now,
             last_flush: now,
+            last_swim_rx: now,
             private: p.private,
             dead_retention: p.dead_retention,
             leaving: None,
@@ -290,6 +292,7 @@ impl EventLoop {
                     generation = id.generation,
                     "declared dead by the cluster (partition?); rejoined with a new generation"
                 );
+                self.announce_to_known();
                 self.me = id.clone();
                 let store = self.store.clone();
                 let g = id.generation;
@@ -419,6 +422,14 @@ impl EventLoop {
         }
     }
 
+    /// Announces to a few members SWIM knows, in any state (see [`rejoin_targets`]).
+    fn announce_to_known(&mut self) {
+        let targets = rejoin_targets(self.foca.iter_membership_state(), self.foca.identity(), &mut rand::rng());
+        for t in targets {
+            self.announce(t);
+        }
+    }
+
     fn announce(&mut self, dst: SwimId) {
         let r = self.foca.announce(dst, &mut self.rt);
         self.foca_result(r, None);
@@ -487,6 +498,14 @@ impl EventLoop {
                 Ok(()) => self.config_n = n,
                 Err(e) => warn!(err = %e, "cannot retune membership for cluster size"),
             }
+        }
+
+        // Watchdog: members but no SWIM traffic for several probe periods means foca has gone
+        // quiet (see `rejoin_targets`); restart the conversation.
+        if self.leaving.is_none() && n > 1 && now.duration_since(self.last_swim_rx) > self.tuning.probe_period * 8 {
+            debug!("no SWIM traffic lately; announcing to known members");
+            self.last_swim_rx = now;
+            self.announce_to_known();
         }
 
         if self.leaving.is_none() {
@@ -650,6 +669,7 @@ impl EventLoop {
             }
             Err(e) => return self.bad_message(peer, "swim", &e),
         }
+        self.last_swim_rx = Instant::now();
         let r = self.foca.handle_data(data, &mut self.rt);
         self.foca_result(r, Some(peer));
         self.drain();

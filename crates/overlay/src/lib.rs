@@ -19,6 +19,7 @@ pub mod keys;
 pub mod peerstore;
 pub mod ratelimit;
 pub mod record;
+pub mod sim;
 pub mod swim;
 pub mod view;
 pub mod wire;

@@ -10,8 +10,9 @@
 //! - [`swim_config`]: Shoal's defaults, derived from cluster size the way memberlist does,
 //!   but with a 500 ms probe period so a killed peer is marked dead in about 2-3 s.
 
-use foca::{Config, Identity, PeriodicParams};
+use foca::{Config, Identity, Member, PeriodicParams};
 use libp2p::{Multiaddr, PeerId};
+use rand::seq::IndexedRandom;
 use serde::{Deserialize, Serialize};
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
@@ -102,6 +103,28 @@ pub fn swim_config(n: usize, t: &SwimTuning) -> Config {
         }),
         periodic_gossip: Some(PeriodicParams { frequency: Duration::from_millis(200), num_members: nz(3) }),
     }
+}
+
+/// How many members to announce to after a rejoin or when SWIM has gone quiet.
+pub const REJOIN_FANOUT: usize = 3;
+
+/// Whom to announce to after foca renewed our identity, or when no SWIM packet has arrived for
+/// a while although we believe we have members.
+///
+/// Why this is needed: when a partition heals, every peer learns at about the same moment that
+/// the other side declared it dead, and renews its identity. Foca then resets to
+/// "disconnected" and gossips to the *old* identities of peers that have renewed too, which
+/// drop those messages as not addressed to them; with no timers running, the whole cluster
+/// would fall silent for good (the simulator shows it). An announce is accepted by whatever
+/// identity now holds the address, so announcing to a few known members, in any state, always
+/// restarts the conversation.
+pub fn rejoin_targets<'a, T: Identity + 'a>(
+    members: impl Iterator<Item = &'a Member<T>>,
+    me: &T,
+    rng: &mut impl rand::Rng,
+) -> Vec<T> {
+    let all: Vec<&T> = members.map(|m| m.id()).filter(|id| id.addr() != me.addr()).collect();
+    all.sample(rng, REJOIN_FANOUT).map(|id| (*id).clone()).collect()
 }
 
 #[cfg(test)]
