@@ -37,11 +37,19 @@ pub struct AgentSpec {
     pub cluster_key: Option<PathBuf>,
     pub join: Vec<String>,
     pub extra: Vec<String>,
+    /// `--log-level` (tests log the overlay at debug; benchmarks keep the default).
+    pub log_level: String,
 }
 
 impl AgentSpec {
     pub fn new(name: &str) -> Self {
-        AgentSpec { name: name.to_string(), cluster_key: None, join: vec![], extra: vec![] }
+        AgentSpec {
+            name: name.to_string(),
+            cluster_key: None,
+            join: vec![],
+            extra: vec![],
+            log_level: "info,shoal_overlay=debug".to_string(),
+        }
     }
 }
 
@@ -82,7 +90,7 @@ impl Agent {
             .arg(&self.spec.name)
             .arg("--listen")
             .arg(&self.listen)
-            .args(["--cpus", "1", "--memory", "1g", "--log-level", "info,shoal_overlay=debug"])
+            .args(["--cpus", "1", "--memory", "1g", "--log-level", &self.spec.log_level])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -196,14 +204,20 @@ pub struct Cluster {
     pub agents: Vec<Agent>,
     pub key: Option<PathBuf>,
     pub root: tempfile::TempDir,
+    log_level: String,
 }
 
 impl Cluster {
     /// Starts `n` agents; every one after the first joins through the first's address only.
     pub async fn start(n: usize, with_key: bool) -> anyhow::Result<Cluster> {
+        Self::start_with(n, with_key, "info,shoal_overlay=debug").await
+    }
+
+    /// [`Cluster::start`] with a log level for every agent.
+    pub async fn start_with(n: usize, with_key: bool, log_level: &str) -> anyhow::Result<Cluster> {
         let root = tempfile::Builder::new().prefix("shoal-test-").tempdir()?;
         let key = if with_key { Some(write_key(root.path(), "cluster.key")?) } else { None };
-        let mut c = Cluster { agents: Vec::new(), key, root };
+        let mut c = Cluster { agents: Vec::new(), key, root, log_level: log_level.to_string() };
         for i in 0..n {
             c.add(&format!("peer-{i}")).await?;
         }
@@ -213,6 +227,7 @@ impl Cluster {
     /// Starts one more agent joining through agent 0.
     pub async fn add(&mut self, name: &str) -> anyhow::Result<&mut Agent> {
         let mut spec = AgentSpec::new(name);
+        spec.log_level = self.log_level.clone();
         spec.cluster_key = self.key.clone();
         if let Some(first) = self.agents.first() {
             spec.join.push(first.join_addr().await?);

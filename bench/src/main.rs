@@ -1,0 +1,95 @@
+//! `shoal-bench`: Shoal's benchmark suite. Each benchmark prints medians, side by side with the
+//! reference system measured in the same run where one exists, and the ratio.
+//!
+//! Build and run with `bash scripts/bench.sh [BENCH...]` (installs the references, e.g. Debian's
+//! `serf`), or `cargo run --release -p shoal-bench -- <bench>`.
+
+mod failure;
+mod idle;
+mod serf;
+mod sim;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Shoal benchmarks (figures, not pass/fail)")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// SIGKILL -> every other peer marks it dead; Shoal vs Serf.
+    Failure {
+        #[arg(long, default_value_t = 5)]
+        peers: usize,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+    /// Idle cluster: memory, CPU and false positives; Shoal vs Serf.
+    Idle {
+        #[arg(long, default_value_t = 5)]
+        peers: usize,
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
+    /// Membership at scale by simulation.
+    Sim {
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        peers: Vec<usize>,
+    },
+}
+
+const SERF_PORT: u16 = 27946;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().bench {
+        Bench::Failure { peers, runs } => {
+            println!(
+                "== failure detection: {peers} peers on loopback, SIGKILL one, time until every other marks it dead"
+            );
+            let s = failure::shoal(peers, runs).await?;
+            println!("shoal (default settings):     {s}");
+            if let Some(v) = serf::version() {
+                let r = tokio::task::spawn_blocking(move || failure::serf(peers, runs, SERF_PORT)).await??;
+                println!("{v} (default LAN config): {r}");
+                println!("ratio shoal/serf (medians):   {:.2}", s.median.as_secs_f64() / r.median.as_secs_f64());
+            } else {
+                println!("serf not installed (apt-get install serf): no reference in this run");
+            }
+        }
+        Bench::Idle { peers, secs } => {
+            println!("== idle cluster: {peers} peers, {secs} s");
+            let r = idle::run(peers, secs, serf::version().is_some(), SERF_PORT).await?;
+            println!(
+                "shoal: median RSS {:.1} MiB, median CPU {:.2} %, peers wrongly marked dead: {} in {} s",
+                r.shoal_rss_mib, r.shoal_cpu_pct, r.shoal_false_positives, r.secs
+            );
+            if let (Some(m), Some(c)) = (r.serf_rss_mib, r.serf_cpu_pct) {
+                println!("serf:  median RSS {m:.1} MiB, median CPU {c:.2} %");
+                println!("ratio shoal/serf: RSS {:.2}, CPU {:.2}", r.shoal_rss_mib / m, r.shoal_cpu_pct / c.max(1e-9));
+            }
+        }
+        Bench::Sim { peers } => {
+            println!("== membership by simulation (agent's SWIM settings, 1 ms +/- 0.5 ms links)");
+            for n in peers {
+                let r = sim::run(n, 42);
+                println!(
+                    "{:>6} peers: failure seen first {:.2} s, by 99% {:.2} s, by all {}; msgs/peer/s steady {:.1} ({:.0} B/s), during failure {:.1}  [sim took {:.1} s]",
+                    r.peers,
+                    r.to_first.as_secs_f64(),
+                    r.to_99.as_secs_f64(),
+                    r.to_all.map_or("not within 60 s".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+                    r.steady_msgs_per_peer_s,
+                    r.steady_bytes_per_peer_s,
+                    r.failure_msgs_per_peer_s,
+                    r.wall.as_secs_f64()
+                );
+            }
+        }
+    }
+    Ok(())
+}
