@@ -10,6 +10,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if let Some(code) = cli.pre_runtime() {
+        return code;
+    }
     let rt = if cli.needs_multi_thread() {
         tokio::runtime::Builder::new_multi_thread().enable_all().build()
     } else {

@@ -2,6 +2,7 @@
 
 mod agent;
 mod keygen;
+mod lab;
 mod output;
 mod peers;
 mod status;
@@ -33,9 +34,22 @@ enum Command {
     Peers(peers::Args),
     /// Show this agent: id, name, version, addresses, cluster size.
     Status(status::Args),
+    /// A cluster of containerized peers on this machine, with shaped links and faults.
+    Lab(lab::Args),
+    /// (internal) join a cgroup and network namespace, then exec a command.
+    #[command(name = "__enter", hide = true)]
+    Enter(lab::EnterArgs),
 }
 
 impl Cli {
+    /// Commands that must run before any runtime starts; returns their exit code.
+    pub(crate) fn pre_runtime(&self) -> Option<ExitCode> {
+        match &self.command {
+            Command::Enter(a) => Some(lab::enter(a)),
+            _ => None,
+        }
+    }
+
     /// The agent needs a multi-threaded runtime; the CLI verbs do not.
     pub(crate) fn needs_multi_thread(&self) -> bool {
         matches!(self.command, Command::Agent(_))
@@ -57,5 +71,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen(args) => keygen::run(args),
         Command::Peers(args) => peers::run(args, &client(addr)?).await,
         Command::Status(args) => status::run(args, &client(addr)?).await,
+        Command::Lab(args) => lab::run(args).await,
+        Command::Enter(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -102,6 +102,7 @@ pub(crate) struct EventLoop {
     pub(crate) private: bool,
     pub(crate) dead_retention: Duration,
     leaving: Option<Leaving>,
+    early_events: Vec<SwarmEvent<BehaviourEvent>>,
 }
 
 /// Everything [`EventLoop::new`] needs.
@@ -118,6 +119,8 @@ pub(crate) struct LoopParts {
     pub(crate) store: PeerStore,
     pub(crate) private: bool,
     pub(crate) dead_retention: Duration,
+    /// Swarm events that arrived while the overlay was starting.
+    pub(crate) early_events: Vec<SwarmEvent<BehaviourEvent>>,
 }
 
 fn unix_ms() -> u64 {
@@ -181,6 +184,7 @@ impl EventLoop {
             private: p.private,
             dead_retention: p.dead_retention,
             leaving: None,
+            early_events: p.early_events,
         };
         el.publish_local();
         el
@@ -192,6 +196,9 @@ impl EventLoop {
         let mut house_tick = tokio::time::interval(Duration::from_millis(500));
         house_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.kick_joins();
+        for ev in std::mem::take(&mut self.early_events) {
+            self.on_swarm_event(ev);
+        }
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),

@@ -164,6 +164,9 @@ impl Overlay {
         let deadline = tokio::time::sleep(Duration::from_secs(3));
         tokio::pin!(deadline);
         let mut settle: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        // Anything else that happens meanwhile (an mDNS discovery, say) is handed to the
+        // event loop, not dropped: mDNS would not report the same peer again for minutes.
+        let mut early_events = Vec::new();
         loop {
             tokio::select! {
                 ev = swarm.select_next_some() => match ev {
@@ -183,7 +186,7 @@ impl Overlay {
                         let addr = addresses.first().cloned().or_else(|| cfg.listen.first().cloned()).unwrap_or_else(Multiaddr::empty);
                         return Err(OverlayError::Listen { addr, reason: error.to_string() });
                     }
-                    _ => {}
+                    other => early_events.push(other),
                 },
                 _ = async { if let Some(s) = settle.as_mut() { s.await } else { std::future::pending().await } } => break,
                 _ = &mut deadline => break,
@@ -208,6 +211,7 @@ impl Overlay {
             store,
             private: cfg.cluster_key.is_some(),
             dead_retention: cfg.dead_retention,
+            early_events,
         });
         let task = tokio::spawn(el.run());
         Ok((Overlay { tx, peer_id }, task))

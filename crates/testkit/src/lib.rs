@@ -7,6 +7,8 @@
 //! deadline instead of sleeping.
 #![allow(clippy::unwrap_used)]
 
+pub mod lab;
+
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
