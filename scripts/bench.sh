@@ -14,4 +14,5 @@ B=target/release/shoal-bench
 if (($#)); then exec "$B" "$@"; fi
 "$B" failure
 "$B" idle
+"$B" lab
 "$B" sim

@@ -1,69 +1,66 @@
 #!/usr/bin/env bash
-# The demo: a local three-peer Shoal cluster on loopback.
-#   bash scripts/demo.sh        start it, show the cluster, kill and restart a peer
-#   bash scripts/demo.sh stop   stop it
+# The demo: a lab of containerized Shoal peers on this machine (each in its own network
+# namespace and cgroup, links shaped to 50 Mbit/s), then a failure and a partition.
+#   bash scripts/demo.sh        bring it up and show it (it keeps running)
+#   bash scripts/demo.sh stop   tear it down
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEMO=${SHOAL_DEMO_DIR:-/tmp/shoal-demo}
-N=3
+export SHOAL_LAB=demo
+if [[ $(id -u) -ne 0 ]]; then echo "the demo needs root (network namespaces, cgroups)" >&2; exit 1; fi
 
-stop() {
-  if [[ -d $DEMO ]]; then
-    for pidf in "$DEMO"/*.pid; do
-      [[ -e $pidf ]] || continue
-      kill -TERM "$(cat "$pidf")" 2>/dev/null || true
-    done
-    sleep 1
-    rm -rf "$DEMO"
-  fi
-}
-
-if [[ ${1:-} == stop ]]; then stop; echo "demo stopped"; exit 0; fi
+if [[ ${1:-} == stop ]]; then
+  [[ -x target/release/shoal ]] && target/release/shoal lab down
+  exit 0
+fi
 
 bash scripts/deps.sh
 echo "building shoal (release)..."
-cargo build --release --locked -q
+cargo build --release --locked -q --bin shoal
 SHOAL=$PWD/target/release/shoal
-stop
-mkdir -p "$DEMO"
-$SHOAL keygen -o "$DEMO/cluster.key" 2>/dev/null
+$SHOAL lab down >/dev/null 2>&1 || true
 
-start_peer() { # index
-  local i=$1 port=$((4300 + $1)) join=()
-  ((i > 0)) && join=(--join "127.0.0.1:4300")
-  "$SHOAL" agent --data-dir "$DEMO/peer-$i" --name "peer-$i" --cluster-key "$DEMO/cluster.key" \
-    --listen "/ip4/127.0.0.1/tcp/$port" --cpus 1 --memory 2g --label "zone=z$((i % 2))" "${join[@]}" \
-    >>"$DEMO/peer-$i.log" 2>&1 &
-  disown
-  echo $! >"$DEMO/peer-$i.pid"
-}
-peers() { SHOAL_ADDR=$DEMO/peer-${1:-0}/shoal.sock "$SHOAL" peers; }
-wait_for() { # index state count
-  for _ in $(seq 100); do
-    c=$(SHOAL_ADDR=$DEMO/peer-$1/shoal.sock "$SHOAL" peers --json 2>/dev/null | grep -c "\"state\": \"$2\"" || true)
-    ((c >= $3)) && return 0
-    sleep 0.1
-  done
-  return 1
+say() { printf '\n== %s\n' "$*"; }
+alive_seen_by() { $SHOAL lab exec "$1" -- shoal peers --json | grep -c '"state": "alive"' || true; }
+wait_alive() { # viewer count
+  for _ in $(seq 150); do (($(alive_seen_by "$1") == $2)) && return 0; sleep 0.1; done
+  echo "timed out waiting for $2 alive peers" >&2; return 1
 }
 
-for i in $(seq 0 $((N - 1))); do start_peer "$i"; sleep 0.3; done
-wait_for 0 alive $N
-echo; echo "== a $N-peer cluster, as peer-0 sees it (shoal peers):"; peers 0
+say "shoal lab up --peers 5 --bandwidth 50mbit"
+$SHOAL lab up --peers 5 --bandwidth 50mbit
 
-echo; echo "== SIGKILL peer-2; every other peer marks it dead within seconds:"
-t0=$(date +%s.%N); kill -KILL "$(cat "$DEMO/peer-2.pid")"
-wait_for 0 dead 1; t1=$(date +%s.%N)
-peers 1; awk -v a="$t0" -v b="$t1" 'BEGIN { printf "detected in %.1f s\n", b - a }'
+say "the cluster as peer 3 sees it (shoal lab exec 3 -- shoal peers):"
+$SHOAL lab exec 3 -- shoal peers
 
-echo; echo "== restart peer-2 (same data dir): alive again with the same id:"
-start_peer 2; wait_for 0 alive $N; peers 0
+say "SIGKILL peer 4's agent (shoal lab kill 4): every other peer marks it dead"
+t0=$(date +%s%N)
+$SHOAL lab kill 4
+for _ in $(seq 150); do
+  $SHOAL lab exec 0 -- shoal peers --json | grep -q '"state": "dead"' && break; sleep 0.05
+done
+echo "detected in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+$SHOAL lab status
+
+say "restart it (shoal lab start 4): same id, alive again"
+$SHOAL lab start 4
+wait_alive 0 5
+$SHOAL lab status
+
+say "partition 0,1,2 | 3,4, then heal"
+$SHOAL lab partition 0,1,2 3,4
+sleep 5
+$SHOAL lab status
+$SHOAL lab heal
+wait_alive 0 5
+wait_alive 4 5
+echo "healed: every peer sees 5 alive again"
 
 cat <<EOT
 
-The cluster keeps running. Try:
-  export SHOAL_ADDR=$DEMO/peer-1/shoal.sock
-  $SHOAL peers --json
-  $SHOAL status
-Logs: $DEMO/peer-*.log.  Stop it with: bash scripts/demo.sh stop
+The lab keeps running. Try:
+  $SHOAL lab status
+  $SHOAL lab exec 2 -- shoal peers --json
+  $SHOAL lab logs 1
+  $SHOAL lab link 2 --bandwidth 5mbit
+(set SHOAL_LAB=demo or pass --name demo). Tear it down with: bash scripts/demo.sh stop
 EOT

@@ -6,6 +6,7 @@
 
 mod failure;
 mod idle;
+mod lab;
 mod serf;
 mod sim;
 mod stats;
@@ -34,6 +35,15 @@ enum Bench {
         peers: usize,
         #[arg(long, default_value_t = 60)]
         secs: u64,
+    },
+    /// The lab: shaped-link throughput vs setting, `lab up` time, agents' memory.
+    Lab {
+        #[arg(long, value_delimiter = ',', default_value = "5,20,50,200")]
+        rates: Vec<u64>,
+        #[arg(long, value_delimiter = ',', default_value = "4,16,32")]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Membership at scale by simulation.
     Sim {
@@ -71,6 +81,16 @@ async fn main() -> anyhow::Result<()> {
             if let (Some(m), Some(c)) = (r.serf_rss_mib, r.serf_cpu_pct) {
                 println!("serf:  median RSS {m:.1} MiB, median CPU {c:.2} %");
                 println!("ratio shoal/serf: RSS {:.2}, CPU {:.2}", r.shoal_rss_mib / m, r.shoal_cpu_pct / c.max(1e-9));
+            }
+        }
+        Bench::Lab { rates, sizes, runs } => {
+            println!("== lab: shaped links (TCP goodput, median of {runs})");
+            for (m, r) in lab::link_rates(&rates, runs)? {
+                println!("  {m:>4} mbit setting: {:.1} Mbit/s measured ({:.2} of the setting)", r / 1e6, r / (m as f64 * 1e6));
+            }
+            println!("== lab up (until every peer sees every other alive), median of {runs}");
+            for f in lab::up_times(&sizes, runs)? {
+                println!("  {:>3} peers: {:.2} s; agents' total RSS {:.0} MiB ({:.1} MiB each)", f.peers, f.median_secs, f.total_rss_mib, f.total_rss_mib / f.peers as f64);
             }
         }
         Bench::Sim { peers } => {
