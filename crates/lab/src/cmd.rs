@@ -59,3 +59,17 @@ pub fn check_tools(install: bool) -> Result<(), LabError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_names_its_package() {
+        let e = run("shoal-no-such-tool", &[]).unwrap_err();
+        assert!(matches!(e, LabError::MissingTool { .. }), "{e}");
+        assert!(e.to_string().contains("--install-deps"), "{e}");
+        let e = LabError::MissingTool { tool: "tc".into(), package: package_of("tc") };
+        assert!(e.to_string().contains("iproute2"));
+    }
+}

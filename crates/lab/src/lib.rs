@@ -447,10 +447,12 @@ impl Lab {
         let dir = root.join(name);
         let mut report = DownReport::default();
         // 1. Processes: the state's pids (if still ours) and everything in the lab's cgroups.
+        let mut killed = std::collections::BTreeSet::new();
         if let Ok(Some(st)) = LabState::load(&dir) {
             for p in &st.peers {
                 if let Some(pid) = p.pid.filter(|_| is_running(&st, p.index)) {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    killed.insert(pid);
                 }
             }
         }
@@ -461,15 +463,16 @@ impl Lab {
             if pids.is_empty() {
                 break;
             }
-            report.processes = report.processes.max(pids.len());
             for pid in &pids {
                 let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
             }
+            killed.extend(pids.iter().copied());
             if Instant::now() > deadline {
                 return Err(LabError::Invalid(format!("processes {pids:?} of lab `{name}` would not die")));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        report.processes = killed.len();
         // 2. Mounts under the lab dir (container root filesystems a killed agent left).
         report.mounts = unmount_below(&dir);
         // 3. Namespaces, and with them veths and bridges.
