@@ -86,11 +86,21 @@ async fn main() -> anyhow::Result<()> {
         Bench::Lab { rates, sizes, runs } => {
             println!("== lab: shaped links (TCP goodput, median of {runs})");
             for (m, r) in lab::link_rates(&rates, runs)? {
-                println!("  {m:>4} mbit setting: {:.1} Mbit/s measured ({:.2} of the setting)", r / 1e6, r / (m as f64 * 1e6));
+                println!(
+                    "  {m:>4} mbit setting: {:.1} Mbit/s measured ({:.2} of the setting)",
+                    r / 1e6,
+                    r / (m as f64 * 1e6)
+                );
             }
             println!("== lab up (until every peer sees every other alive), median of {runs}");
             for f in lab::up_times(&sizes, runs)? {
-                println!("  {:>3} peers: {:.2} s; agents' total RSS {:.0} MiB ({:.1} MiB each)", f.peers, f.median_secs, f.total_rss_mib, f.total_rss_mib / f.peers as f64);
+                println!(
+                    "  {:>3} peers: {:.2} s; agents' total RSS {:.0} MiB ({:.1} MiB each)",
+                    f.peers,
+                    f.median_secs,
+                    f.total_rss_mib,
+                    f.total_rss_mib / f.peers as f64
+                );
             }
         }
         Bench::Sim { peers } => {

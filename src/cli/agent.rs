@@ -56,6 +56,19 @@ pub(crate) struct Args {
     /// Memory to offer to workloads, e.g. 4g [default: all this machine has].
     #[arg(long)]
     memory: Option<String>,
+    /// Most bytes the content store may hold, e.g. 50g; least recently used unpinned content
+    /// is evicted to stay under it [default: no limit].
+    #[arg(long, value_name = "SIZE")]
+    store_quota: Option<String>,
+    /// Upload limit for content, e.g. 100mbit [default: none].
+    #[arg(long, value_name = "RATE")]
+    upload_limit: Option<String>,
+    /// Download limit for content, e.g. 100mbit [default: none].
+    #[arg(long, value_name = "RATE")]
+    download_limit: Option<String>,
+    /// Where peers connect to fetch content [default: the listen IP, port + 1].
+    #[arg(long, value_name = "HOST:PORT")]
+    data_listen: Option<String>,
     /// Log filter, as RUST_LOG (which wins if set).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -98,6 +111,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             api_token_file: args.api_token_file,
             cpus: args.cpus,
             memory: args.memory,
+            store_quota: args.store_quota,
+            upload_limit: args.upload_limit,
+            download_limit: args.download_limit,
+            data_listen: args.data_listen,
         },
     )?;
 

@@ -1,10 +1,15 @@
 //! Command-line interface: one module per verb.
 
 mod agent;
+mod content;
+mod get;
+mod image;
 mod keygen;
 mod lab;
 mod output;
 mod peers;
+mod progress;
+mod share;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +39,14 @@ enum Command {
     Peers(peers::Args),
     /// Show this agent: id, name, version, addresses, cluster size.
     Status(status::Args),
+    /// Store a file and serve it to the cluster; prints its content id.
+    Share(share::Args),
+    /// Fetch content from the peers that hold it.
+    Get(get::Args),
+    /// The content in this peer's store.
+    Content(content::Args),
+    /// OCI images shared peer to peer.
+    Image(image::Args),
     /// A cluster of containerized peers on this machine, with shaped links and faults.
     Lab(lab::Args),
     /// (internal) join a cgroup and network namespace, then exec a command.
@@ -72,6 +85,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Peers(args) => peers::run(args, &client(addr)?).await,
         Command::Status(args) => status::run(args, &client(addr)?).await,
         Command::Lab(args) => lab::run(args).await,
+        Command::Share(args) => share::run(args, &client(addr)?).await,
+        Command::Get(args) => get::run(args, &client(addr)?).await,
+        Command::Content(args) => content::run(args, &client(addr)?).await,
+        Command::Image(args) => image::run(args, &client(addr)?).await,
         Command::Enter(_) => unreachable!("handled before the runtime starts"),
     }
 }

@@ -5,7 +5,9 @@
 //! failure becomes a [`ClientError`] whose message says what to do.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use futures::StreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::Request;
 use hyper::http::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -82,6 +84,22 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        let body =
+            body.map(|b| (Full::new(Bytes::from(b)).map_err(|never| match never {}).boxed(), "application/json"));
+        let resp = self.request(method, path, body, &[]).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// Sends a request with any body and returns the response, its body unread.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(ReqBody, &str)>,
+        headers: &[(&str, String)],
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
         let connect_err = |source: std::io::Error| {
             if source.kind() == std::io::ErrorKind::PermissionDenied {
                 ClientError::PermissionDenied { addr: self.shown.clone() }
@@ -89,7 +107,7 @@ impl Client {
                 ClientError::Connect { addr: self.shown.clone(), source }
             }
         };
-        let (host, sender) = match &self.target {
+        let (host, mut sender) = match &self.target {
             Target::Unix(p) => {
                 let s = UnixStream::connect(p).await.map_err(connect_err)?;
                 ("localhost".to_string(), handshake(s).await?)
@@ -100,20 +118,85 @@ impl Client {
                 (authority.clone(), handshake(s).await?)
             }
         };
-        let mut sender = sender;
         let mut req = Request::builder().method(method).uri(path).header("host", host);
         if let Some(t) = &self.token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
         let req = match body {
-            Some(b) => req.header("content-type", "application/json").body(Full::new(Bytes::from(b))),
-            None => req.body(Full::new(Bytes::new())),
+            Some((b, ctype)) => req.header("content-type", ctype).body(b),
+            None => req.body(Full::new(Bytes::new()).map_err(|never| match never {}).boxed()),
         }
         .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))?;
+        sender.send_request(req).await.map_err(|e| ClientError::Http(e.to_string()))
+    }
+
+    /// Streams `file` as the body of `method path` (with `headers`), calling `progress` with the
+    /// bytes sent so far; decodes the JSON answer.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        file: tokio::fs::File,
+        headers: &[(&str, String)],
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<T, ClientError> {
+        let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let mut sent = 0u64;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map(move |r| {
+            r.map(|b| {
+                sent += b.len() as u64;
+                progress(sent);
+                hyper::body::Frame::data(b)
+            })
+        });
+        let body = BodyExt::boxed(StreamBody::new(stream));
+        let mut hs: Vec<(&str, String)> = headers.to_vec();
+        hs.push(("content-length", len.to_string()));
+        let resp = self.request(method, path, Some((body, "application/octet-stream")), &hs).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
-        Ok((status, bytes))
+        Self::check(status, &bytes)?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// GETs `path` and streams the body into `out`, calling `progress` with the bytes so far and
+    /// the total (if the agent said). Returns the bytes written.
+    pub async fn download(
+        &self,
+        path: &str,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+        progress: impl Fn(u64, Option<u64>),
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let resp = self.request(Method::GET, path, None, &[]).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
+            Self::check(status, &bytes)?;
+            return Err(ClientError::Api { status: status.as_u16(), message: format!("the agent answered {status}") });
+        }
+        let total =
+            resp.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let mut body = resp.into_body();
+        let mut got = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data).await.map_err(|e| ClientError::Http(format!("writing the output: {e}")))?;
+                got += data.len() as u64;
+                progress(got, total);
+            }
+        }
+        if let Some(t) = total
+            && t != got
+        {
+            return Err(ClientError::Http(format!("the agent sent {got} of {t} bytes; run the command again")));
+        }
+        out.flush().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        Ok(got)
     }
 
     fn check(status: StatusCode, bytes: &Bytes) -> Result<(), ClientError> {
@@ -156,7 +239,8 @@ impl Client {
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+type ReqBody = BoxBody<Bytes, std::io::Error>;
+type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
 
 async fn handshake<S>(stream: S) -> Result<Sender, ClientError>
 where

@@ -23,6 +23,15 @@ pub enum ApiError {
     /// The agent cannot serve this right now (503)
     #[error("{0}")]
     Unavailable(String),
+    /// Conflicts with the current state (409)
+    #[error("{0}")]
+    Conflict(String),
+    /// Out of space (507)
+    #[error("{0}")]
+    Full(String),
+    /// Peers could not provide it (502)
+    #[error("{0}")]
+    Peers(String),
     /// A bug or an unexpected failure (500); the message is logged, not returned
     #[error("internal error")]
     Internal(String),
@@ -35,6 +44,9 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Peers(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "API request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -50,6 +62,7 @@ impl From<NodeError> for ApiError {
             NodeError::NotFound { .. } => ApiError::NotFound(e.to_string()),
             NodeError::Invalid(m) => ApiError::BadRequest(m),
             NodeError::Overlay(e) => ApiError::Unavailable(format!("the agent's overlay is not running: {e}")),
+            NodeError::Content(e) => content_error(e),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -70,6 +83,22 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         ApiError::BadRequest(r.body_text())
+    }
+}
+
+fn content_error(e: shoal_blobs::BlobsError) -> ApiError {
+    use shoal_blobs::{BlobsError as B, StoreError as S};
+    let msg = e.to_string();
+    match e {
+        B::NoMatch(_) | B::NoImageHolder(_) | B::Store(S::NotFound { .. } | S::NoImage { .. }) => {
+            ApiError::NotFound(msg)
+        }
+        B::Ambiguous { .. } | B::BadReference(_) | B::NoName | B::Import(_) => ApiError::BadRequest(msg),
+        B::Store(S::DigestMismatch { .. } | S::SizeMismatch { .. }) => ApiError::BadRequest(msg),
+        B::Store(S::InUse { .. }) => ApiError::Conflict(msg),
+        B::Store(S::Full { .. } | S::DiskFull { .. }) => ApiError::Full(msg),
+        B::Transfer { .. } | B::BadImage { .. } => ApiError::Peers(msg),
+        other => ApiError::Internal(other.to_string()),
     }
 }
 

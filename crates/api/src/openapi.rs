@@ -9,9 +9,23 @@ use utoipa::OpenApi;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Shoal agent API", description = "Every Shoal agent serves this API on its unix socket (root only) and, with --api-listen, on TCP behind a bearer token."),
-    paths(crate::v1::get_status, crate::v1::list_peers, crate::v1::get_peer),
-    components(schemas(shoal_types::AgentStatus, shoal_types::PeerInfo, shoal_types::PeerState, shoal_types::resources::ResourcesJson, shoal_types::ErrorBody)),
-    tags((name = "agent", description = "This agent"), (name = "cluster", description = "Membership")),
+    paths(
+        crate::v1::get_status, crate::v1::list_peers, crate::v1::get_peer,
+        crate::v1::content::share, crate::v1::content::list, crate::v1::content::read, crate::v1::content::fetch,
+        crate::v1::content::progress, crate::v1::content::transfers, crate::v1::content::remove,
+        crate::v1::content::pin, crate::v1::content::unpin,
+        crate::v1::images::import, crate::v1::images::list, crate::v1::images::pull, crate::v1::images::export,
+        crate::v1::images::remove,
+    ),
+    components(schemas(
+        shoal_types::AgentStatus, shoal_types::PeerInfo, shoal_types::PeerState, shoal_types::resources::ResourcesJson,
+        shoal_types::ErrorBody, shoal_types::ContentInfo, shoal_types::SharedContent, shoal_types::TransferInfo,
+        shoal_types::ImageInfo, shoal_types::PullRequest,
+    )),
+    tags(
+        (name = "agent", description = "This agent"), (name = "cluster", description = "Membership"),
+        (name = "content", description = "Content shared peer to peer"), (name = "images", description = "OCI images"),
+    ),
 )]
 pub struct ApiDoc;
 

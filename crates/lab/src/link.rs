@@ -57,26 +57,7 @@ impl fmt::Display for LinkSpec {
 
 /// `50mbit` → 50_000_000. `none`/`unlimited` → None.
 pub fn parse_bandwidth(s: &str) -> Result<Option<u64>, LinkError> {
-    let t = s.trim().to_ascii_lowercase();
-    if matches!(t.as_str(), "none" | "unlimited" | "off") {
-        return Ok(None);
-    }
-    let bad = || LinkError::Bandwidth(s.to_string());
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num.parse().map_err(|_| bad())?;
-    let mult = match unit {
-        "bit" | "bps" => 1.0,
-        "kbit" | "kbps" => 1e3,
-        "mbit" | "mbps" => 1e6,
-        "gbit" | "gbps" => 1e9,
-        _ => return Err(bad()),
-    };
-    let bps = (v * mult).round();
-    if !(8000.0..=1e11).contains(&bps) {
-        return Err(bad());
-    }
-    Ok(Some(bps as u64))
+    shoal_types::rate::parse_rate(s).map_err(|_| LinkError::Bandwidth(s.to_string()))
 }
 
 /// `20ms` → 20_000 µs.
@@ -115,18 +96,7 @@ pub fn parse_loss(s: &str) -> Result<Option<f64>, LinkError> {
     Ok(Some(v))
 }
 
-/// 50_000_000 → `50mbit`.
-pub fn format_rate(bps: u64) -> String {
-    if bps.is_multiple_of(1_000_000_000) {
-        format!("{}gbit", bps / 1_000_000_000)
-    } else if bps.is_multiple_of(1_000_000) {
-        format!("{}mbit", bps / 1_000_000)
-    } else if bps.is_multiple_of(1000) {
-        format!("{}kbit", bps / 1000)
-    } else {
-        format!("{bps}bit")
-    }
-}
+pub use shoal_types::rate::format_rate;
 
 #[cfg(test)]
 mod tests {

@@ -36,6 +36,34 @@ pub enum ConfigError {
     /// The API listen address is malformed
     #[error("`{value}` is not a host:port for --api-listen")]
     BadApiListen { value: String },
+    /// A rate is malformed
+    #[error("bad {what}: {source}")]
+    BadRate { what: &'static str, source: shoal_types::rate::RateError },
+    /// The data listen address is malformed
+    #[error("`{value}` is not a host:port for --data-listen")]
+    BadDataListen { value: String },
+}
+
+/// The data channel listens on the first TCP listen address's IP, one port above it (or on
+/// any free port when the overlay's port is chosen by the system).
+fn default_data_listen(listen: &[Multiaddr]) -> SocketAddr {
+    use shoal_overlay::libp2p::multiaddr::Protocol;
+    for a in listen {
+        let mut ip = None;
+        for p in a.iter() {
+            match p {
+                Protocol::Ip4(v) => ip = Some(std::net::IpAddr::V4(v)),
+                Protocol::Ip6(v) => ip = Some(std::net::IpAddr::V6(v)),
+                Protocol::Tcp(port) => {
+                    if let Some(ip) = ip {
+                        return SocketAddr::new(ip, if port == 0 { 0 } else { port.saturating_add(1) });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT + 1))
 }
 
 /// The `[swim]` table of the config file (milliseconds).
@@ -64,6 +92,10 @@ pub struct FileConfig {
     pub cpus: Option<f64>,
     pub memory: Option<String>,
     pub dead_retention_secs: Option<u64>,
+    pub store_quota: Option<String>,
+    pub upload_limit: Option<String>,
+    pub download_limit: Option<String>,
+    pub data_listen: Option<String>,
     pub swim: Option<SwimFile>,
 }
 
@@ -91,6 +123,10 @@ pub struct Overrides {
     pub api_token_file: Option<PathBuf>,
     pub cpus: Option<String>,
     pub memory: Option<String>,
+    pub store_quota: Option<String>,
+    pub upload_limit: Option<String>,
+    pub download_limit: Option<String>,
+    pub data_listen: Option<String>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -112,6 +148,13 @@ pub struct AgentConfig {
     pub memory: Option<u64>,
     pub tuning: SwimTuning,
     pub dead_retention: Duration,
+    /// Most bytes the content store may hold.
+    pub store_quota: Option<u64>,
+    /// Upload and download limits, bits per second.
+    pub upload_limit: Option<u64>,
+    pub download_limit: Option<u64>,
+    /// Where the content data channel listens.
+    pub data_listen: SocketAddr,
 }
 
 /// The data dir used when none is given: `/var/lib/shoal` for root, else under the user's
@@ -224,11 +267,36 @@ impl AgentConfig {
         if tuning.probe_rtt >= tuning.probe_period {
             tuning.probe_rtt = tuning.probe_period / 2;
         }
+        let rate = |what: &'static str, v: Option<String>| -> Result<Option<u64>, ConfigError> {
+            match v {
+                Some(s) => shoal_types::rate::parse_rate(&s).map_err(|source| ConfigError::BadRate { what, source }),
+                None => Ok(None),
+            }
+        };
+        let upload_limit = rate("--upload-limit", o.upload_limit.or(file.upload_limit))?;
+        let download_limit = rate("--download-limit", o.download_limit.or(file.download_limit))?;
+        let store_quota = match o.store_quota.or(file.store_quota) {
+            Some(s) => Some(
+                s.parse::<ByteSize>()
+                    .map_err(|e| ConfigError::BadResource { what: "store quota", message: e.to_string() })?
+                    .0,
+            ),
+            None => None,
+        };
+        let listen: Vec<Multiaddr> = listen_raw.iter().map(|s| parse_addr(s)).collect::<Result<_, _>>()?;
+        let data_listen = match o.data_listen.or(file.data_listen) {
+            Some(v) => v.parse::<SocketAddr>().map_err(|_| ConfigError::BadDataListen { value: v.clone() })?,
+            None => default_data_listen(&listen),
+        };
         Ok(AgentConfig {
+            store_quota,
+            upload_limit,
+            download_limit,
+            data_listen,
             api_socket: o.api_socket.or(file.api_socket).unwrap_or_else(|| data_dir.join("shoal.sock")),
             api_token_file: o.api_token_file.or(file.api_token_file).unwrap_or_else(|| data_dir.join("api.token")),
             name: o.name.or(file.name).unwrap_or_else(hostname),
-            listen: listen_raw.iter().map(|s| parse_addr(s)).collect::<Result<_, _>>()?,
+            listen,
             join: join_raw.iter().map(|s| parse_addr(s)).collect::<Result<_, _>>()?,
             cluster_key: o.cluster_key.or(file.cluster_key),
             mdns: o.mdns || file.mdns.unwrap_or(false),

@@ -17,6 +17,9 @@ pub enum NodeError {
     /// The overlay failed or has stopped
     #[error(transparent)]
     Overlay(#[from] OverlayError),
+    /// A content operation failed
+    #[error(transparent)]
+    Content(#[from] shoal_blobs::BlobsError),
     /// The data dir could not be prepared
     #[error("cannot prepare data dir {path}: {source}")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },

@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod config;
+mod content;
 mod error;
 mod node;
 pub mod resources;

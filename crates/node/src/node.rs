@@ -19,6 +19,7 @@ pub struct Node {
 struct Inner {
     cfg: AgentConfig,
     overlay: Overlay,
+    blobs: shoal_blobs::Blobs,
     overlay_task: Mutex<Option<JoinHandle<()>>>,
     started: Instant,
     capacity: Resources,
@@ -62,10 +63,24 @@ impl Node {
             dead_retention: cfg.dead_retention,
         })
         .await?;
+        let corrupt_uploads = std::env::var("SHOAL_TEST_CORRUPT_UPLOADS").is_ok_and(|v| v == "1");
+        let blobs = shoal_blobs::Blobs::start(
+            shoal_blobs::BlobsConfig {
+                dir: cfg.data_dir.join("content"),
+                quota: cfg.store_quota,
+                data_listen: cfg.data_listen,
+                upload_limit: cfg.upload_limit.map(|b| b / 8),
+                download_limit: cfg.download_limit.map(|b| b / 8),
+                corrupt_uploads,
+            },
+            overlay.clone(),
+        )
+        .await?;
         Ok(Node {
             inner: Arc::new(Inner {
                 cfg,
                 overlay,
+                blobs,
                 overlay_task: Mutex::new(Some(task)),
                 started: Instant::now(),
                 capacity,
@@ -124,8 +139,14 @@ impl Node {
         })
     }
 
+    /// The content subsystem.
+    pub fn blobs(&self) -> &shoal_blobs::Blobs {
+        &self.inner.blobs
+    }
+
     /// Leaves the cluster gracefully and stops the subsystems.
     pub async fn shutdown(&self) {
+        self.inner.blobs.shutdown();
         if let Err(e) = self.inner.overlay.leave().await {
             warn!(err = %e, "overlay already stopped");
         }

@@ -41,6 +41,8 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) swim: request_response::Behaviour<SwimCodec>,
     pub(crate) ctl: request_response::Behaviour<CtlCodec>,
+    /// Raw streams for subsystems that run their own protocols (content transfer).
+    pub(crate) streams: libp2p_stream::Behaviour,
 }
 
 /// Why the swarm could not be built.
@@ -142,7 +144,18 @@ pub(crate) fn build_swarm(
     // We bootstrap ourselves once the cluster has members (see the event loop); libp2p's
     // periodic bootstrap would only warn "no known peers" on a lone agent.
     kad_cfg.set_periodic_bootstrap_interval(None);
-    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_cfg);
+    // Provider records are hints about who holds content (the holder is always asked before
+    // anything is fetched); keep them short-lived so a peer that deleted content stops being
+    // named within minutes, and republish our own often enough to stay listed.
+    kad_cfg.set_provider_record_ttl(Some(Duration::from_secs(10 * 60)));
+    kad_cfg.set_provider_publication_interval(Some(Duration::from_secs(4 * 60)));
+    let store_cfg = kad::store::MemoryStoreConfig {
+        max_records: 4096,
+        max_value_bytes: 64 * 1024,
+        max_providers_per_key: 64,
+        max_provided_keys: 1 << 20,
+    };
+    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::with_config(peer, store_cfg), kad_cfg);
     // Peers on a LAN have no "confirmed external address"; answer DHT queries anyway.
     kad.set_mode(Some(kad::Mode::Server));
 
@@ -165,8 +178,15 @@ pub(crate) fn build_swarm(
         request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
     );
 
-    let behaviour =
-        Behaviour { limits: connection_limits::Behaviour::new(limits), identify, kad, mdns: mdns.into(), swim, ctl };
+    let behaviour = Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        identify,
+        kad,
+        mdns: mdns.into(),
+        swim,
+        ctl,
+        streams: libp2p_stream::Behaviour::new(),
+    };
     let config = libp2p::swarm::Config::with_tokio_executor().with_idle_connection_timeout(Duration::from_secs(60));
     Ok(Swarm::new(transport, behaviour, peer, config))
 }

@@ -31,7 +31,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use shoal_types::{PeerInfo, PeerState};
@@ -58,6 +58,26 @@ pub(crate) enum Command {
     Status(oneshot::Sender<OverlayStatus>),
     UpdateLocal(LocalInfo, oneshot::Sender<()>),
     Leave(oneshot::Sender<()>),
+    /// Live members with their addresses (this peer excluded).
+    Members(oneshot::Sender<Vec<Member>>),
+    /// Announce in the DHT that we hold `key`.
+    Provide(kad::RecordKey),
+    /// Stop announcing `key`.
+    Unprovide(kad::RecordKey),
+    /// Who the DHT says holds `key`.
+    FindProviders(kad::RecordKey, oneshot::Sender<Vec<PeerId>>),
+    /// Sets one key of this peer's published per-peer state (`None` removes it).
+    SetExt(String, Option<serde_json::Value>),
+}
+
+/// A live member as other subsystems need it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub peer: PeerId,
+    pub addrs: Vec<Multiaddr>,
+    pub name: String,
+    /// Per-peer state other subsystems publish in their record (`LocalInfo::ext`).
+    pub ext: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 struct Leaving {
@@ -103,6 +123,7 @@ pub(crate) struct EventLoop {
     pub(crate) dead_retention: Duration,
     leaving: Option<Leaving>,
     early_events: Vec<SwarmEvent<BehaviourEvent>>,
+    provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
 }
 
 /// Everything [`EventLoop::new`] needs.
@@ -185,6 +206,7 @@ impl EventLoop {
             dead_retention: p.dead_retention,
             leaving: None,
             early_events: p.early_events,
+            provider_queries: HashMap::new(),
         };
         el.publish_local();
         el
@@ -317,11 +339,12 @@ impl EventLoop {
         match change {
             Some(ViewChange::Up { peer, generation }) => {
                 info!(%peer, generation, "peer alive");
+                // Every member goes into the DHT routing table, which is also where the swarm
+                // finds addresses when a subsystem opens a stream to a member.
+                for a in self.view.get(&peer).map(|e| e.addrs.clone()).unwrap_or_default() {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, a);
+                }
                 if self.view.active().count() == 1 {
-                    // First member: fill the DHT routing table from it.
-                    for a in self.view.get(&peer).map(|e| e.addrs.clone()).unwrap_or_default() {
-                        self.swarm.behaviour_mut().kad.add_address(&peer, a);
-                    }
                     let _ = self.swarm.behaviour_mut().kad.bootstrap();
                 }
                 self.dirty.insert(peer);
@@ -598,6 +621,12 @@ impl EventLoop {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            })) => self.on_kad_progress(id, result, step.last),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
                     if self.view.get(&peer).is_none_or(|e| !e.up) && peer != self.me.peer {
@@ -758,6 +787,57 @@ impl EventLoop {
                 let _ = reply.send(());
             }
             Command::Leave(reply) => self.start_leave(reply),
+            Command::Members(reply) => {
+                let book = record::lock(&self.book);
+                let members = self
+                    .view
+                    .active()
+                    .map(|(p, e)| {
+                        let rec = book.get(p).map(|r| &r.record);
+                        Member {
+                            peer: *p,
+                            addrs: if e.addrs.is_empty() {
+                                rec.map(|r| r.addrs.clone()).unwrap_or_default()
+                            } else {
+                                e.addrs.clone()
+                            },
+                            name: rec.map(|r| r.name.clone()).unwrap_or_default(),
+                            ext: rec.map(|r| r.ext.clone()).unwrap_or_default(),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(members);
+            }
+            Command::Provide(key) => {
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {
+                    warn!(err = %e, "cannot announce content in the DHT");
+                }
+            }
+            Command::Unprovide(key) => self.swarm.behaviour_mut().kad.stop_providing(&key),
+            Command::SetExt(key, value) => {
+                let changed = match value {
+                    Some(v) => self.local.ext.insert(key, v.clone()).as_ref() != Some(&v),
+                    None => self.local.ext.remove(&key).is_some(),
+                };
+                if changed {
+                    self.publish_local();
+                }
+            }
+            Command::FindProviders(key, reply) => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.provider_queries.insert(id, (HashSet::new(), reply));
+            }
+        }
+    }
+
+    fn on_kad_progress(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
+        let kad::QueryResult::GetProviders(r) = result else { return };
+        let Some((found, _)) = self.provider_queries.get_mut(&id) else { return };
+        if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r {
+            found.extend(providers);
+        }
+        if last && let Some((found, reply)) = self.provider_queries.remove(&id) {
+            let _ = reply.send(found.into_iter().collect());
         }
     }
 

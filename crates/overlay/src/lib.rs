@@ -38,8 +38,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+pub use event_loop::Member;
 pub use keys::{ClusterKey, KeyError, load_or_create_identity};
 pub use libp2p;
+pub use libp2p_stream;
 pub use swim::SwimTuning;
 
 /// What this peer says about itself (published in its record).
@@ -106,6 +108,7 @@ pub enum OverlayError {
 pub struct Overlay {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
+    streams: libp2p_stream::Control,
 }
 
 fn is_quic(a: &Multiaddr) -> bool {
@@ -197,6 +200,7 @@ impl Overlay {
         }
 
         let me = swim::SwimId { peer: peer_id, generation, addrs: advertised(&addrs) };
+        let streams = swarm.behaviour().streams.new_control();
         let (tx, rx) = mpsc::channel(64);
         let el = EventLoop::new(LoopParts {
             swarm,
@@ -214,7 +218,7 @@ impl Overlay {
             early_events,
         });
         let task = tokio::spawn(el.run());
-        Ok((Overlay { tx, peer_id }, task))
+        Ok((Overlay { tx, peer_id, streams }, task))
     }
 
     /// This peer's id.
@@ -241,6 +245,36 @@ impl Overlay {
     /// Publishes new local information (capacity, free resources, labels ...).
     pub async fn update_local(&self, info: LocalInfo) -> Result<(), OverlayError> {
         self.ask(|tx| Command::UpdateLocal(info, tx)).await
+    }
+
+    /// A handle to open and accept raw streams of a subsystem's own protocol.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    /// Live members (this peer excluded) with their addresses.
+    pub async fn members(&self) -> Result<Vec<Member>, OverlayError> {
+        self.ask(Command::Members).await
+    }
+
+    /// Announces in the DHT that this peer holds `key`.
+    pub async fn provide(&self, key: &[u8]) -> Result<(), OverlayError> {
+        self.tx.send(Command::Provide(libp2p::kad::RecordKey::new(&key))).await.map_err(|_| OverlayError::Stopped)
+    }
+
+    /// Stops announcing `key`.
+    pub async fn unprovide(&self, key: &[u8]) -> Result<(), OverlayError> {
+        self.tx.send(Command::Unprovide(libp2p::kad::RecordKey::new(&key))).await.map_err(|_| OverlayError::Stopped)
+    }
+
+    /// Peers the DHT names as holders of `key` (hints: ask them before trusting it).
+    pub async fn find_providers(&self, key: &[u8]) -> Result<Vec<PeerId>, OverlayError> {
+        self.ask(|tx| Command::FindProviders(libp2p::kad::RecordKey::new(&key), tx)).await
+    }
+
+    /// Publishes one key of this peer's per-peer state (`None` removes it).
+    pub async fn set_ext(&self, key: &str, value: Option<serde_json::Value>) -> Result<(), OverlayError> {
+        self.tx.send(Command::SetExt(key.to_string(), value)).await.map_err(|_| OverlayError::Stopped)
     }
 
     /// Leaves the cluster gracefully and stops the overlay.

@@ -6,11 +6,14 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod bytesize;
+pub mod content;
 pub mod labels;
 pub mod peer;
+pub mod rate;
 pub mod resources;
 
 pub use bytesize::{ByteSize, ByteSizeError};
+pub use content::{ContentInfo, ImageInfo, PullRequest, SharedContent, TransferInfo};
 pub use labels::{LabelError, Labels, parse_label};
 pub use peer::{AgentStatus, PeerInfo, PeerState};
 pub use resources::{Resources, ResourcesError};

@@ -1,11 +1,13 @@
 //! `/v1` routes, one file per resource.
 
+pub(crate) mod content;
+pub(crate) mod images;
 mod peers;
 mod status;
 
 use crate::AppState;
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post, put};
 
 pub(crate) use peers::__path_get_peer;
 pub(crate) use peers::__path_list_peers;
@@ -16,4 +18,14 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/status", get(status::get_status))
         .route("/v1/peers", get(peers::list_peers))
         .route("/v1/peers/{id}", get(peers::get_peer))
+        .route("/v1/content", get(content::list).post(content::share))
+        .route("/v1/content/{id}", get(content::read).delete(content::remove))
+        .route("/v1/content/{id}/fetch", post(content::fetch))
+        .route("/v1/content/{id}/progress", get(content::progress))
+        .route("/v1/content/{id}/pin", put(content::pin).delete(content::unpin))
+        .route("/v1/transfers", get(content::transfers))
+        .route("/v1/images", get(images::list).delete(images::remove))
+        .route("/v1/images/import", post(images::import))
+        .route("/v1/images/pull", post(images::pull))
+        .route("/v1/images/export", get(images::export))
 }

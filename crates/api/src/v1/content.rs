@@ -1,0 +1,105 @@
+//! `/v1/content`: share, list, fetch, read, pin and remove blobs.
+
+use crate::AppState;
+use crate::error::{ApiError, ApiJson, ApiPath};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use shoal_types::{ContentInfo, SharedContent, TransferInfo};
+
+/// The uploaded body as a blocking reader (the store hashes and writes on a blocking thread).
+pub(crate) fn body_reader(body: Body) -> tokio_util::io::SyncIoBridge<impl tokio::io::AsyncRead + Unpin> {
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream))
+}
+
+fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// Stores the request body as a blob and announces it to the cluster.
+#[utoipa::path(post, path = "/v1/content", tag = "content",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    params(("x-shoal-name" = Option<String>, Header, description = "file name to remember")),
+    responses((status = 201, body = SharedContent), (status = 400, body = shoal_types::ErrorBody), (status = 507, body = shoal_types::ErrorBody)))]
+pub(crate) async fn share(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, ApiJson<SharedContent>), ApiError> {
+    let size = header_str(&headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+    let name = header_str(&headers, "x-shoal-name").filter(|n| n.len() <= 255 && !n.chars().any(char::is_control));
+    let r = s.node.share(body_reader(body), size, name).await?;
+    Ok((if r.existed { StatusCode::OK } else { StatusCode::CREATED }, ApiJson(r)))
+}
+
+/// Every blob in this peer's store (complete and partial).
+#[utoipa::path(get, path = "/v1/content", tag = "content", responses((status = 200, body = [ContentInfo])))]
+pub(crate) async fn list(State(s): State<AppState>) -> Result<ApiJson<Vec<ContentInfo>>, ApiError> {
+    Ok(ApiJson(s.node.content().await?))
+}
+
+/// The bytes of a complete blob (id or unique prefix).
+#[utoipa::path(get, path = "/v1/content/{id}", tag = "content", params(("id" = String, Path, description = "content id or unique prefix")),
+    responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn read(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+    let (file, size) = s.node.open_content(&id).await?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20);
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, size.to_string())],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Starts fetching a blob from the peers that hold it (or joins the running download).
+#[utoipa::path(post, path = "/v1/content/{id}/fetch", tag = "content", params(("id" = String, Path, description = "full content id")),
+    responses((status = 202, body = TransferInfo), (status = 400, body = shoal_types::ErrorBody), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn fetch(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<(StatusCode, ApiJson<TransferInfo>), ApiError> {
+    Ok((StatusCode::ACCEPTED, ApiJson(s.node.fetch(&id).await?)))
+}
+
+/// A download's progress (or the state of local content).
+#[utoipa::path(get, path = "/v1/content/{id}/progress", tag = "content", params(("id" = String, Path, description = "content id or unique prefix")),
+    responses((status = 200, body = TransferInfo), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn progress(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<TransferInfo>, ApiError> {
+    Ok(ApiJson(s.node.transfer(&id).await?))
+}
+
+/// Downloads running now.
+#[utoipa::path(get, path = "/v1/transfers", tag = "content", responses((status = 200, body = [TransferInfo])))]
+pub(crate) async fn transfers(State(s): State<AppState>) -> ApiJson<Vec<TransferInfo>> {
+    ApiJson(s.node.transfers())
+}
+
+/// Removes a blob (refused while an image uses it).
+#[utoipa::path(delete, path = "/v1/content/{id}", tag = "content", params(("id" = String, Path, description = "content id or unique prefix")),
+    responses((status = 204), (status = 404, body = shoal_types::ErrorBody), (status = 409, body = shoal_types::ErrorBody)))]
+pub(crate) async fn remove(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+    s.node.remove_content(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pins a blob: it is never evicted to stay under the quota.
+#[utoipa::path(put, path = "/v1/content/{id}/pin", tag = "content", params(("id" = String, Path, description = "content id or unique prefix")),
+    responses((status = 204), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn pin(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+    s.node.pin_content(&id, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Unpins a blob.
+#[utoipa::path(delete, path = "/v1/content/{id}/pin", tag = "content", params(("id" = String, Path, description = "content id or unique prefix")),
+    responses((status = 204), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn unpin(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+    s.node.pin_content(&id, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,103 @@
+//! `/v1/images`: import, list, pull, export and remove OCI images.
+
+use crate::AppState;
+use crate::error::{ApiError, ApiJson, ApiQuery};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use shoal_types::{ImageInfo, PullRequest};
+use tokio::io::AsyncWriteExt;
+
+/// `?name=` or `?reference=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NameQuery {
+    /// NAME:TAG (for import: required for a rootfs tarball, overrides the archive's own name).
+    name: Option<String>,
+}
+
+/// `?reference=NAME:TAG`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RefQuery {
+    /// NAME:TAG.
+    reference: String,
+}
+
+fn tmp_path(s: &AppState, what: &str) -> std::path::PathBuf {
+    s.node.blobs().store().dir().join("tmp").join(format!("{what}-{:016x}", rand::random::<u64>()))
+}
+
+/// Imports an image archive sent as the body: `docker save` output, an OCI archive, or a
+/// plain root-filesystem tarball (with `?name=`).
+#[utoipa::path(post, path = "/v1/images/import", tag = "images", params(NameQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = ImageInfo), (status = 400, body = shoal_types::ErrorBody), (status = 507, body = shoal_types::ErrorBody)))]
+pub(crate) async fn import(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<NameQuery>,
+    body: Body,
+) -> Result<(StatusCode, ApiJson<ImageInfo>), ApiError> {
+    let path = tmp_path(&s, "import");
+    let spooled = async {
+        let mut f = tokio::fs::File::create(&path).await?;
+        let mut r = tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+        tokio::io::copy(&mut r, &mut f).await?;
+        f.flush().await
+    }
+    .await;
+    let result = match spooled {
+        Ok(()) => s.node.import_image(&path, q.name).await.map_err(ApiError::from),
+        Err(e) if e.raw_os_error() == Some(28) => {
+            Err(ApiError::Full("the disk is full: cannot receive the archive".into()))
+        }
+        Err(e) => Err(ApiError::BadRequest(format!("receiving the archive failed: {e}"))),
+    };
+    let _ = tokio::fs::remove_file(&path).await;
+    Ok((StatusCode::CREATED, ApiJson(result?)))
+}
+
+/// Images on this peer, with the peers that hold each.
+#[utoipa::path(get, path = "/v1/images", tag = "images", responses((status = 200, body = [ImageInfo])))]
+pub(crate) async fn list(State(s): State<AppState>) -> Result<ApiJson<Vec<ImageInfo>>, ApiError> {
+    Ok(ApiJson(s.node.images().await?))
+}
+
+/// Fetches an image from the peers that hold it (answers when every blob is here).
+#[utoipa::path(post, path = "/v1/images/pull", tag = "images", request_body = PullRequest,
+    responses((status = 200, body = ImageInfo), (status = 400, body = shoal_types::ErrorBody), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn pull(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<PullRequest>,
+) -> Result<ApiJson<ImageInfo>, ApiError> {
+    Ok(ApiJson(s.node.pull_image(&req.reference).await?))
+}
+
+/// The image as an OCI archive (loadable by skopeo, podman and docker).
+#[utoipa::path(get, path = "/v1/images/export", tag = "images", params(RefQuery),
+    responses((status = 200, content_type = "application/x-tar"), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn export(State(s): State<AppState>, ApiQuery(q): ApiQuery<RefQuery>) -> Result<Response, ApiError> {
+    let path = tmp_path(&s, "export");
+    s.node.export_image(&q.reference, &path).await?;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    // Unlinked now; the open file streams on and its space is freed when it closes.
+    let _ = tokio::fs::remove_file(&path).await;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-tar".to_string()), (header::CONTENT_LENGTH, size.to_string())],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Removes an image, and its blobs that no other image uses.
+#[utoipa::path(delete, path = "/v1/images", tag = "images", params(RefQuery),
+    responses((status = 204), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn remove(State(s): State<AppState>, ApiQuery(q): ApiQuery<RefQuery>) -> Result<StatusCode, ApiError> {
+    s.node.remove_image(&q.reference).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

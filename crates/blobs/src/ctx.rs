@@ -1,0 +1,253 @@
+//! State shared by every task of the content subsystem.
+//!
+//! Holds the store, the overlay handle, rate limits, the single-use data-channel tickets this
+//! peer has issued, and the running downloads (so that sessions can serve pieces a download
+//! already verified, and attach to it when the other side also has pieces for us).
+
+use crate::bitfield::Bitfield;
+use crate::channel::Side;
+use crate::cid::ContentId;
+use crate::limit::RateLimit;
+use crate::manifest::PieceManifest;
+use crate::proto::{BLOB_PROTOCOL, MAX_REQUEST, MAX_RESPONSE, Offer, Request, Response, read_msg, write_msg};
+use crate::session::{self, SessionEvent};
+use crate::store::Store;
+use shoal_overlay::Overlay;
+use shoal_overlay::libp2p::multiaddr::Protocol;
+use shoal_overlay::libp2p::{Multiaddr, PeerId};
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// A ticket this peer issued in an offer.
+pub(crate) struct Ticket {
+    pub(crate) peer: PeerId,
+    pub(crate) cid: ContentId,
+    pub(crate) key: [u8; 32],
+    pub(crate) expires: Instant,
+}
+
+/// The state of a running download that sessions may use.
+pub(crate) struct SharedPartial {
+    pub(crate) manifest: Arc<PieceManifest>,
+    pub(crate) have: RwLock<Bitfield>,
+    pub(crate) file: Arc<File>,
+}
+
+/// A running download, as the rest of the subsystem sees it.
+pub(crate) struct Running {
+    pub(crate) events: mpsc::Sender<SessionEvent>,
+    pub(crate) shared: Arc<SharedPartial>,
+    pub(crate) progress: watch::Receiver<crate::Progress>,
+}
+
+pub(crate) struct Ctx {
+    pub(crate) store: Arc<Store>,
+    pub(crate) overlay: Overlay,
+    pub(crate) me: PeerId,
+    pub(crate) data_port: u16,
+    pub(crate) up: RateLimit,
+    pub(crate) down: RateLimit,
+    pub(crate) corrupt_uploads: bool,
+    pub(crate) tickets: Mutex<HashMap<[u8; 16], Ticket>>,
+    pub(crate) running: Mutex<HashMap<ContentId, Running>>,
+    pub(crate) sessions: AtomicUsize,
+    pub(crate) next_sid: AtomicU64,
+    pub(crate) uploaded: AtomicU64,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Most sessions this peer keeps open at once.
+pub(crate) const MAX_SESSIONS: usize = 512;
+const TICKET_TTL: Duration = Duration::from_secs(30);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Ctx {
+    /// `Some(None)`: we hold every piece; `Some(Some(bits))`: we are downloading it;
+    /// `None`: we hold nothing of it.
+    pub(crate) fn holding(&self, cid: &ContentId) -> Option<Option<Bitfield>> {
+        if let Some(r) = lock(&self.running).get(cid) {
+            return Some(Some(r.shared.have.read().unwrap_or_else(|p| p.into_inner()).clone()));
+        }
+        match self.store.get(cid) {
+            Ok(Some(r)) if r.complete => Some(None),
+            _ => None,
+        }
+    }
+
+    /// Reads a piece we can serve, from a complete blob or a running download.
+    pub(crate) async fn read_piece(&self, cid: &ContentId, manifest: &Arc<PieceManifest>, i: u32) -> Option<Vec<u8>> {
+        let shared = lock(&self.running).get(cid).map(|r| r.shared.clone());
+        if let Some(sh) = shared {
+            if !sh.have.read().unwrap_or_else(|p| p.into_inner()).get(i) {
+                return None;
+            }
+            let (off, len) = sh.manifest.range(i);
+            return tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; len];
+                sh.file.read_exact_at(&mut buf, off).ok().map(|_| buf)
+            })
+            .await
+            .ok()
+            .flatten();
+        }
+        let (store, m, cid) = (self.store.clone(), manifest.clone(), *cid);
+        tokio::task::spawn_blocking(move || store.read_piece(&cid, &m, i).ok()).await.ok().flatten()
+    }
+
+    /// Issues a single-use ticket for `peer` to open a data channel about `cid`.
+    pub(crate) fn issue_ticket(&self, peer: PeerId, cid: ContentId) -> ([u8; 16], [u8; 32]) {
+        let ticket: [u8; 16] = rand::random();
+        let key: [u8; 32] = rand::random();
+        let now = Instant::now();
+        let mut t = lock(&self.tickets);
+        t.retain(|_, v| v.expires > now);
+        t.insert(ticket, Ticket { peer, cid, key, expires: now + TICKET_TTL });
+        (ticket, key)
+    }
+
+    /// Redeems a ticket (once).
+    pub(crate) fn redeem(&self, ticket: &[u8; 16]) -> Option<Ticket> {
+        let t = lock(&self.tickets).remove(ticket)?;
+        (t.expires > Instant::now()).then_some(t)
+    }
+
+    /// Asks `peer` over the private libp2p connection.
+    pub(crate) async fn ask(&self, peer: PeerId, req: &Request) -> Result<Response, AskError> {
+        let mut control = self.overlay.streams();
+        let mut stream = tokio::time::timeout(Duration::from_secs(5), control.open_stream(peer, BLOB_PROTOCOL))
+            .await
+            .map_err(|_| AskError::Timeout)?
+            .map_err(|e| AskError::Open(e.to_string()))?;
+        let exchange = async {
+            write_msg(&mut stream, req).await?;
+            read_msg::<_, Response>(&mut stream, MAX_RESPONSE).await
+        };
+        tokio::time::timeout(Duration::from_secs(15), exchange)
+            .await
+            .map_err(|_| AskError::Timeout)?
+            .map_err(AskError::Proto)
+    }
+
+    /// Opens the data channel an offer allows and runs the session (until it ends).
+    pub(crate) async fn open_session(
+        self: &Arc<Self>,
+        peer: PeerId,
+        addrs: &[Multiaddr],
+        offer: &Offer,
+        cid: ContentId,
+        manifest: Arc<PieceManifest>,
+        attach: mpsc::Sender<SessionEvent>,
+    ) -> Result<(), AskError> {
+        let ips: Vec<IpAddr> = addrs.iter().filter_map(ip_of).collect();
+        let mut last = AskError::NoAddress;
+        for ip in ips {
+            let addr = SocketAddr::new(ip, offer.port);
+            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+                Ok(Ok(mut s)) => {
+                    s.write_all(&offer.ticket).await.map_err(|e| AskError::Open(e.to_string()))?;
+                    session::run(self.clone(), s, Side::Opener, offer.key, cid, peer, manifest, Some(attach)).await;
+                    return Ok(());
+                }
+                Ok(Err(e)) => last = AskError::Open(format!("{addr}: {e}")),
+                Err(_) => last = AskError::Timeout,
+            }
+        }
+        Err(last)
+    }
+
+    /// Peers that may hold `cid`: live members, plus what the DHT names.
+    pub(crate) async fn candidates(&self, cid: &ContentId) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        let members = self.overlay.members().await.unwrap_or_default();
+        let mut out: Vec<(PeerId, Vec<Multiaddr>)> = members.iter().map(|m| (m.peer, m.addrs.clone())).collect();
+        if let Ok(Ok(found)) = tokio::time::timeout(Duration::from_secs(3), self.overlay.find_providers(&cid.0)).await {
+            for p in found {
+                if p != self.me && !out.iter().any(|(q, _)| *q == p) {
+                    let addrs = members.iter().find(|m| m.peer == p).map(|m| m.addrs.clone()).unwrap_or_default();
+                    out.push((p, addrs));
+                }
+            }
+        }
+        out.retain(|(p, _)| *p != self.me);
+        out
+    }
+}
+
+/// The IP of a `/ip4/…/tcp/…` or `/ip6/…/tcp/…` address.
+pub(crate) fn ip_of(a: &Multiaddr) -> Option<IpAddr> {
+    a.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+/// Why asking a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AskError {
+    #[error("timed out")]
+    Timeout,
+    #[error("cannot open a stream: {0}")]
+    Open(String),
+    #[error(transparent)]
+    Proto(#[from] crate::proto::ProtoError),
+    #[error("the peer has no usable address")]
+    NoAddress,
+}
+
+/// Serves one inbound control stream.
+pub(crate) async fn serve_control(ctx: Arc<Ctx>, peer: PeerId, mut stream: shoal_overlay::libp2p::Stream) {
+    let Ok(Ok(req)) =
+        tokio::time::timeout(Duration::from_secs(10), read_msg::<_, Request>(&mut stream, MAX_REQUEST)).await
+    else {
+        return;
+    };
+    let resp = match req {
+        Request::Hello { cid, want_manifest } => match ctx.holding(&cid) {
+            _ if ctx.sessions.load(std::sync::atomic::Ordering::Relaxed) >= MAX_SESSIONS => Response::Busy,
+            Some(have) => {
+                let manifest = if want_manifest { ctx.store.manifest_bytes(&cid).ok().flatten() } else { None };
+                let (ticket, key) = ctx.issue_ticket(peer, cid);
+                Response::Offer(Offer { have, manifest, ticket, key, port: ctx.data_port })
+            }
+            None => Response::NotHere,
+        },
+        Request::Describe { reference } => match ctx.store.image(&reference) {
+            Ok(Some(img)) if img.blobs().all(|b| ctx.store.get(&b.cid).ok().flatten().is_some_and(|r| r.complete)) => {
+                Response::Image { record: serde_json::to_vec(&img).unwrap_or_default() }
+            }
+            _ => Response::NotHere,
+        },
+    };
+    let _ = write_msg(&mut stream, &resp).await;
+}
+
+/// Serves one inbound data connection: the first 16 bytes must be a ticket we issued.
+pub(crate) async fn serve_data(ctx: Arc<Ctx>, mut stream: TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut ticket = [0u8; 16];
+    if tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut ticket)).await.map_or(true, |r| r.is_err()) {
+        return;
+    }
+    let Some(t) = ctx.redeem(&ticket) else {
+        tracing::debug!("data connection with an unknown or expired ticket refused");
+        return;
+    };
+    let manifest = match ctx.store.manifest(&t.cid) {
+        Ok(Some(m)) => Arc::new(m),
+        _ => return,
+    };
+    let attach = lock(&ctx.running).get(&t.cid).map(|r| r.events.clone());
+    session::run(ctx.clone(), stream, Side::Acceptor, t.key, t.cid, t.peer, manifest, attach).await;
+}

@@ -1,0 +1,614 @@
+//! [`Blobs`]: the content subsystem's handle, what the agent's API calls.
+//!
+//! `start` opens the store, binds the data port, accepts control streams on the overlay,
+//! resumes downloads that were running when the agent stopped, and announces held content in
+//! the DHT. Every other method is one operation of `shoal share/get/content/image`.
+
+use crate::cid::ContentId;
+use crate::ctx::{Ctx, Running, serve_control, serve_data};
+use crate::download::Download;
+use crate::limit::RateLimit;
+use crate::manifest::PieceManifest;
+use crate::proto::{Request, Response};
+use crate::store::{BlobRecord, BlobRef, ImageRecord, Store, StoreError, StoreSink, StoreSource, Stored, now_ms};
+use crate::{Progress, TransferState};
+use futures::StreamExt;
+use shoal_image::{Digest, ImportOptions, Reference};
+use shoal_overlay::Overlay;
+use shoal_overlay::libp2p::PeerId;
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How the content subsystem runs.
+#[derive(Debug, Clone)]
+pub struct BlobsConfig {
+    /// `<data-dir>/content`.
+    pub dir: PathBuf,
+    /// Most bytes the store may hold.
+    pub quota: Option<u64>,
+    /// Where the data channel listens (port 0: any).
+    pub data_listen: SocketAddr,
+    /// Upload limit, bytes per second.
+    pub upload_limit: Option<u64>,
+    /// Download limit, bytes per second.
+    pub download_limit: Option<u64>,
+    /// Test only: corrupt every piece served (to test that peers cannot be poisoned).
+    pub corrupt_uploads: bool,
+}
+
+/// Errors of content operations, each saying what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen for data connections on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("no content matches `{0}` on this peer; `shoal content ls` lists it")]
+    NoMatch(String),
+    #[error("`{prefix}` matches several items ({matches}); give more of the id")]
+    Ambiguous { prefix: String, matches: String },
+    #[error(transparent)]
+    Import(#[from] shoal_image::ImportError),
+    #[error(transparent)]
+    Export(#[from] shoal_image::ExportError),
+    #[error("cannot fetch {cid}: {reason}")]
+    Transfer { cid: ContentId, reason: String },
+    #[error("no peer holds image {0}; `shoal image ls` shows what the cluster has")]
+    NoImageHolder(String),
+    #[error("image {reference} from a peer is inconsistent: {reason}")]
+    BadImage { reference: String, reason: String },
+    #[error("the archive names no image; pass --name NAME:TAG")]
+    NoName,
+    #[error("`{0}` is not an image name: use NAME[:TAG], for example app:v1")]
+    BadReference(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+fn task_err(e: tokio::task::JoinError) -> BlobsError {
+    BlobsError::Task(e.to_string())
+}
+
+/// An image with the peers that hold it.
+#[derive(Debug, Clone)]
+pub struct ImageSummary {
+    pub record: ImageRecord,
+    /// Names of the peers (this one included) that hold it.
+    pub holders: Vec<String>,
+}
+
+/// The content subsystem. Cheap to clone.
+#[derive(Clone)]
+pub struct Blobs {
+    ctx: Arc<Ctx>,
+}
+
+/// Most image references a peer advertises in its record.
+const MAX_ADVERTISED_IMAGES: usize = 64;
+
+impl Blobs {
+    pub async fn start(cfg: BlobsConfig, overlay: Overlay) -> Result<Blobs, BlobsError> {
+        let dir = cfg.dir.clone();
+        let quota = cfg.quota;
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir, quota)).await.map_err(task_err)??;
+        let listener = TcpListener::bind(cfg.data_listen)
+            .await
+            .map_err(|source| BlobsError::Bind { addr: cfg.data_listen, source })?;
+        let data_port =
+            listener.local_addr().map_err(|source| BlobsError::Bind { addr: cfg.data_listen, source })?.port();
+        if cfg.corrupt_uploads {
+            warn!("TEST MODE: this peer corrupts every piece it uploads");
+        }
+        let ctx = Arc::new(Ctx {
+            store: Arc::new(store),
+            me: overlay.peer_id(),
+            overlay: overlay.clone(),
+            data_port,
+            up: RateLimit::new(cfg.upload_limit),
+            down: RateLimit::new(cfg.download_limit),
+            corrupt_uploads: cfg.corrupt_uploads,
+            tickets: Default::default(),
+            running: Default::default(),
+            sessions: Default::default(),
+            next_sid: Default::default(),
+            uploaded: Default::default(),
+            shutdown: CancellationToken::new(),
+        });
+        // Data connections.
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok((s, _)) => { tokio::spawn(serve_data(c.clone(), s)); }
+                        Err(e) => { warn!(err = %e, "data listener error"); tokio::time::sleep(Duration::from_millis(100)).await; }
+                    },
+                    _ = c.shutdown.cancelled() => return,
+                }
+            }
+        });
+        // Control streams.
+        let mut incoming = overlay
+            .streams()
+            .accept(crate::proto::BLOB_PROTOCOL)
+            .map_err(|_| BlobsError::Task("the content protocol is already registered".into()))?;
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    next = incoming.next() => match next {
+                        Some((peer, stream)) => { tokio::spawn(serve_control(c.clone(), peer, stream)); }
+                        None => return,
+                    },
+                    _ = c.shutdown.cancelled() => return,
+                }
+            }
+        });
+        let blobs = Blobs { ctx };
+        info!(port = data_port, usage = blobs.ctx.store.usage(), "content store ready");
+        // Resume downloads, announce what we hold.
+        let b = blobs.clone();
+        tokio::spawn(async move {
+            let store = b.ctx.store.clone();
+            let (wanted, complete) = tokio::task::spawn_blocking(move || {
+                let all = store.list().unwrap_or_default();
+                let wanted: Vec<ContentId> =
+                    all.iter().filter(|(_, r)| !r.complete && r.wanted).map(|(c, _)| *c).collect();
+                let complete: Vec<ContentId> = all.iter().filter(|(_, r)| r.complete).map(|(c, _)| *c).collect();
+                (wanted, complete)
+            })
+            .await
+            .unwrap_or_default();
+            for cid in wanted {
+                info!(%cid, "resuming an interrupted download");
+                if let Err(e) = b.fetch(cid, None).await {
+                    warn!(%cid, err = %e, "cannot resume a download");
+                }
+            }
+            for cid in complete {
+                let _ = b.ctx.overlay.provide(&cid.0).await;
+            }
+            b.advertise_images().await;
+        });
+        Ok(blobs)
+    }
+
+    pub fn store(&self) -> Arc<Store> {
+        self.ctx.store.clone()
+    }
+
+    pub fn data_port(&self) -> u16 {
+        self.ctx.data_port
+    }
+
+    /// Bytes uploaded to peers since start.
+    pub fn uploaded(&self) -> u64 {
+        self.ctx.uploaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops every download (their pieces are kept) and the listeners.
+    pub fn shutdown(&self) {
+        self.ctx.shutdown.cancel();
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, BlobsError> {
+        let store = self.ctx.store.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&store)).await.map_err(task_err)??)
+    }
+
+    // ---- content --------------------------------------------------------------------------
+
+    /// Stores what `r` yields and announces it.
+    pub async fn share<R: Read + Send + 'static>(
+        &self,
+        mut r: R,
+        size: Option<u64>,
+        name: Option<String>,
+    ) -> Result<Stored, BlobsError> {
+        let stored = self.blocking(move |s| s.put(&mut r, size, None, name.as_deref())).await?;
+        let _ = self.ctx.overlay.provide(&stored.cid.0).await;
+        Ok(stored)
+    }
+
+    /// Every record (complete and partial).
+    pub async fn list(&self) -> Result<Vec<(ContentId, BlobRecord)>, BlobsError> {
+        self.blocking(|s| s.list()).await
+    }
+
+    /// A content id from a full id or a unique prefix of local content.
+    pub async fn resolve(&self, text: &str) -> Result<ContentId, BlobsError> {
+        if let Ok(cid) = text.parse::<ContentId>() {
+            return Ok(cid);
+        }
+        let hex = text.trim().trim_start_matches("b3:").to_ascii_lowercase();
+        if hex.len() < 4 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(BlobsError::NoMatch(text.to_string()));
+        }
+        let all = self.list().await?;
+        let matches: Vec<ContentId> = all.iter().map(|(c, _)| *c).filter(|c| c.hex().starts_with(&hex)).collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(BlobsError::NoMatch(text.to_string())),
+            many => Err(BlobsError::Ambiguous {
+                prefix: text.to_string(),
+                matches: many.iter().map(|c| c.short()).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    pub async fn remove(&self, cid: ContentId) -> Result<(), BlobsError> {
+        // A running download of it stops first.
+        self.ctx.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&cid);
+        self.blocking(move |s| s.remove(&cid)).await?;
+        let _ = self.ctx.overlay.unprovide(&cid.0).await;
+        Ok(())
+    }
+
+    pub async fn pin(&self, cid: ContentId, pinned: bool) -> Result<(), BlobsError> {
+        self.blocking(move |s| s.set_pinned(&cid, pinned)).await
+    }
+
+    /// A complete blob for reading, and its size.
+    pub async fn open(&self, cid: ContentId) -> Result<(std::fs::File, u64), BlobsError> {
+        self.blocking(move |s| {
+            let f = s.open_blob(&cid)?;
+            s.touch(&cid)?;
+            let size = s.get(&cid)?.map(|r| r.size).unwrap_or(0);
+            Ok((f, size))
+        })
+        .await
+    }
+
+    /// Every running download's progress.
+    pub fn running(&self) -> Vec<Progress> {
+        self.ctx
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|r| r.progress.borrow().clone())
+            .collect()
+    }
+
+    /// A running or finished download's progress.
+    pub fn progress(&self, cid: &ContentId) -> Option<Progress> {
+        self.ctx.running.lock().unwrap_or_else(|p| p.into_inner()).get(cid).map(|r| r.progress.borrow().clone())
+    }
+
+    /// Starts fetching `cid` (or joins the running download); returns its progress.
+    pub async fn fetch(
+        &self,
+        cid: ContentId,
+        expect_sha256: Option<Digest>,
+    ) -> Result<watch::Receiver<Progress>, BlobsError> {
+        if let Some(r) = self.ctx.running.lock().unwrap_or_else(|p| p.into_inner()).get(&cid) {
+            return Ok(r.progress.clone());
+        }
+        let rec = self.blocking(move |s| s.get(&cid)).await?;
+        if let Some(r) = &rec
+            && r.complete
+        {
+            let store = self.ctx.store.clone();
+            let m = tokio::task::spawn_blocking(move || store.manifest(&cid)).await.map_err(task_err)??;
+            let pieces = m.as_ref().map_or(1, PieceManifest::pieces);
+            let (_, rx) = watch::channel(Progress {
+                cid,
+                size: r.size,
+                pieces,
+                have_pieces: pieces,
+                have_bytes: r.size,
+                fetched_bytes: 0,
+                peers: 0,
+                rate_bps: 0.0,
+                state: TransferState::Complete,
+                error: None,
+                have: crate::bitfield::Bitfield::full(pieces),
+            });
+            return Ok(rx);
+        }
+        // The manifest: ours (resuming), or from any holder, checked against the id.
+        let (manifest, bytes) = match self.blocking(move |s| s.manifest_bytes(&cid)).await? {
+            Some(b) => (
+                PieceManifest::decode_for(&cid, &b).map_err(|e| BlobsError::Transfer { cid, reason: e.to_string() })?,
+                b,
+            ),
+            None => self.fetch_manifest(cid).await?,
+        };
+        let manifest = Arc::new(manifest);
+        let store = self.ctx.store.clone();
+        let m2 = manifest.clone();
+        let partial = tokio::task::spawn_blocking(move || store.begin_partial(&cid, m2, &bytes, expect_sha256, None))
+            .await
+            .map_err(task_err)??;
+        let mut running = self.ctx.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = running.get(&cid) {
+            return Ok(r.progress.clone());
+        }
+        let (dl, events, shared, progress) = Download::new(self.ctx.clone(), partial);
+        running.insert(cid, Running { events, shared, progress: progress.clone() });
+        drop(running);
+        tokio::spawn(dl.run());
+        Ok(progress)
+    }
+
+    async fn fetch_manifest(&self, cid: ContentId) -> Result<(PieceManifest, Vec<u8>), BlobsError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let candidates = self.ctx.candidates(&cid).await;
+            let asks = candidates.iter().map(|(peer, _)| {
+                let ctx = self.ctx.clone();
+                let peer = *peer;
+                async move { (peer, ctx.ask(peer, &Request::Hello { cid, want_manifest: true }).await) }
+            });
+            for (peer, r) in futures::future::join_all(asks).await {
+                if let Ok(Response::Offer(o)) = r
+                    && let Some(bytes) = o.manifest
+                {
+                    match PieceManifest::decode_for(&cid, &bytes) {
+                        Ok(m) => return Ok((m, bytes)),
+                        Err(e) => {
+                            warn!(%peer, %cid, err = %e, "a peer sent a manifest that does not match the content id")
+                        }
+                    }
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(BlobsError::Transfer {
+                    cid,
+                    reason: format!(
+                        "no live peer holds it (asked {} peers); is it shared on a peer that is up?",
+                        candidates.len()
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Fetches `cid` and waits until it is complete.
+    pub async fn fetch_and_wait(&self, cid: ContentId, expect_sha256: Option<Digest>) -> Result<(), BlobsError> {
+        let mut rx = self.fetch(cid, expect_sha256).await?;
+        loop {
+            let p = rx.borrow_and_update().clone();
+            match p.state {
+                TransferState::Complete => return Ok(()),
+                TransferState::Failed => {
+                    return Err(BlobsError::Transfer { cid, reason: p.error.unwrap_or_else(|| "failed".into()) });
+                }
+                TransferState::Running => {}
+            }
+            if rx.changed().await.is_err() {
+                // The download task ended; its last word is in the store.
+                let done = self.blocking(move |s| s.get(&cid)).await?.is_some_and(|r| r.complete);
+                return if done { Ok(()) } else { Err(BlobsError::Transfer { cid, reason: "interrupted".into() }) };
+            }
+        }
+    }
+
+    // ---- images ---------------------------------------------------------------------------
+
+    /// Imports an archive (docker save, OCI archive or layout, or a rootfs tarball).
+    pub async fn import_image(&self, path: &Path, name: Option<String>) -> Result<ImageRecord, BlobsError> {
+        if let Some(n) = &name {
+            n.parse::<Reference>().map_err(|_| BlobsError::BadReference(n.clone()))?;
+        }
+        let (store, path) = (self.ctx.store.clone(), path.to_path_buf());
+        let rec = tokio::task::spawn_blocking(move || -> Result<ImageRecord, BlobsError> {
+            let mut sink = StoreSink::new(&store);
+            let imported = shoal_image::import_archive(&path, &ImportOptions { name }, &mut sink)?;
+            let reference = imported.reference.as_ref().ok_or(BlobsError::NoName)?.to_string();
+            let blob_ref = |d: &shoal_image::Descriptor| -> Result<BlobRef, BlobsError> {
+                let cid = match sink.stored.get(&d.digest) {
+                    Some((c, _)) => *c,
+                    None => store.by_sha256(&d.digest)?.ok_or_else(|| BlobsError::BadImage {
+                        reference: reference.clone(),
+                        reason: format!("blob {} was not stored", d.digest),
+                    })?,
+                };
+                Ok(BlobRef { media_type: d.media_type.clone(), digest: d.digest.clone(), size: d.size, cid })
+            };
+            let rec = ImageRecord {
+                reference: reference.clone(),
+                manifest: blob_ref(&imported.manifest)?,
+                config: blob_ref(&imported.config)?,
+                layers: imported.layers.iter().map(&blob_ref).collect::<Result<_, _>>()?,
+                created_ms: now_ms(),
+            };
+            store.put_image(&rec)?;
+            Ok(rec)
+        })
+        .await
+        .map_err(task_err)??;
+        for b in rec.blobs() {
+            let _ = self.ctx.overlay.provide(&b.cid.0).await;
+        }
+        self.advertise_images().await;
+        Ok(rec)
+    }
+
+    /// Publishes the images this peer holds in its record, so others can find them.
+    async fn advertise_images(&self) {
+        let images = self.blocking(|s| s.images()).await.unwrap_or_default();
+        let mut refs: Vec<String> = images.into_iter().map(|i| i.reference).collect();
+        refs.sort();
+        refs.truncate(MAX_ADVERTISED_IMAGES);
+        let _ = self.ctx.overlay.set_ext("images", Some(serde_json::json!(refs))).await;
+    }
+
+    /// Local images, with the cluster peers that advertise each.
+    pub async fn images(&self) -> Result<Vec<ImageSummary>, BlobsError> {
+        let local = self.blocking(|s| s.images()).await?;
+        let holders = self.image_holders().await;
+        let me = self.ctx.overlay.status().await.ok().map(|_| "(self)".to_string()).unwrap_or_default();
+        Ok(local
+            .into_iter()
+            .map(|record| {
+                let mut h: Vec<String> = holders.get(&record.reference).cloned().unwrap_or_default();
+                h.insert(0, me.clone());
+                ImageSummary { record, holders: h }
+            })
+            .collect())
+    }
+
+    async fn image_holders(&self) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for m in self.ctx.overlay.members().await.unwrap_or_default() {
+            if let Some(list) = m.ext.get("images").and_then(|v| v.as_array()) {
+                for r in list.iter().filter_map(|v| v.as_str()) {
+                    out.entry(r.to_string()).or_default().push(if m.name.is_empty() {
+                        m.peer.to_string()
+                    } else {
+                        m.name.clone()
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Fetches an image another peer holds; its blobs come from every peer holding them.
+    pub async fn pull(&self, reference: &str) -> Result<ImageRecord, BlobsError> {
+        let r: Reference = reference.parse().map_err(|_| BlobsError::BadReference(reference.to_string()))?;
+        let reference = r.to_string();
+        let local = {
+            let rf = reference.clone();
+            self.blocking(move |s| s.image(&rf)).await?
+        };
+        if let Some(img) = local {
+            let store = self.ctx.store.clone();
+            let i2 = img.clone();
+            let complete = tokio::task::spawn_blocking(move || {
+                i2.blobs().all(|b| store.get(&b.cid).ok().flatten().is_some_and(|r| r.complete))
+            })
+            .await
+            .map_err(task_err)?;
+            if complete {
+                return Ok(img);
+            }
+        }
+        let rec = self.describe(&reference).await?;
+        // The manifest first: it names the config and layers by sha256, binding everything.
+        self.fetch_and_wait(rec.manifest.cid, Some(rec.manifest.digest.clone())).await?;
+        let (store, mcid) = (self.ctx.store.clone(), rec.manifest.cid);
+        let manifest: serde_json::Value =
+            tokio::task::spawn_blocking(move || -> Result<serde_json::Value, BlobsError> {
+                let mut f = store.open_blob(&mcid)?;
+                let mut buf = Vec::new();
+                f.by_ref()
+                    .take(8 << 20)
+                    .read_to_end(&mut buf)
+                    .map_err(|source| BlobsError::Io { path: PathBuf::from("manifest"), source })?;
+                serde_json::from_slice(&buf)
+                    .map_err(|e| BlobsError::BadImage { reference: String::new(), reason: e.to_string() })
+            })
+            .await
+            .map_err(task_err)??;
+        let bad = |reason: &str| BlobsError::BadImage { reference: reference.clone(), reason: reason.to_string() };
+        let cfg = manifest["config"]["digest"].as_str().ok_or_else(|| bad("manifest has no config"))?;
+        if cfg != rec.config.digest.to_string() {
+            return Err(bad("config digest differs from the manifest"));
+        }
+        let layers: Vec<&str> = manifest["layers"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|d| d["digest"].as_str()).collect())
+            .unwrap_or_default();
+        let ours: Vec<String> = rec.layers.iter().map(|l| l.digest.to_string()).collect();
+        if layers != ours {
+            return Err(bad("layer digests differ from the manifest"));
+        }
+        let fetches =
+            std::iter::once(&rec.config).chain(&rec.layers).map(|b| self.fetch_and_wait(b.cid, Some(b.digest.clone())));
+        for r in futures::future::join_all(fetches).await {
+            r?;
+        }
+        let mut rec = rec;
+        rec.reference = reference;
+        rec.created_ms = now_ms();
+        let r2 = rec.clone();
+        self.blocking(move |s| s.put_image(&r2)).await?;
+        self.advertise_images().await;
+        Ok(rec)
+    }
+
+    async fn describe(&self, reference: &str) -> Result<ImageRecord, BlobsError> {
+        let members = self.ctx.overlay.members().await.unwrap_or_default();
+        // Peers advertising the image first, then everyone else.
+        let mut order: Vec<PeerId> = Vec::new();
+        for m in &members {
+            let has = m
+                .ext
+                .get("images")
+                .and_then(|v| v.as_array())
+                .is_some_and(|l| l.iter().any(|v| v.as_str() == Some(reference)));
+            if has {
+                order.insert(0, m.peer);
+            } else {
+                order.push(m.peer);
+            }
+        }
+        for peer in order {
+            if let Ok(Response::Image { record }) =
+                self.ctx.ask(peer, &Request::Describe { reference: reference.to_string() }).await
+            {
+                match serde_json::from_slice::<ImageRecord>(&record) {
+                    Ok(r) => return Ok(r),
+                    Err(e) => warn!(%peer, err = %e, "a peer described an image in a form this agent cannot read"),
+                }
+            }
+        }
+        Err(BlobsError::NoImageHolder(reference.to_string()))
+    }
+
+    /// Writes `reference` as an OCI archive at `out` (atomically: a temp file, then rename).
+    pub async fn export_image(&self, reference: &str, out: &Path) -> Result<(), BlobsError> {
+        let r: Reference = reference.parse().map_err(|_| BlobsError::BadReference(reference.to_string()))?;
+        let (store, out) = (self.ctx.store.clone(), out.to_path_buf());
+        tokio::task::spawn_blocking(move || -> Result<(), BlobsError> {
+            let img = store.image(&r.to_string())?.ok_or(StoreError::NoImage { reference: r.to_string() })?;
+            let desc = shoal_image::Descriptor {
+                media_type: img.manifest.media_type.clone(),
+                digest: img.manifest.digest.clone(),
+                size: img.manifest.size,
+            };
+            let tmp = out.with_extension("partial");
+            let result = (|| {
+                let f = std::fs::File::create(&tmp).map_err(|source| BlobsError::Io { path: tmp.clone(), source })?;
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                shoal_image::export_oci_archive(&r, &desc, &StoreSource(&store), &mut w)?;
+                let f = w.into_inner().map_err(|e| BlobsError::Io { path: tmp.clone(), source: e.into_error() })?;
+                f.sync_all().map_err(|source| BlobsError::Io { path: tmp.clone(), source })?;
+                std::fs::rename(&tmp, &out).map_err(|source| BlobsError::Io { path: out.clone(), source })
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
+        })
+        .await
+        .map_err(task_err)?
+    }
+
+    /// Removes an image; blobs no other image uses are removed too (unless pinned).
+    pub async fn remove_image(&self, reference: &str) -> Result<Vec<ContentId>, BlobsError> {
+        let r: Reference = reference.parse().map_err(|_| BlobsError::BadReference(reference.to_string()))?;
+        let removed = self.blocking(move |s| s.remove_image(&r.to_string(), true)).await?;
+        for c in &removed {
+            let _ = self.ctx.overlay.unprovide(&c.0).await;
+        }
+        self.advertise_images().await;
+        Ok(removed)
+    }
+}

@@ -1,0 +1,221 @@
+//! One data-channel session: a sealed TCP connection between two peers about one blob.
+//!
+//! The session task reads frames and answers them:
+//! - `Request(i)`: serve piece `i` from the store (complete blob) or from the running download
+//!   (a piece already verified), within the agent's upload rate limit; else `Reject(i)`.
+//! - `Piece(i, data)`: only if a local download is attached; verified against the manifest
+//!   here (so hashing runs on many cores at once), then handed to the download as
+//!   [`SessionEvent::Piece`], or reported as [`SessionEvent::Corrupt`] and the session closed.
+//! - `Bitfield`, `Have`, `Complete`, `Reject`: forwarded to the attached download.
+//!
+//! A writer task owns the sending half; the download and the serving code queue frames to it
+//! over a bounded channel (at most 8 frames, so at most 8 pieces buffered per session).
+//! A session with no traffic for 60 s closes itself.
+
+use crate::bitfield::Bitfield;
+use crate::channel::{ChannelError, SealedReader, SealedWriter, Side, seal};
+use crate::cid::ContentId;
+use crate::ctx::Ctx;
+use crate::frame::Frame;
+use crate::manifest::{MAX_PIECE, PieceManifest};
+use bytes::Bytes;
+use shoal_overlay::libp2p::PeerId;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::debug;
+
+/// What a session tells the download it is attached to.
+#[derive(Debug)]
+pub(crate) enum SessionEvent {
+    Opened {
+        sid: u64,
+        peer: PeerId,
+        tx: mpsc::Sender<Frame>,
+    },
+    Bitfield {
+        sid: u64,
+        bits: Bitfield,
+    },
+    Complete {
+        sid: u64,
+    },
+    Have {
+        sid: u64,
+        index: u32,
+    },
+    /// A verified piece.
+    Piece {
+        sid: u64,
+        index: u32,
+        data: Bytes,
+    },
+    Corrupt {
+        sid: u64,
+        index: u32,
+    },
+    Reject {
+        sid: u64,
+        index: u32,
+    },
+    Closed {
+        sid: u64,
+    },
+    /// From a connect attempt that did not become a session.
+    ConnectFailed {
+        peer: PeerId,
+        holder: bool,
+    },
+    /// From discovery.
+    Candidates(Vec<(PeerId, Vec<shoal_overlay::libp2p::Multiaddr>)>),
+}
+
+const IDLE: Duration = Duration::from_secs(60);
+/// Pieces one session serves at once.
+const SERVE_CONCURRENCY: usize = 8;
+
+/// Runs a session to its end.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    stream: TcpStream,
+    side: Side,
+    key: [u8; 32],
+    cid: ContentId,
+    peer: PeerId,
+    manifest: Arc<PieceManifest>,
+    attach: Option<mpsc::Sender<SessionEvent>>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let Ok((reader, writer)) = seal(r, w, &key, side, 5 + MAX_PIECE as usize + 64) else { return };
+    let sid = ctx.next_sid.fetch_add(1, Ordering::Relaxed);
+    ctx.sessions.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel::<Frame>(8);
+    let writer_task = tokio::spawn(write_loop(writer, rx));
+    // Tell the other side what we hold.
+    let first = match ctx.holding(&cid) {
+        Some(None) => Frame::Complete,
+        Some(Some(bits)) => Frame::Bitfield(bits),
+        None => Frame::Bitfield(Bitfield::new(manifest.pieces())),
+    };
+    let _ = tx.send(first).await;
+    if let Some(a) = &attach {
+        let _ = a.send(SessionEvent::Opened { sid, peer, tx: tx.clone() }).await;
+    }
+    let r = read_loop(&ctx, reader, &tx, sid, cid, &manifest, attach.as_ref()).await;
+    if let Err(e) = r {
+        debug!(%peer, %cid, err = %e, "session ended");
+    }
+    if let Some(a) = &attach {
+        let _ = a.send(SessionEvent::Closed { sid }).await;
+    }
+    drop(tx);
+    let _ = writer_task.await;
+    ctx.sessions.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn write_loop(mut w: SealedWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<Frame>) {
+    while let Some(f) = rx.recv().await {
+        let header = f.header();
+        let r = match &f {
+            Frame::Piece(_, data) => w.send(&[&header, data]).await,
+            _ => w.send(&[&header]).await,
+        };
+        if r.is_err() {
+            return;
+        }
+        if rx.is_empty() && w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+/// Errors that end a session.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error("bad frame: {0}")]
+    Frame(#[from] crate::frame::FrameError),
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+    #[error("corrupt piece {0}")]
+    Corrupt(u32),
+    #[error("unsolicited piece {0}")]
+    Unsolicited(u32),
+}
+
+async fn read_loop(
+    ctx: &Arc<Ctx>,
+    mut reader: SealedReader<OwnedReadHalf>,
+    tx: &mpsc::Sender<Frame>,
+    sid: u64,
+    cid: ContentId,
+    manifest: &Arc<PieceManifest>,
+    attach: Option<&mpsc::Sender<SessionEvent>>,
+) -> Result<(), SessionError> {
+    let serving = Arc::new(Semaphore::new(SERVE_CONCURRENCY));
+    let pieces = manifest.pieces();
+    loop {
+        let mut buf = Vec::new();
+        let got = tokio::time::timeout(IDLE, reader.recv(&mut buf)).await.map_err(|_| SessionError::Idle(IDLE))??;
+        if !got {
+            return Ok(());
+        }
+        let len = buf.len();
+        let frame = Frame::decode(Bytes::from(buf), pieces)?;
+        let forward = |ev: SessionEvent| async move {
+            if let Some(a) = attach {
+                let _ = a.send(ev).await;
+            }
+        };
+        match frame {
+            Frame::Request(i) => {
+                let Ok(permit) = serving.clone().try_acquire_owned() else {
+                    let _ = tx.send(Frame::Reject(i)).await;
+                    continue;
+                };
+                let (ctx, tx, manifest) = (ctx.clone(), tx.clone(), manifest.clone());
+                tokio::spawn(async move {
+                    let frame = match ctx.read_piece(&cid, &manifest, i).await {
+                        Some(mut data) => {
+                            ctx.up.acquire(data.len()).await;
+                            if ctx.corrupt_uploads && !data.is_empty() {
+                                data[0] ^= 0xff;
+                            }
+                            ctx.uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            Frame::Piece(i, Bytes::from(data))
+                        }
+                        None => Frame::Reject(i),
+                    };
+                    let _ = tx.send(frame).await;
+                    drop(permit);
+                });
+            }
+            Frame::Piece(i, data) => {
+                let Some(_) = attach else { return Err(SessionError::Unsolicited(i)) };
+                ctx.down.acquire(len).await;
+                let m = manifest.clone();
+                let (ok, data) = tokio::task::spawn_blocking(move || (m.verify(i, &data), data))
+                    .await
+                    .unwrap_or((false, Bytes::new()));
+                if ok {
+                    forward(SessionEvent::Piece { sid, index: i, data }).await;
+                } else {
+                    forward(SessionEvent::Corrupt { sid, index: i }).await;
+                    return Err(SessionError::Corrupt(i));
+                }
+            }
+            Frame::Bitfield(bits) => forward(SessionEvent::Bitfield { sid, bits }).await,
+            Frame::Complete => forward(SessionEvent::Complete { sid }).await,
+            Frame::Have(i) => forward(SessionEvent::Have { sid, index: i }).await,
+            Frame::Reject(i) => forward(SessionEvent::Reject { sid, index: i }).await,
+            Frame::Cancel(_) => {}
+        }
+    }
+}

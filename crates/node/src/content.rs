@@ -1,0 +1,160 @@
+//! Content and image operations, in the shapes the API returns.
+
+use crate::{Node, NodeError};
+use shoal_blobs::{BlobRecord, ContentId, Progress, TransferState};
+use shoal_types::{ContentInfo, ImageInfo, SharedContent, TransferInfo};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn transfer_info(p: &Progress) -> TransferInfo {
+    TransferInfo {
+        id: p.cid.to_string(),
+        size: p.size,
+        have_bytes: p.have_bytes,
+        fetched_bytes: p.fetched_bytes,
+        pieces: p.pieces,
+        have_pieces: p.have_pieces,
+        peers: p.peers,
+        rate_bps: p.rate_bps,
+        state: match p.state {
+            TransferState::Running => "running",
+            TransferState::Complete => "complete",
+            TransferState::Failed => "failed",
+        }
+        .to_string(),
+        error: p.error.clone(),
+        have: hex_bits(p.have.bytes()),
+    }
+}
+
+fn hex_bits(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn content_info(cid: &ContentId, r: &BlobRecord, images: &HashMap<ContentId, Vec<String>>) -> ContentInfo {
+    ContentInfo {
+        id: cid.to_string(),
+        size: r.size,
+        state: if r.complete { "complete" } else { "partial" }.to_string(),
+        have_bytes: if r.complete {
+            r.size
+        } else {
+            // Whole pieces, bounded by the size (the last piece may be shorter).
+            r.have.as_ref().map_or(0, |h| {
+                (u64::from(h.count()) * shoal_blobs::manifest::piece_size_for(r.size) as u64).min(r.size)
+            })
+        },
+        pinned: r.pinned,
+        name: r.name.clone(),
+        sha256: r.sha256.as_ref().map(|d| d.to_string()),
+        images: images.get(cid).cloned().unwrap_or_default(),
+        last_used_ms: r.last_access_ms,
+    }
+}
+
+impl Node {
+    /// Stores what `r` yields (`shoal share`).
+    pub async fn share<R: std::io::Read + Send + 'static>(
+        &self,
+        r: R,
+        size: Option<u64>,
+        name: Option<String>,
+    ) -> Result<SharedContent, NodeError> {
+        let s = self.blobs().share(r, size, name).await?;
+        Ok(SharedContent { id: s.cid.to_string(), size: s.size, sha256: s.sha256.to_string(), existed: s.existed })
+    }
+
+    /// Every blob in this peer's store.
+    pub async fn content(&self) -> Result<Vec<ContentInfo>, NodeError> {
+        let list = self.blobs().list().await?;
+        let mut images: HashMap<ContentId, Vec<String>> = HashMap::new();
+        for s in self.blobs().images().await? {
+            for b in s.record.blobs() {
+                images.entry(b.cid).or_default().push(s.record.reference.clone());
+            }
+        }
+        let mut out: Vec<ContentInfo> = list.iter().map(|(c, r)| content_info(c, r, &images)).collect();
+        out.sort_by_key(|c| std::cmp::Reverse(c.last_used_ms));
+        Ok(out)
+    }
+
+    /// The content id that `text` (an id or a unique prefix of local content) names.
+    pub async fn resolve_content(&self, text: &str) -> Result<ContentId, NodeError> {
+        Ok(self.blobs().resolve(text).await?)
+    }
+
+    /// Starts (or joins) fetching a blob; returns its progress.
+    pub async fn fetch(&self, text: &str) -> Result<TransferInfo, NodeError> {
+        let cid = text.parse::<ContentId>().map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let rx = self.blobs().fetch(cid, None).await?;
+        let p = rx.borrow().clone();
+        Ok(transfer_info(&p))
+    }
+
+    /// A transfer's progress: running, or the finished state of local content.
+    pub async fn transfer(&self, text: &str) -> Result<TransferInfo, NodeError> {
+        let cid = self.resolve_content(text).await?;
+        if let Some(p) = self.blobs().progress(&cid) {
+            return Ok(transfer_info(&p));
+        }
+        let rx = self.blobs().fetch(cid, None).await?;
+        let p = rx.borrow().clone();
+        Ok(transfer_info(&p))
+    }
+
+    pub async fn remove_content(&self, text: &str) -> Result<(), NodeError> {
+        let cid = self.resolve_content(text).await?;
+        Ok(self.blobs().remove(cid).await?)
+    }
+
+    pub async fn pin_content(&self, text: &str, pinned: bool) -> Result<(), NodeError> {
+        let cid = self.resolve_content(text).await?;
+        Ok(self.blobs().pin(cid, pinned).await?)
+    }
+
+    /// A complete blob to stream out, and its size.
+    pub async fn open_content(&self, text: &str) -> Result<(std::fs::File, u64), NodeError> {
+        let cid = self.resolve_content(text).await?;
+        Ok(self.blobs().open(cid).await?)
+    }
+
+    fn image_info(&self, s: &shoal_blobs::ImageSummary) -> ImageInfo {
+        ImageInfo {
+            reference: s.record.reference.clone(),
+            digest: s.record.manifest.digest.to_string(),
+            size: s.record.size(),
+            layers: s.record.layers.len(),
+            holders: s.holders.clone(),
+            created_ms: s.record.created_ms,
+        }
+    }
+
+    pub async fn import_image(&self, path: &Path, name: Option<String>) -> Result<ImageInfo, NodeError> {
+        let rec = self.blobs().import_image(path, name).await?;
+        Ok(self.image_info(&shoal_blobs::ImageSummary { record: rec, holders: vec!["(self)".into()] }))
+    }
+
+    pub async fn images(&self) -> Result<Vec<ImageInfo>, NodeError> {
+        let mut v: Vec<ImageInfo> = self.blobs().images().await?.iter().map(|s| self.image_info(s)).collect();
+        v.sort_by(|a, b| a.reference.cmp(&b.reference));
+        Ok(v)
+    }
+
+    pub async fn pull_image(&self, reference: &str) -> Result<ImageInfo, NodeError> {
+        let rec = self.blobs().pull(reference).await?;
+        Ok(self.image_info(&shoal_blobs::ImageSummary { record: rec, holders: vec!["(self)".into()] }))
+    }
+
+    pub async fn export_image(&self, reference: &str, out: &Path) -> Result<(), NodeError> {
+        Ok(self.blobs().export_image(reference, out).await?)
+    }
+
+    pub async fn remove_image(&self, reference: &str) -> Result<usize, NodeError> {
+        Ok(self.blobs().remove_image(reference).await?.len())
+    }
+
+    /// Downloads running now.
+    pub fn transfers(&self) -> Vec<TransferInfo> {
+        self.blobs().running().iter().map(transfer_info).collect()
+    }
+}
