@@ -164,10 +164,12 @@ mod tests {
         let (cr, cw) = tokio::io::split(c);
         let (mut rc, _) = seal(cr, cw, &secret, Side::Acceptor, 1 << 16).unwrap();
         let (x, y) = tokio::io::duplex(1 << 16);
-        let (_xr, xw) = tokio::io::split(x);
+        let (xr, xw) = tokio::io::split(x);
         let (_, mut wx) = seal(tokio::io::empty(), xw, &secret, Side::Opener, 1 << 16).unwrap();
         wx.send(&[b"secret"]).await.unwrap();
+        // Both halves must go for the other end to see the end of the stream.
         drop(wx);
+        drop(xr);
         let mut raw = Vec::new();
         let mut y = y;
         y.read_to_end(&mut raw).await.unwrap();
