@@ -63,7 +63,15 @@ pub(crate) struct Ctx {
     pub(crate) next_sid: AtomicU64,
     pub(crate) uploaded: AtomicU64,
     pub(crate) shutdown: CancellationToken,
+    /// Pieces of complete blobs we sent lately, and to whom (super-seeding).
+    pub(crate) sent: Mutex<HashMap<ContentId, SentLog>>,
 }
+
+/// Per piece of a seeded blob: to whom it last went, and when.
+pub(crate) type SentLog = HashMap<u32, (PeerId, Instant)>;
+
+/// How long a seed keeps a piece it just sent to one peer from going to another.
+pub(crate) const SUPERSEED_WINDOW: Duration = Duration::from_secs(5);
 
 /// Most sessions this peer keeps open at once.
 pub(crate) const MAX_SESSIONS: usize = 512;
@@ -104,6 +112,30 @@ impl Ctx {
         }
         let (store, m, cid) = (self.store.clone(), manifest.clone(), *cid);
         tokio::task::spawn_blocking(move || store.read_piece(&cid, &m, i).ok()).await.ok().flatten()
+    }
+
+    /// Super-seeding: whether a seed should serve piece `i` of `cid` to `peer` now. A piece
+    /// sent to another peer within [`SUPERSEED_WINDOW`] is refused: that peer will announce it
+    /// and the requester fetches it there, so the seed's upload, the scarcest in the swarm,
+    /// goes to pieces nobody has yet. Pieces of partial blobs (we are a downloader relaying)
+    /// are always served.
+    pub(crate) fn seed_should_serve(&self, cid: &ContentId, i: u32, peer: PeerId) -> bool {
+        if lock(&self.running).contains_key(cid) {
+            return true;
+        }
+        let now = Instant::now();
+        let mut sent = lock(&self.sent);
+        let log = sent.entry(*cid).or_default();
+        match log.get(&i) {
+            Some((p, t)) if *p != peer && now.duration_since(*t) < SUPERSEED_WINDOW => false,
+            _ => {
+                log.insert(i, (peer, now));
+                if log.len() > 1 << 16 {
+                    log.retain(|_, (_, t)| now.duration_since(*t) < SUPERSEED_WINDOW);
+                }
+                true
+            }
+        }
     }
 
     /// Issues a single-use ticket for `peer` to open a data channel about `cid`.

@@ -123,6 +123,7 @@ impl Blobs {
             next_sid: Default::default(),
             uploaded: Default::default(),
             shutdown: CancellationToken::new(),
+            sent: Default::default(),
         });
         // Data connections.
         let c = ctx.clone();
@@ -345,7 +346,10 @@ impl Blobs {
     }
 
     async fn fetch_manifest(&self, cid: ContentId) -> Result<(PieceManifest, Vec<u8>), BlobsError> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Peers that are starting or joining may not answer yet: ask for a while, but stop
+        // early once every live peer has said twice that it does not have it.
+        let start = tokio::time::Instant::now();
+        let mut all_said_no = 0;
         loop {
             let candidates = self.ctx.candidates(&cid).await;
             let asks = candidates.iter().map(|(peer, _)| {
@@ -353,19 +357,29 @@ impl Blobs {
                 let peer = *peer;
                 async move { (peer, ctx.ask(peer, &Request::Hello { cid, want_manifest: true }).await) }
             });
-            for (peer, r) in futures::future::join_all(asks).await {
-                if let Ok(Response::Offer(o)) = r
-                    && let Some(bytes) = o.manifest
-                {
-                    match PieceManifest::decode_for(&cid, &bytes) {
-                        Ok(m) => return Ok((m, bytes)),
-                        Err(e) => {
+            let answers = futures::future::join_all(asks).await;
+            let mut no = 0;
+            for (peer, r) in &answers {
+                match r {
+                    Ok(Response::Offer(o)) => match o.manifest.as_deref().map(|b| PieceManifest::decode_for(&cid, b)) {
+                        Some(Ok(m)) => return Ok((m, o.manifest.clone().unwrap_or_default())),
+                        Some(Err(e)) => {
                             warn!(%peer, %cid, err = %e, "a peer sent a manifest that does not match the content id")
                         }
-                    }
+                        None => {}
+                    },
+                    Ok(Response::NotHere) => no += 1,
+                    _ => {}
                 }
             }
-            if tokio::time::Instant::now() > deadline {
+            if !answers.is_empty() && no == answers.len() {
+                all_said_no += 1;
+            }
+            let waited = start.elapsed();
+            let give_up = all_said_no >= 2
+                || (candidates.is_empty() && waited > Duration::from_secs(3))
+                || waited > Duration::from_secs(30);
+            if give_up {
                 return Err(BlobsError::Transfer {
                     cid,
                     reason: format!(

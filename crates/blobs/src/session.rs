@@ -106,7 +106,7 @@ pub(crate) async fn run(
     if let Some(a) = &attach {
         let _ = a.send(SessionEvent::Opened { sid, peer, tx: tx.clone() }).await;
     }
-    let r = read_loop(&ctx, reader, &tx, sid, cid, &manifest, attach.as_ref()).await;
+    let r = read_loop(&ctx, reader, &tx, sid, cid, peer, &manifest, attach.as_ref()).await;
     if let Err(e) = r {
         debug!(%peer, %cid, err = %e, "session ended");
     }
@@ -150,12 +150,14 @@ enum SessionError {
     Unsolicited(u32),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop(
     ctx: &Arc<Ctx>,
     mut reader: SealedReader<OwnedReadHalf>,
     tx: &mpsc::Sender<Frame>,
     sid: u64,
     cid: ContentId,
+    peer: PeerId,
     manifest: &Arc<PieceManifest>,
     attach: Option<&mpsc::Sender<SessionEvent>>,
 ) -> Result<(), SessionError> {
@@ -176,6 +178,10 @@ async fn read_loop(
         };
         match frame {
             Frame::Request(i) => {
+                if !ctx.seed_should_serve(&cid, i, peer) {
+                    let _ = tx.send(Frame::Reject(i)).await;
+                    continue;
+                }
                 let Ok(permit) = serving.clone().try_acquire_owned() else {
                     let _ = tx.send(Frame::Reject(i)).await;
                     continue;

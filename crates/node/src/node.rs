@@ -136,6 +136,7 @@ impl Node {
             uptime_secs: self.inner.started.elapsed().as_secs(),
             data_dir: self.inner.cfg.data_dir.display().to_string(),
             dropped_messages: s.dropped_messages,
+            uploaded_bytes: self.inner.blobs.uploaded(),
         })
     }
 

@@ -42,6 +42,24 @@ impl TestLab {
             .expect("run shoal lab")
     }
 
+    /// Starts `shoal lab <args>` without waiting (for commands that run a while).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(crate::shoal_bin())
+            .arg("lab")
+            .args(["--name", &self.name])
+            .args(args)
+            .env("SHOAL_LAB_ROOT", self.root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn shoal lab")
+    }
+
+    /// The API client of peer `i`.
+    pub fn client(&self, i: usize) -> Client {
+        Client::new(&self.socket(i).display().to_string(), None).expect("socket path")
+    }
+
     /// Like [`TestLab::cli`] but fails on a non-zero exit.
     pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.cli(args);

@@ -94,4 +94,6 @@ pub struct AgentStatus {
     pub data_dir: String,
     /// Messages from peers dropped as malformed, oversized or forged since start.
     pub dropped_messages: u64,
+    /// Content bytes uploaded to other peers since start.
+    pub uploaded_bytes: u64,
 }

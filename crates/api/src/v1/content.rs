@@ -10,9 +10,38 @@ use futures::TryStreamExt;
 use shoal_types::{ContentInfo, SharedContent, TransferInfo};
 
 /// The uploaded body as a blocking reader (the store hashes and writes on a blocking thread).
-pub(crate) fn body_reader(body: Body) -> tokio_util::io::SyncIoBridge<impl tokio::io::AsyncRead + Unpin> {
+pub(crate) fn body_reader(body: Body) -> DrainOnDrop<tokio_util::io::SyncIoBridge<impl tokio::io::AsyncRead + Unpin>> {
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream))
+    DrainOnDrop { inner: tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream)), done: false }
+}
+
+/// Most bytes of a refused upload read and thrown away so the client sees the answer.
+const DRAIN_LIMIT: u64 = 1 << 30;
+
+/// A reader that, if dropped before the end (the store refused the upload: quota, digest,
+/// disk), reads and discards the rest (up to [`DRAIN_LIMIT`]). Closing a connection with an
+/// unread request body makes the peer see a reset instead of the error response.
+pub(crate) struct DrainOnDrop<R: std::io::Read> {
+    inner: R,
+    done: bool,
+}
+
+impl<R: std::io::Read> std::io::Read for DrainOnDrop<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.done = true;
+        }
+        Ok(n)
+    }
+}
+
+impl<R: std::io::Read> Drop for DrainOnDrop<R> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::io::copy(&mut std::io::Read::take(&mut self.inner, DRAIN_LIMIT), &mut std::io::sink());
+        }
+    }
 }
 
 fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
