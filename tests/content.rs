@@ -177,8 +177,9 @@ async fn a_restarted_downloader_resumes_with_the_pieces_it_had() -> anyhow::Resu
     }
     // Let a checkpoint happen, then crash the downloader.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    lab.ok(&["kill", "1"])?;
+    let killed = lab.ok(&["kill", "1"]);
     let _ = get.wait_with_output();
+    killed?;
     lab.ok(&["start", "1"])?;
     // It resumes on its own, keeping what it had verified.
     let kept = progress(&lab, 1, &id).await.map(|p| p.have_pieces).unwrap_or(0);
@@ -207,7 +208,7 @@ async fn images_import_pull_export_and_skopeo_agrees() -> anyhow::Result<()> {
     let base = layer(&[("bin/app", b"#!/bin/sh\necho hi\n"), ("etc/motd", b"hello")]);
     let extra = layer(&[("data/big", &vec![7u8; 3 << 20])]);
     let docker = dir.path().join("app-v1.tar");
-    write_docker_archive(&docker, "app:v1", &[base.clone()]);
+    write_docker_archive(&docker, "app:v1", std::slice::from_ref(&base));
     let oci = dir.path().join("app-v2.tar");
     let v2_digest = write_oci_archive(&oci, "v2", &[base, extra]);
 
