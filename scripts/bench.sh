@@ -16,3 +16,5 @@ if (($#)); then exec "$B" "$@"; fi
 "$B" idle
 "$B" lab
 "$B" sim
+"$B" swarm
+"$B" loopback

@@ -4,6 +4,7 @@
 //! Build and run with `bash scripts/bench.sh [BENCH...]` (installs the references, e.g. Debian's
 //! `serf`), or `cargo run --release -p shoal-bench -- <bench>`.
 
+mod content;
 mod failure;
 mod idle;
 mod lab;
@@ -44,6 +45,22 @@ enum Bench {
         sizes: Vec<usize>,
         #[arg(long, default_value_t = 3)]
         runs: usize,
+    },
+    /// Content: 1 seed + N downloaders on shaped links vs plain HTTP from the seed.
+    Swarm {
+        #[arg(long, default_value_t = 8)]
+        peers: usize,
+        /// Blob size in MiB.
+        #[arg(long, default_value_t = 256)]
+        mib: u64,
+        #[arg(long, default_value_t = 50)]
+        mbit: u64,
+    },
+    /// Content: one seed to one downloader on loopback vs a plain TCP copy; agents' memory.
+    Loopback {
+        /// Blob sizes in MiB (memory is reported for each).
+        #[arg(long, value_delimiter = ',', default_value = "128,1024")]
+        mib: Vec<u64>,
     },
     /// Membership at scale by simulation.
     Sim {
@@ -100,6 +117,43 @@ async fn main() -> anyhow::Result<()> {
                     f.median_secs,
                     f.total_rss_mib,
                     f.total_rss_mib / f.peers as f64
+                );
+            }
+        }
+        Bench::Swarm { peers, mib, mbit } => {
+            println!(
+                "== swarm: 1 seed + {} downloaders, {mib} MiB, every link {mbit} Mbit/s, all start together",
+                peers - 1
+            );
+            let r = content::swarm(peers, mib << 20, mbit).await?;
+            println!("bound S/B: {:.1} s", r.bound);
+            println!(
+                "shoal:     all done {:.1} s (median {:.1} s) = {:.2} x S/B; seed uploaded {:.2} x the blob",
+                r.shoal_all,
+                r.shoal_median,
+                r.shoal_all / r.bound,
+                r.seed_uploaded as f64 / (mib << 20) as f64
+            );
+            println!(
+                "http:      all done {:.1} s (median {:.1} s) = {:.2} x S/B",
+                r.http_all,
+                r.http_median,
+                r.http_all / r.bound
+            );
+            println!("ratio shoal/http (all done): {:.2}", r.shoal_all / r.http_all);
+        }
+        Bench::Loopback { mib } => {
+            println!("== loopback: one seed, one downloader, unshaped");
+            for m in mib {
+                let r = content::loopback(m << 20).await?;
+                println!(
+                    "{:>5} MiB: shoal {:.0} MB/s, plain TCP copy {:.0} MB/s, ratio {:.2}; peak RSS seed {:.1} MiB, downloader {:.1} MiB",
+                    r.size >> 20,
+                    r.shoal_mbps,
+                    r.tcp_mbps,
+                    r.shoal_mbps / r.tcp_mbps,
+                    r.seed_rss_mib,
+                    r.downloader_rss_mib
                 );
             }
         }

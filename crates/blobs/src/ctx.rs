@@ -67,11 +67,15 @@ pub(crate) struct Ctx {
     pub(crate) sent: Mutex<HashMap<ContentId, SentLog>>,
 }
 
-/// Per piece of a seeded blob: to whom it last went, and when.
-pub(crate) type SentLog = HashMap<u32, (PeerId, Instant)>;
+/// Per piece of a seeded blob: to whom it last went, when it was accepted, and when that peer
+/// announced it had it.
+pub(crate) type SentLog = HashMap<u32, (PeerId, Instant, Option<Instant>)>;
 
-/// How long a seed keeps a piece it just sent to one peer from going to another.
-pub(crate) const SUPERSEED_WINDOW: Duration = Duration::from_secs(5);
+/// How long after the recipient announced a piece the seed keeps refusing it to others (time
+/// for the announcement, sent to every peer at once, to arrive).
+pub(crate) const SUPERSEED_AFTER: Duration = Duration::from_secs(2);
+/// A send that never completed (its session died) stops blocking the piece after this.
+const SUPERSEED_STUCK: Duration = Duration::from_secs(30);
 
 /// Most sessions this peer keeps open at once.
 pub(crate) const MAX_SESSIONS: usize = 512;
@@ -114,11 +118,12 @@ impl Ctx {
         tokio::task::spawn_blocking(move || store.read_piece(&cid, &m, i).ok()).await.ok().flatten()
     }
 
-    /// Super-seeding: whether a seed should serve piece `i` of `cid` to `peer` now. A piece
-    /// sent to another peer within [`SUPERSEED_WINDOW`] is refused: that peer will announce it
-    /// and the requester fetches it there, so the seed's upload, the scarcest in the swarm,
-    /// goes to pieces nobody has yet. Pieces of partial blobs (we are a downloader relaying)
-    /// are always served.
+    /// Super-seeding: whether a seed should serve piece `i` of `cid` to `peer` now. Until the
+    /// peer it went to announces it (`Have`), and for [`SUPERSEED_AFTER`] after, it is refused.
+    /// (A finished write is no signal: the kernel's socket buffer takes it long before a slow
+    /// link delivers it.) that peer will announce it and the requester fetches it there, so the
+    /// seed's upload, the scarcest in the swarm, goes to pieces nobody has yet. Pieces of
+    /// partial blobs (we are a downloader relaying) are always served.
     pub(crate) fn seed_should_serve(&self, cid: &ContentId, i: u32, peer: PeerId) -> bool {
         if lock(&self.running).contains_key(cid) {
             return true;
@@ -126,15 +131,39 @@ impl Ctx {
         let now = Instant::now();
         let mut sent = lock(&self.sent);
         let log = sent.entry(*cid).or_default();
-        match log.get(&i) {
-            Some((p, t)) if *p != peer && now.duration_since(*t) < SUPERSEED_WINDOW => false,
-            _ => {
-                log.insert(i, (peer, now));
-                if log.len() > 1 << 16 {
-                    log.retain(|_, (_, t)| now.duration_since(*t) < SUPERSEED_WINDOW);
+        let busy = |(p, accepted, done): &(PeerId, Instant, Option<Instant>)| {
+            *p != peer
+                && match done {
+                    None => now.duration_since(*accepted) < SUPERSEED_STUCK,
+                    Some(d) => now.duration_since(*d) < SUPERSEED_AFTER,
                 }
-                true
+        };
+        if log.get(&i).is_some_and(busy) {
+            return false;
+        }
+        match log.get(&i) {
+            Some((prev, accepted, announced)) => {
+                tracing::debug!(piece = i, %peer, %prev, accepted_ago = ?now.duration_since(*accepted),
+                announced_ago = ?announced.map(|d| now.duration_since(d)), "seed sends a piece again")
             }
+            None => tracing::trace!(piece = i, %peer, "seed sends a piece"),
+        }
+        log.insert(i, (peer, now, None));
+        if log.len() > 1 << 16 {
+            log.retain(|_, (_, a, d)| {
+                d.map_or(now.duration_since(*a) < SUPERSEED_STUCK, |d| now.duration_since(d) < SUPERSEED_AFTER)
+            });
+        }
+        true
+    }
+
+    /// `peer` announced it holds piece `i` of `cid` (see [`Ctx::seed_should_serve`]).
+    pub(crate) fn peer_has(&self, cid: &ContentId, i: u32, peer: PeerId) {
+        if let Some(e) = lock(&self.sent).get_mut(cid).and_then(|l| l.get_mut(&i))
+            && e.0 == peer
+            && e.2.is_none()
+        {
+            e.2 = Some(Instant::now());
         }
     }
 
@@ -199,11 +228,16 @@ impl Ctx {
         Err(last)
     }
 
-    /// Peers that may hold `cid`: live members, plus what the DHT names.
-    pub(crate) async fn candidates(&self, cid: &ContentId) -> Vec<(PeerId, Vec<Multiaddr>)> {
+    /// Peers that may hold `cid`: live members (known at once from SWIM), plus, when
+    /// `use_dht`, the holders the DHT names. A DHT lookup can take seconds, so callers use it
+    /// only when members were not enough, or now and then in large clusters.
+    pub(crate) async fn candidates(&self, cid: &ContentId, use_dht: bool) -> Vec<(PeerId, Vec<Multiaddr>)> {
         let members = self.overlay.members().await.unwrap_or_default();
         let mut out: Vec<(PeerId, Vec<Multiaddr>)> = members.iter().map(|m| (m.peer, m.addrs.clone())).collect();
-        if let Ok(Ok(found)) = tokio::time::timeout(Duration::from_secs(3), self.overlay.find_providers(&cid.0)).await {
+        if use_dht
+            && let Ok(Ok(found)) =
+                tokio::time::timeout(Duration::from_secs(3), self.overlay.find_providers(&cid.0)).await
+        {
             for p in found {
                 if p != self.me && !out.iter().any(|(q, _)| *q == p) {
                     let addrs = members.iter().find(|m| m.peer == p).map(|m| m.addrs.clone()).unwrap_or_default();

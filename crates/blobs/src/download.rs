@@ -48,8 +48,10 @@ struct Slot {
     asked: HashMap<u32, Instant>,
     rejected: HashMap<u32, Instant>,
     last_piece: Instant,
-    /// Bytes per second, smoothed.
+    /// Bytes per second from this peer, smoothed over ticks.
     rate: f64,
+    /// Bytes received since the last tick.
+    since_tick: u64,
     stalls: u32,
 }
 
@@ -75,7 +77,9 @@ pub(crate) struct Download {
     last_checkpoint: Instant,
     checkpointing: Option<tokio::task::JoinHandle<()>>,
     discovering: bool,
+    discovery_rounds: u64,
     last_discovery: Instant,
+    last_tick: Instant,
     started: Instant,
     rng: rand::rngs::StdRng,
 }
@@ -119,7 +123,9 @@ impl Download {
             last_checkpoint: now,
             checkpointing: None,
             discovering: false,
+            discovery_rounds: 0,
             last_discovery: now - Duration::from_secs(60),
+            last_tick: now,
             started: now,
             rng: rand::make_rng(),
             ctx,
@@ -195,6 +201,7 @@ impl Download {
                         rejected: HashMap::new(),
                         last_piece: now,
                         rate: 0.0,
+                        since_tick: 0,
                         stalls: 0,
                     },
                 );
@@ -321,21 +328,38 @@ impl Download {
     fn on_tick(&mut self) -> Result<(), String> {
         let now = Instant::now();
         self.banned.retain(|_, until| *until > now);
-        self.not_holders.retain(|_, t| now.duration_since(*t) < Duration::from_secs(5));
-        // Stalled requests.
+        // A peer that said "not here" may be starting the same download this very moment (all
+        // peers pulling an image at once): ask again soon, or early swarms split apart.
+        self.not_holders.retain(|_, t| now.duration_since(*t) < Duration::from_secs(1));
+        // Per-peer rates, from what arrived since the last tick (ticks are 250 ms apart).
+        let tick_secs = now.duration_since(self.last_tick).as_secs_f64().max(0.05);
+        self.last_tick = now;
+        for s in self.peers.values_mut() {
+            let inst = s.since_tick as f64 / tick_secs;
+            s.rate = if s.rate == 0.0 { inst } else { 0.8 * s.rate + 0.2 * inst };
+            s.since_tick = 0;
+        }
+        // Stalled peers: requests outstanding and nothing delivered for a while. (Not "a request
+        // is old": with several queued on a shared link the last one legitimately waits.)
         let piece = f64::from(self.manifest.piece_size);
         let mut to_drop = Vec::new();
         for (sid, s) in self.peers.iter_mut() {
-            let timeout = Duration::from_secs_f64((3.0 * piece / s.rate.max(125_000.0)).clamp(5.0, 60.0));
-            let stalled: Vec<u32> =
-                s.asked.iter().filter(|(_, t)| now.duration_since(**t) > timeout).map(|(i, _)| *i).collect();
-            for i in &stalled {
-                s.asked.remove(i);
+            s.rejected.retain(|_, t| now.duration_since(*t) < REJECT_BACKOFF);
+            if s.asked.is_empty() {
+                s.last_piece = now;
+                continue;
+            }
+            let patience = Duration::from_secs_f64((4.0 * piece / s.rate.max(125_000.0)).clamp(5.0, 60.0));
+            if now.duration_since(s.last_piece) <= patience {
+                continue;
+            }
+            for i in s.asked.keys() {
                 self.inflight[*i as usize] = self.inflight[*i as usize].saturating_sub(1);
                 let _ = s.tx.try_send(Frame::Cancel(*i));
-                s.stalls += 1;
             }
-            s.rejected.retain(|_, t| now.duration_since(*t) < REJECT_BACKOFF);
+            s.asked.clear();
+            s.stalls += 1;
+            s.last_piece = now;
             if s.stalls >= 3 {
                 to_drop.push(*sid);
             }
@@ -381,9 +405,13 @@ impl Download {
     fn discover(&mut self) {
         self.discovering = true;
         self.last_discovery = Instant::now();
+        // The DHT names holders beyond the members asked; consult it every 10th round, or
+        // whenever we talk to nobody.
+        self.discovery_rounds += 1;
+        let use_dht = self.peers.is_empty() || self.discovery_rounds.is_multiple_of(10);
         let (ctx, tx, cid) = (self.ctx.clone(), self.tx.clone(), self.cid);
         tokio::spawn(async move {
-            let c = ctx.candidates(&cid).await;
+            let c = ctx.candidates(&cid, use_dht).await;
             let _ = tx.send(SessionEvent::Candidates(c)).await;
         });
     }
@@ -424,6 +452,18 @@ impl Download {
         let Some(partial) = self.partial.as_ref() else { return };
         let have = &partial.have;
         let piece = f64::from(self.manifest.piece_size);
+        // Requests that have taken three times as long as their peer's rate says they should
+        // (at least 2 s): only those are worth a second copy in the endgame.
+        let now = Instant::now();
+        let overdue: HashSet<u32> = self
+            .peers
+            .values()
+            .flat_map(|s| {
+                let queued = s.asked.len().max(1) as f64;
+                let late = Duration::from_secs_f64((3.0 * queued * piece / s.rate.max(125_000.0)).clamp(2.0, 30.0));
+                s.asked.iter().filter(move |(_, t)| now.duration_since(**t) > late).map(|(i, _)| *i)
+            })
+            .collect();
         let mut sids: Vec<u64> = self.peers.keys().copied().collect();
         // Fairness between peers: a different first peer each time.
         use rand::seq::SliceRandom;
@@ -441,11 +481,15 @@ impl Download {
                     inflight: &self.inflight,
                     asked_of_peer: &asked,
                     avail: &self.avail,
+                    overdue: &|i| overdue.contains(&i),
                 };
                 let Some(i) = pick(&inp, &mut self.rng) else { break };
                 let Some(s) = self.peers.get_mut(&sid) else { break };
                 if s.tx.try_send(Frame::Request(i)).is_err() {
                     break;
+                }
+                if s.has.is_none() {
+                    tracing::debug!(piece = i, peer = %s.peer, avail = self.avail[i as usize], inflight = self.inflight[i as usize], "asking a seed");
                 }
                 s.asked.insert(i, Instant::now());
                 self.inflight[i as usize] += 1;

@@ -8,7 +8,8 @@
 //!   resource in a swarm, is spent on pieces that exist nowhere else; the downloaders spread
 //!   them among themselves.
 //! - **Endgame**: once every missing piece is already being fetched, an idle peer may fetch one
-//!   a second time (at most two copies in flight), so one slow peer cannot hold up the end.
+//!   a second time (at most two copies in flight) if its request is overdue, so one slow peer
+//!   cannot hold up the end, while a piece merely on its way is not sent twice.
 
 use crate::bitfield::Bitfield;
 use rand::RngExt;
@@ -21,10 +22,13 @@ pub struct PickInput<'a> {
     pub have: &'a Bitfield,
     /// Requests in flight per piece (any peer).
     pub inflight: &'a [u8],
-    /// Pieces already asked of this peer.
+    /// Pieces already asked of this peer, or that it refused lately: never asked of it again
+    /// now.
     pub asked_of_peer: &'a dyn Fn(u32) -> bool,
     /// Holders of each piece among connected non-seed peers.
     pub avail: &'a [u16],
+    /// Whether the request in flight for a piece is overdue (endgame duplicates only those).
+    pub overdue: &'a dyn Fn(u32) -> bool,
 }
 
 /// Picks a piece, or `None` if this peer should not be asked for anything now.
@@ -40,7 +44,7 @@ pub fn pick(inp: &PickInput<'_>, rng: &mut impl rand::Rng) -> Option<u32> {
             continue;
         }
         missing_not_inflight = true;
-        if !holds(p) {
+        if !holds(p) || (inp.asked_of_peer)(p) {
             continue;
         }
         let a = inp.avail[p as usize];
@@ -67,7 +71,9 @@ pub fn pick(inp: &PickInput<'_>, rng: &mut impl rand::Rng) -> Option<u32> {
     }
     // Endgame: everything missing is in flight; duplicate one (at most two copies).
     let dup: Vec<u32> = (0..n)
-        .filter(|&p| !inp.have.get(p) && inp.inflight[p as usize] == 1 && holds(p) && !(inp.asked_of_peer)(p))
+        .filter(|&p| {
+            !inp.have.get(p) && inp.inflight[p as usize] == 1 && holds(p) && !(inp.asked_of_peer)(p) && (inp.overdue)(p)
+        })
         .collect();
     if dup.is_empty() { None } else { Some(dup[rng.random_range(0..dup.len())]) }
 }
@@ -84,6 +90,7 @@ mod tests {
 
     #[test]
     fn rarest_first_and_seed_spared() {
+        let yes = |_| true;
         let have = Bitfield::new(4);
         let inflight = [0u8; 4];
         let avail = [2u16, 0, 1, 0];
@@ -93,11 +100,24 @@ mod tests {
         }
         let no = |_| false;
         // A downloader holding 0 and 2: rarest of those is 2.
-        let inp =
-            PickInput { peer_has: Some(&other), have: &have, inflight: &inflight, asked_of_peer: &no, avail: &avail };
+        let inp = PickInput {
+            peer_has: Some(&other),
+            have: &have,
+            inflight: &inflight,
+            asked_of_peer: &no,
+            avail: &avail,
+            overdue: &yes,
+        };
         assert_eq!(pick(&inp, &mut rng()), Some(2));
         // The seed is only asked for pieces no downloader has: 1 or 3.
-        let inp = PickInput { peer_has: None, have: &have, inflight: &inflight, asked_of_peer: &no, avail: &avail };
+        let inp = PickInput {
+            peer_has: None,
+            have: &have,
+            inflight: &inflight,
+            asked_of_peer: &no,
+            avail: &avail,
+            overdue: &yes,
+        };
         for _ in 0..20 {
             assert!(matches!(pick(&inp, &mut rand::rng()), Some(1 | 3)));
         }
@@ -105,20 +125,52 @@ mod tests {
 
     #[test]
     fn endgame_duplicates_once() {
+        let yes = |_| true;
         let mut have = Bitfield::new(3);
         have.set(0);
         have.set(1);
         let avail = [0u16; 3];
         let no = |_| false;
         let once = [0u8, 0, 1];
-        let inp = PickInput { peer_has: None, have: &have, inflight: &once, asked_of_peer: &no, avail: &avail };
+        let inp = PickInput {
+            peer_has: None,
+            have: &have,
+            inflight: &once,
+            asked_of_peer: &no,
+            avail: &avail,
+            overdue: &yes,
+        };
         assert_eq!(pick(&inp, &mut rng()), Some(2));
         let twice = [0u8, 0, 2];
-        let inp = PickInput { peer_has: None, have: &have, inflight: &twice, asked_of_peer: &no, avail: &avail };
+        let inp = PickInput {
+            peer_has: None,
+            have: &have,
+            inflight: &twice,
+            asked_of_peer: &no,
+            avail: &avail,
+            overdue: &yes,
+        };
         assert_eq!(pick(&inp, &mut rng()), None);
         let asked = |p| p == 2;
-        let inp = PickInput { peer_has: None, have: &have, inflight: &once, asked_of_peer: &asked, avail: &avail };
+        let inp = PickInput {
+            peer_has: None,
+            have: &have,
+            inflight: &once,
+            asked_of_peer: &asked,
+            avail: &avail,
+            overdue: &yes,
+        };
         assert_eq!(pick(&inp, &mut rng()), None, "never the same piece twice from one peer");
+        let not_yet = |_| false;
+        let inp = PickInput {
+            peer_has: None,
+            have: &have,
+            inflight: &once,
+            asked_of_peer: &no,
+            avail: &avail,
+            overdue: &not_yet,
+        };
+        assert_eq!(pick(&inp, &mut rng()), None, "a piece on its way in time is not duplicated");
     }
 
     proptest! {
@@ -141,12 +193,14 @@ mod tests {
                 if have_bits[p as usize] { have.set(p); }
                 if peer_bits[p as usize] { ph.set(p); }
             }
-            let no = |_| false;
-            let inp = PickInput { peer_has: if seed { None } else { Some(&ph) }, have: &have, inflight: &infl[..n as usize], asked_of_peer: &no, avail: &avail[..n as usize] };
+            let refused = |p: u32| p % 5 == 3;
+            let yes = |_| true;
+            let inp = PickInput { peer_has: if seed { None } else { Some(&ph) }, have: &have, inflight: &infl[..n as usize], asked_of_peer: &refused, avail: &avail[..n as usize], overdue: &yes };
             let mut r = rand::rngs::StdRng::seed_from_u64(s);
             let endgame = (0..n).all(|p| have.get(p) || infl[p as usize] > 0);
             if let Some(p) = pick(&inp, &mut r) {
                 prop_assert!(p < n && !have.get(p));
+                prop_assert!(!refused(p), "a piece the peer refused is not asked again at once");
                 prop_assert!(seed || ph.get(p));
                 if endgame {
                     prop_assert_eq!(infl[p as usize], 1);
@@ -154,7 +208,7 @@ mod tests {
                     prop_assert_eq!(infl[p as usize], 0);
                     if seed { prop_assert_eq!(avail[p as usize], 0); }
                     let holds = |q: u32| seed || ph.get(q);
-                    let min = (0..n).filter(|&q| !have.get(q) && infl[q as usize] == 0 && holds(q) && (!seed || avail[q as usize] == 0)).map(|q| avail[q as usize]).min();
+                    let min = (0..n).filter(|&q| !have.get(q) && infl[q as usize] == 0 && holds(q) && !refused(q) && (!seed || avail[q as usize] == 0)).map(|q| avail[q as usize]).min();
                     prop_assert_eq!(Some(avail[p as usize]), min);
                 }
             }

@@ -350,8 +350,11 @@ impl Blobs {
         // early once every live peer has said twice that it does not have it.
         let start = tokio::time::Instant::now();
         let mut all_said_no = 0;
+        let mut round = 0;
         loop {
-            let candidates = self.ctx.candidates(&cid).await;
+            // Members first; the DHT from the second round on.
+            let candidates = self.ctx.candidates(&cid, round > 0).await;
+            round += 1;
             let asks = candidates.iter().map(|(peer, _)| {
                 let ctx = self.ctx.clone();
                 let peer = *peer;

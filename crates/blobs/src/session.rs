@@ -8,8 +8,10 @@
 //!   [`SessionEvent::Piece`], or reported as [`SessionEvent::Corrupt`] and the session closed.
 //! - `Bitfield`, `Have`, `Complete`, `Reject`: forwarded to the attached download.
 //!
-//! A writer task owns the sending half; the download and the serving code queue frames to it
-//! over a bounded channel (at most 8 frames, so at most 8 pieces buffered per session).
+//! A writer task owns the sending half. It has two bounded queues and always empties the first
+//! before taking from the second: control frames (`Have`, `Request`, `Cancel`, `Reject`; up to
+//! 4096, a few bytes each), so announcements and requests never wait behind uploads and are
+//! never dropped for lack of room; and pieces (at most 8 buffered per session).
 //! A session with no traffic for 60 s closes itself.
 
 use crate::bitfield::Bitfield;
@@ -74,6 +76,8 @@ pub(crate) enum SessionEvent {
 }
 
 const IDLE: Duration = Duration::from_secs(60);
+/// Room for control frames per session (a `Have` per piece of a large blob fits).
+pub(crate) const CONTROL_QUEUE: usize = 4096;
 /// Pieces one session serves at once.
 const SERVE_CONCURRENCY: usize = 8;
 
@@ -94,8 +98,9 @@ pub(crate) async fn run(
     let Ok((reader, writer)) = seal(r, w, &key, side, 5 + MAX_PIECE as usize + 64) else { return };
     let sid = ctx.next_sid.fetch_add(1, Ordering::Relaxed);
     ctx.sessions.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel::<Frame>(8);
-    let writer_task = tokio::spawn(write_loop(writer, rx));
+    let (tx, rx) = mpsc::channel::<Frame>(CONTROL_QUEUE);
+    let (data_tx, data_rx) = mpsc::channel::<Frame>(8);
+    let writer_task = tokio::spawn(write_loop(writer, rx, data_rx));
     // Tell the other side what we hold.
     let first = match ctx.holding(&cid) {
         Some(None) => Frame::Complete,
@@ -106,7 +111,7 @@ pub(crate) async fn run(
     if let Some(a) = &attach {
         let _ = a.send(SessionEvent::Opened { sid, peer, tx: tx.clone() }).await;
     }
-    let r = read_loop(&ctx, reader, &tx, sid, cid, peer, &manifest, attach.as_ref()).await;
+    let r = read_loop(&ctx, reader, &tx, &data_tx, sid, cid, peer, &manifest, attach.as_ref()).await;
     if let Err(e) = r {
         debug!(%peer, %cid, err = %e, "session ended");
     }
@@ -114,12 +119,23 @@ pub(crate) async fn run(
         let _ = a.send(SessionEvent::Closed { sid }).await;
     }
     drop(tx);
+    drop(data_tx);
     let _ = writer_task.await;
     ctx.sessions.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn write_loop(mut w: SealedWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<Frame>) {
-    while let Some(f) = rx.recv().await {
+async fn write_loop(
+    mut w: SealedWriter<OwnedWriteHalf>,
+    mut rx: mpsc::Receiver<Frame>,
+    mut data_rx: mpsc::Receiver<Frame>,
+) {
+    loop {
+        let f = tokio::select! {
+            biased;
+            Some(f) = rx.recv() => f,
+            Some(f) = data_rx.recv() => f,
+            else => break,
+        };
         let header = f.header();
         let r = match &f {
             Frame::Piece(_, data) => w.send(&[&header, data]).await,
@@ -128,7 +144,7 @@ async fn write_loop(mut w: SealedWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<
         if r.is_err() {
             return;
         }
-        if rx.is_empty() && w.flush().await.is_err() {
+        if rx.is_empty() && data_rx.is_empty() && w.flush().await.is_err() {
             return;
         }
     }
@@ -155,6 +171,7 @@ async fn read_loop(
     ctx: &Arc<Ctx>,
     mut reader: SealedReader<OwnedReadHalf>,
     tx: &mpsc::Sender<Frame>,
+    data_tx: &mpsc::Sender<Frame>,
     sid: u64,
     cid: ContentId,
     peer: PeerId,
@@ -162,6 +179,8 @@ async fn read_loop(
     attach: Option<&mpsc::Sender<SessionEvent>>,
 ) -> Result<(), SessionError> {
     let serving = Arc::new(Semaphore::new(SERVE_CONCURRENCY));
+    // Pieces the other side cancelled before we sent them.
+    let cancelled: Arc<std::sync::Mutex<std::collections::HashSet<u32>>> = Default::default();
     let pieces = manifest.pieces();
     loop {
         let mut buf = Vec::new();
@@ -186,20 +205,29 @@ async fn read_loop(
                     let _ = tx.send(Frame::Reject(i)).await;
                     continue;
                 };
-                let (ctx, tx, manifest) = (ctx.clone(), tx.clone(), manifest.clone());
+                let (ctx, tx, data_tx, manifest) = (ctx.clone(), tx.clone(), data_tx.clone(), manifest.clone());
+                let cancelled = cancelled.clone();
+                cancelled.lock().unwrap_or_else(|p| p.into_inner()).remove(&i);
                 tokio::spawn(async move {
-                    let frame = match ctx.read_piece(&cid, &manifest, i).await {
+                    let was_cancelled = || cancelled.lock().unwrap_or_else(|p| p.into_inner()).remove(&i);
+                    match ctx.read_piece(&cid, &manifest, i).await {
+                        Some(_) if was_cancelled() => {}
                         Some(mut data) => {
                             ctx.up.acquire(data.len()).await;
+                            if was_cancelled() {
+                                drop(permit);
+                                return;
+                            }
                             if ctx.corrupt_uploads && !data.is_empty() {
                                 data[0] ^= 0xff;
                             }
                             ctx.uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
-                            Frame::Piece(i, Bytes::from(data))
+                            let _ = data_tx.send(Frame::Piece(i, Bytes::from(data))).await;
                         }
-                        None => Frame::Reject(i),
-                    };
-                    let _ = tx.send(frame).await;
+                        None => {
+                            let _ = tx.send(Frame::Reject(i)).await;
+                        }
+                    }
                     drop(permit);
                 });
             }
@@ -219,9 +247,14 @@ async fn read_loop(
             }
             Frame::Bitfield(bits) => forward(SessionEvent::Bitfield { sid, bits }).await,
             Frame::Complete => forward(SessionEvent::Complete { sid }).await,
-            Frame::Have(i) => forward(SessionEvent::Have { sid, index: i }).await,
+            Frame::Have(i) => {
+                ctx.peer_has(&cid, i, peer);
+                forward(SessionEvent::Have { sid, index: i }).await
+            }
             Frame::Reject(i) => forward(SessionEvent::Reject { sid, index: i }).await,
-            Frame::Cancel(_) => {}
+            Frame::Cancel(i) => {
+                cancelled.lock().unwrap_or_else(|p| p.into_inner()).insert(i);
+            }
         }
     }
 }

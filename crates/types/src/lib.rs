@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod bytesize;
+pub mod container;
 pub mod content;
 pub mod labels;
 pub mod peer;
@@ -13,6 +14,9 @@ pub mod rate;
 pub mod resources;
 
 pub use bytesize::{ByteSize, ByteSizeError};
+pub use container::{
+    ContainerInfo, ContainerSpec, ContainerState, ContainerStats, PortMapping, RestartPolicy, SpecParseError, VolumeMount,
+};
 pub use content::{ContentInfo, ImageInfo, PullRequest, SharedContent, TransferInfo};
 pub use labels::{LabelError, Labels, parse_label};
 pub use peer::{AgentStatus, PeerInfo, PeerState};
