@@ -9,6 +9,10 @@ if ! command -v serf >/dev/null; then
   echo "installing serf (membership reference)" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq serf >/dev/null
 fi
+if ! command -v runc >/dev/null; then
+  echo "installing runc (container runtime reference)" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc >/dev/null
+fi
 cargo build --release --locked -q -p shoal -p shoal-bench
 B=target/release/shoal-bench
 if (($#)); then exec "$B" "$@"; fi

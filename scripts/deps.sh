@@ -8,8 +8,9 @@ have() { command -v "$1" >/dev/null 2>&1; }
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 # Build: a C compiler for crates with C parts (gcc is on the machine), pkg-config.
-# iproute2: the lab. skopeo: the image tests check exported archives with it.
-for p in pkg-config iproute2 skopeo; do
+# iproute2: the lab and container networking. skopeo: the image tests check exported archives.
+# libseccomp-dev: the container runtime's seccomp filters. busybox-static: the test images.
+for p in pkg-config iproute2 skopeo libseccomp-dev busybox-static; do
   pkg_installed "$p" || need_pkgs+=("$p")
 done
 
