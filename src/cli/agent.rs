@@ -69,6 +69,12 @@ pub(crate) struct Args {
     /// Where peers connect to fetch content [default: the listen IP, port + 1].
     #[arg(long, value_name = "HOST:PORT")]
     data_listen: Option<String>,
+    /// Subnet of this peer's container bridge [default: 198.19.0.0/24].
+    #[arg(long, value_name = "CIDR")]
+    container_subnet: Option<String>,
+    /// Name of this peer's container bridge [default: shoal0].
+    #[arg(long, value_name = "NAME")]
+    bridge: Option<String>,
     /// Log filter, as RUST_LOG (which wins if set).
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -115,6 +121,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             upload_limit: args.upload_limit,
             download_limit: args.download_limit,
             data_listen: args.data_listen,
+            container_subnet: args.container_subnet,
+            bridge: args.bridge,
         },
     )?;
 

@@ -1,6 +1,7 @@
 //! `shoal image import|ls|pull|export|rm`: OCI images, shared peer to peer.
 
 use super::content::expect_no_content;
+use super::lifecycle::encode;
 use super::output::{Table, print_json};
 use super::progress::bytes_bar;
 use anyhow::Context;
@@ -40,15 +41,6 @@ enum Cmd {
     },
     /// Remove an image (and its layers no other image uses).
     Rm { reference: String },
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {

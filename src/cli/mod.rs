@@ -6,10 +6,15 @@ mod get;
 mod image;
 mod keygen;
 mod lab;
+mod lifecycle;
+mod logs;
 mod output;
 mod peers;
 mod progress;
+mod ps;
+mod run;
 mod share;
+mod stats;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +52,25 @@ enum Command {
     Content(content::Args),
     /// OCI images shared peer to peer.
     Image(image::Args),
+    /// Run a container from an image (streams its output; -d to detach).
+    Run(Box<run::Args>),
+    /// List containers on this peer.
+    Ps(ps::Args),
+    /// Print a container's output.
+    Logs(logs::Args),
+    /// Stop containers: SIGTERM, then SIGKILL after a grace period.
+    Stop(lifecycle::StopArgs),
+    /// Send a signal to containers (default KILL).
+    Kill(lifecycle::KillArgs),
+    /// Remove containers (-f kills running ones first).
+    Rm(lifecycle::RmArgs),
+    /// Show everything about one container, as JSON.
+    Inspect(lifecycle::InspectArgs),
+    /// CPU, memory and pids of running containers.
+    Stats(stats::Args),
+    /// (internal) a container's supervisor.
+    #[command(name = "__shim", hide = true)]
+    Shim(ShimArgs),
     /// A cluster of containerized peers on this machine, with shaped links and faults.
     Lab(lab::Args),
     /// (internal) join a cgroup and network namespace, then exec a command.
@@ -54,11 +78,25 @@ enum Command {
     Enter(lab::EnterArgs),
 }
 
+/// `shoal __shim DIR`: arguments the shim carries across its re-executions.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ShimArgs {
+    dir: std::path::PathBuf,
+    #[arg(long, default_value_t = 0)]
+    restarts: u32,
+    #[arg(long, default_value_t = 0)]
+    quick_fails: u32,
+}
+
 impl Cli {
     /// Commands that must run before any runtime starts; returns their exit code.
     pub(crate) fn pre_runtime(&self) -> Option<ExitCode> {
         match &self.command {
             Command::Enter(a) => Some(lab::enter(a)),
+            Command::Shim(a) => shoal_runtime::shim::run(
+                &a.dir,
+                shoal_runtime::shim::ShimArgs { restarts: a.restarts, quick_fails: a.quick_fails },
+            ),
             _ => None,
         }
     }
@@ -89,6 +127,14 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => get::run(args, &client(addr)?).await,
         Command::Content(args) => content::run(args, &client(addr)?).await,
         Command::Image(args) => image::run(args, &client(addr)?).await,
-        Command::Enter(_) => unreachable!("handled before the runtime starts"),
+        Command::Run(args) => run::run(*args, &client(addr)?).await,
+        Command::Ps(args) => ps::run(args, &client(addr)?).await,
+        Command::Logs(args) => logs::run(args, &client(addr)?).await,
+        Command::Stop(args) => lifecycle::stop(args, &client(addr)?).await,
+        Command::Kill(args) => lifecycle::kill(args, &client(addr)?).await,
+        Command::Rm(args) => lifecycle::rm(args, &client(addr)?).await,
+        Command::Inspect(args) => lifecycle::inspect(args, &client(addr)?).await,
+        Command::Stats(args) => stats::run(args, &client(addr)?).await,
+        Command::Enter(_) | Command::Shim(_) => unreachable!("handled before the runtime starts"),
     }
 }

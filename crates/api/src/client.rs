@@ -232,6 +232,44 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// Sends `body` (JSON) and reads a newline-delimited JSON answer, handing each item to
+    /// `on_item` as it arrives (attached `run`, `logs -f`). Returns when the agent ends it.
+    pub async fn stream_lines<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        mut on_item: impl FnMut(T),
+    ) -> Result<(), ClientError> {
+        let body = match body {
+            Some(b) => {
+                let bytes = serde_json::to_vec(b).map_err(|e| ClientError::Http(e.to_string()))?;
+                Some((Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed(), "application/json"))
+            }
+            None => None,
+        };
+        let resp = self.request(method, path, body, &[]).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
+            Self::check(status, &bytes)?;
+            return Err(ClientError::Api { status: status.as_u16(), message: format!("the agent answered {status}") });
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=pos).collect();
+                let item = serde_json::from_slice(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
+                on_item(item);
+            }
+        }
+        Ok(())
+    }
+
     /// A raw request: status and body, no error mapping (for tests of error answers).
     pub async fn raw(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(u16, Bytes), ClientError> {
         let (s, b) = self.send(method, path, body).await?;

@@ -63,6 +63,7 @@ impl From<NodeError> for ApiError {
             NodeError::Invalid(m) => ApiError::BadRequest(m),
             NodeError::Overlay(e) => ApiError::Unavailable(format!("the agent's overlay is not running: {e}")),
             NodeError::Content(e) => content_error(e),
+            NodeError::Runtime(e) => runtime_error(e),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -98,6 +99,24 @@ fn content_error(e: shoal_blobs::BlobsError) -> ApiError {
         B::Store(S::InUse { .. }) => ApiError::Conflict(msg),
         B::Store(S::Full { .. } | S::DiskFull { .. }) => ApiError::Full(msg),
         B::Transfer { .. } | B::BadImage { .. } => ApiError::Peers(msg),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+fn runtime_error(e: shoal_runtime::RuntimeError) -> ApiError {
+    use shoal_runtime::RuntimeError as R;
+    let msg = e.to_string();
+    match e {
+        R::NotFound(_) => ApiError::NotFound(msg),
+        R::NameInUse(_) | R::Running(_) | R::PortInUse { .. } => ApiError::Conflict(msg),
+        R::Ambiguous(_)
+        | R::Parse(_)
+        | R::MemoryTooSmall(_)
+        | R::VolumeMissing(_)
+        | R::ImageConfig { .. }
+        | R::Spec(_)
+        | R::Layer(_)
+        | R::Start(_) => ApiError::BadRequest(msg),
         other => ApiError::Internal(other.to_string()),
     }
 }

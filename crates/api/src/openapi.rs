@@ -16,15 +16,22 @@ use utoipa::OpenApi;
         crate::v1::content::pin, crate::v1::content::unpin,
         crate::v1::images::import, crate::v1::images::list, crate::v1::images::pull, crate::v1::images::export,
         crate::v1::images::remove,
+        crate::v1::containers::list, crate::v1::containers::run, crate::v1::containers::inspect,
+        crate::v1::containers::stop, crate::v1::containers::kill, crate::v1::containers::remove,
+        crate::v1::containers::wait, crate::v1::containers::logs, crate::v1::containers::stats,
     ),
     components(schemas(
         shoal_types::AgentStatus, shoal_types::PeerInfo, shoal_types::PeerState, shoal_types::resources::ResourcesJson,
         shoal_types::ErrorBody, shoal_types::ContentInfo, shoal_types::SharedContent, shoal_types::TransferInfo,
         shoal_types::ImageInfo, shoal_types::PullRequest,
+        shoal_types::ContainerSpec, shoal_types::ContainerInfo, shoal_types::ContainerState, shoal_types::ContainerStats,
+        shoal_types::PortMapping, shoal_types::VolumeMount, shoal_types::RestartPolicy, shoal_types::LogEntry,
+        shoal_types::AttachEvent,
     )),
     tags(
         (name = "agent", description = "This agent"), (name = "cluster", description = "Membership"),
         (name = "content", description = "Content shared peer to peer"), (name = "images", description = "OCI images"),
+        (name = "containers", description = "Containers on this peer"),
     ),
 )]
 pub struct ApiDoc;

@@ -42,6 +42,22 @@ pub enum ConfigError {
     /// The data listen address is malformed
     #[error("`{value}` is not a host:port for --data-listen")]
     BadDataListen { value: String },
+    /// The container subnet is malformed
+    #[error("`{value}` is not an IPv4 subnet like 198.19.0.0/24 (prefix 8-29) for --container-subnet")]
+    BadSubnet { value: String },
+    /// The bridge name is not a valid interface name
+    #[error("`{value}` is not a valid interface name for --bridge (1-15 letters, digits, '-', '_')")]
+    BadBridge { value: String },
+}
+
+/// The default container subnet: inside 198.18.0.0/15, which RFC 2544 reserves for
+/// benchmarking, so no network a host sits on is likely to use it.
+pub const DEFAULT_SUBNET: &str = "198.19.0.0/24";
+
+fn valid_subnet(text: &str) -> bool {
+    text.split_once('/').is_some_and(|(ip, p)| {
+        ip.parse::<std::net::Ipv4Addr>().is_ok() && p.parse::<u8>().is_ok_and(|p| (8..=29).contains(&p))
+    })
 }
 
 /// The data channel listens on the first TCP listen address's IP, one port above it (or on
@@ -96,6 +112,8 @@ pub struct FileConfig {
     pub upload_limit: Option<String>,
     pub download_limit: Option<String>,
     pub data_listen: Option<String>,
+    pub container_subnet: Option<String>,
+    pub bridge: Option<String>,
     pub swim: Option<SwimFile>,
 }
 
@@ -127,6 +145,8 @@ pub struct Overrides {
     pub upload_limit: Option<String>,
     pub download_limit: Option<String>,
     pub data_listen: Option<String>,
+    pub container_subnet: Option<String>,
+    pub bridge: Option<String>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -155,6 +175,10 @@ pub struct AgentConfig {
     pub download_limit: Option<u64>,
     /// Where the content data channel listens.
     pub data_listen: SocketAddr,
+    /// Subnet of this peer's container bridge, e.g. `198.19.0.0/24`.
+    pub container_subnet: String,
+    /// Name of this peer's container bridge.
+    pub bridge: String,
 }
 
 /// The data dir used when none is given: `/var/lib/shoal` for root, else under the user's
@@ -288,7 +312,20 @@ impl AgentConfig {
             Some(v) => v.parse::<SocketAddr>().map_err(|_| ConfigError::BadDataListen { value: v.clone() })?,
             None => default_data_listen(&listen),
         };
+        let container_subnet = o.container_subnet.or(file.container_subnet).unwrap_or_else(|| DEFAULT_SUBNET.into());
+        if !valid_subnet(&container_subnet) {
+            return Err(ConfigError::BadSubnet { value: container_subnet });
+        }
+        let bridge = o.bridge.or(file.bridge).unwrap_or_else(|| "shoal0".into());
+        if bridge.is_empty()
+            || bridge.len() > 15
+            || !bridge.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::BadBridge { value: bridge });
+        }
         Ok(AgentConfig {
+            container_subnet,
+            bridge,
             store_quota,
             upload_limit,
             download_limit,

@@ -20,6 +20,9 @@ pub enum NodeError {
     /// A content operation failed
     #[error(transparent)]
     Content(#[from] shoal_blobs::BlobsError),
+    /// A container operation failed
+    #[error(transparent)]
+    Runtime(#[from] shoal_runtime::RuntimeError),
     /// The data dir could not be prepared
     #[error("cannot prepare data dir {path}: {source}")]
     DataDir { path: std::path::PathBuf, source: std::io::Error },

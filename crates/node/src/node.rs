@@ -21,6 +21,7 @@ struct Inner {
     overlay: Overlay,
     blobs: shoal_blobs::Blobs,
     overlay_task: Mutex<Option<JoinHandle<()>>>,
+    runtime: tokio::sync::OnceCell<shoal_runtime::Runtime>,
     started: Instant,
     capacity: Resources,
 }
@@ -76,16 +77,28 @@ impl Node {
             overlay.clone(),
         )
         .await?;
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(Inner {
                 cfg,
                 overlay,
                 blobs,
                 overlay_task: Mutex::new(Some(task)),
+                runtime: tokio::sync::OnceCell::new(),
                 started: Instant::now(),
                 capacity,
             }),
-        })
+        };
+        // Containers from before a restart: find them again now, not at the first request.
+        if crate::containers::has_containers(&node.inner.cfg.data_dir)
+            && let Err(e) = node.runtime().await
+        {
+            warn!(err = %e, "cannot open the container runtime; containers from before are not supervised");
+        }
+        Ok(node)
+    }
+
+    pub(crate) fn runtime_cell(&self) -> &tokio::sync::OnceCell<shoal_runtime::Runtime> {
+        &self.inner.runtime
     }
 
     /// The configuration this agent runs with.

@@ -1,2 +1,23 @@
-//! The container runtime of one peer (being built).
+//! The container runtime of one peer: OCI images to root filesystems, containers run by
+//! embedded libcontainer under a per-container shim, cgroups, container networking.
+//!
+//! - [`layers`]: image layers unpacked once each (whiteouts converted), stacked with overlayfs.
+//! - [`spec`], [`seccomp`]: the OCI runtime spec from the image config and `run`'s options.
+//! - [`shim`]: the per-container supervisor process; [`state`]: its directory and report.
+//! - [`manager`]: the agent's side ([`Runtime`]): create, list, stop, kill, remove, recover.
+//! - [`net`], [`proxy`]: bridge, addresses, veth pairs, published ports.
+//! - [`cgroup`], [`logs`]: where cgroups go and what they say; rotated JSON-lines logs.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod cgroup;
+pub mod layers;
+pub mod logs;
+pub mod manager;
+pub mod net;
+pub mod proxy;
+pub mod seccomp;
+pub mod shim;
+pub mod spec;
+pub mod state;
+
+pub use manager::{AttachGuard, ResolvedImage, Runtime, RuntimeConfig, RuntimeError};

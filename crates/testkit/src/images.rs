@@ -16,6 +16,8 @@ pub fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
         h.set_size(data.len() as u64);
         h.set_mode(0o755);
         h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
         h.set_cksum();
         b.append_data(&mut h, name, *data).expect("in-memory tar");
     }
@@ -36,12 +38,19 @@ fn append(b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) {
     h.set_size(data.len() as u64);
     h.set_mode(0o644);
     h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
     h.set_cksum();
     b.append_data(&mut h, name, data).expect("writing a test archive");
 }
 
 /// Writes a `docker save`-style archive (`manifest.json`, `<id>/layer.tar`, `<hex>.json`).
 pub fn write_docker_archive(path: &Path, tag: &str, layers: &[Vec<u8>]) {
+    write_docker_archive_with(path, tag, layers, config);
+}
+
+/// [`write_docker_archive`] with the image config made by `config` from the layers' diff ids.
+fn write_docker_archive_with(path: &Path, tag: &str, layers: &[Vec<u8>], config: impl FnOnce(&[String]) -> Vec<u8>) {
     let diffs: Vec<String> = layers.iter().map(|l| sha(l)).collect();
     let cfg = config(&diffs);
     let cfg_name = format!("{}.json", sha(&cfg));
@@ -86,4 +95,87 @@ pub fn write_oci_archive(path: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
     }
     b.into_inner().expect("finish archive");
     format!("sha256:{}", sha(&manifest))
+}
+
+/// A layer holding Debian's static busybox as `/bin/busybox`, a symlink per applet, the usual
+/// top-level directories, and `/etc/passwd`/`/etc/group` with `root` and `app` (1000:1000).
+/// Needs the busybox-static package (scripts/deps.sh installs it).
+pub fn busybox_layer() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (apt-get install busybox-static)");
+    let list = std::process::Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
+    let mut b = tar::Builder::new(Vec::new());
+    let dir = |b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, std::io::empty()).expect("in-memory tar");
+    };
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "home", "home/app", "app", "var", "usr", "usr/bin"] {
+        dir(&mut b, d, if d == "tmp" { 0o1777 } else { 0o755 });
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_size(busybox.len() as u64);
+    h.set_mode(0o755);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    b.append_data(&mut h, "bin/busybox", busybox.as_slice()).expect("in-memory tar");
+    for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+        if applet == "busybox" || applet.contains('/') {
+            continue;
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox").expect("in-memory tar");
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    b.append_link(&mut h, "usr/bin/env", "/bin/busybox").expect("in-memory tar");
+    let files: [(&str, &[u8]); 2] = [
+        ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"),
+        ("etc/group", b"root:x:0:\napp:x:1000:\nstaff:x:50:app\n"),
+    ];
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).expect("in-memory tar");
+    }
+    b.into_inner().expect("in-memory tar")
+}
+
+/// Writes a `docker save` archive of busybox plus `extra` layers, with the image config
+/// section `config` (Env, Cmd, Entrypoint, WorkingDir, User, ExposedPorts as Docker writes them).
+pub fn write_busybox_image(path: &Path, tag: &str, extra: &[Vec<u8>], config: serde_json::Value) {
+    let mut layers = vec![busybox_layer()];
+    layers.extend(extra.iter().cloned());
+    write_docker_archive_with(path, tag, &layers, |diffs| {
+        serde_json::to_vec(&serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": config,
+            "rootfs": { "type": "layers", "diff_ids": diffs.iter().map(|d| format!("sha256:{d}")).collect::<Vec<_>>() },
+        }))
+        .expect("json")
+    });
 }

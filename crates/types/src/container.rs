@@ -128,9 +128,7 @@ pub enum SpecParseError {
     #[error("-e {0}: expected KEY=VALUE with a non-empty KEY")]
     Env(String),
     /// `--name {0}`
-    #[error(
-        "--name {0}: names are 1-64 characters of letters, digits, '_', '.', '-', starting with a letter or digit"
-    )]
+    #[error("--name {0}: names are 1-64 characters of letters, digits, '_', '.', '-', starting with a letter or digit")]
     Name(String),
 }
 
@@ -278,6 +276,42 @@ pub struct ContainerStats {
     pub pids: u64,
     /// Process limit (0: none).
     pub pids_limit: u64,
+}
+
+/// One line of a container's output (`logs`, attached `run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LogEntry {
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The text, with its newline when it had one.
+    pub text: String,
+    /// When the shim read it, nanoseconds since the Unix epoch.
+    pub time_unix_nanos: u64,
+}
+
+/// What an attached `run` streams, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum AttachEvent {
+    /// The container runs.
+    Started {
+        /// As created.
+        container: Box<ContainerInfo>,
+    },
+    /// A line of output.
+    Output(LogEntry),
+    /// Its run is over; `exit_code` and `reason` say how.
+    Exited {
+        /// As it ended.
+        container: Box<ContainerInfo>,
+    },
+    /// Following failed; the container may still run.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ pub mod resources;
 
 pub use bytesize::{ByteSize, ByteSizeError};
 pub use container::{
-    ContainerInfo, ContainerSpec, ContainerState, ContainerStats, PortMapping, RestartPolicy, SpecParseError, VolumeMount,
+    AttachEvent, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LogEntry, PortMapping, RestartPolicy,
+    SpecParseError, VolumeMount,
 };
 pub use content::{ContentInfo, ImageInfo, PullRequest, SharedContent, TransferInfo};
 pub use labels::{LabelError, Labels, parse_label};

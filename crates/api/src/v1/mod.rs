@@ -1,5 +1,6 @@
 //! `/v1` routes, one file per resource.
 
+pub(crate) mod containers;
 pub(crate) mod content;
 pub(crate) mod images;
 mod peers;
@@ -28,4 +29,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/images/import", post(images::import))
         .route("/v1/images/pull", post(images::pull))
         .route("/v1/images/export", get(images::export))
+        .route("/v1/containers", get(containers::list).post(containers::run))
+        .route("/v1/containers/{id}", get(containers::inspect).delete(containers::remove))
+        .route("/v1/containers/{id}/stop", post(containers::stop))
+        .route("/v1/containers/{id}/kill", post(containers::kill))
+        .route("/v1/containers/{id}/wait", post(containers::wait))
+        .route("/v1/containers/{id}/logs", get(containers::logs))
+        .route("/v1/stats", get(containers::stats))
 }

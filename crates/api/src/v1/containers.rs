@@ -1,0 +1,247 @@
+//! `/v1/containers`: run, list, inspect, stop, kill, remove, logs, wait; `/v1/stats`.
+//!
+//! An attached run (`POST /v1/containers?attach=true`) answers with newline-delimited JSON
+//! [`AttachEvent`]s: `started`, then each line of output as the shim logs it, then `exited`
+//! with the exit code. `logs?follow=true` streams [`LogEntry`] lines until the container's run
+//! is over. Both poll the log file, starting at 1 ms and backing off to 50 ms while quiet.
+
+use crate::AppState;
+use crate::error::{ApiError, ApiJson, ApiQuery};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use shoal_runtime::logs::{LogFollower, read_tail};
+use shoal_types::{AttachEvent, ContainerInfo, ContainerSpec, ContainerStats, LogEntry};
+use std::time::Duration;
+
+/// `?all=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// Include exited containers.
+    #[serde(default)]
+    all: bool,
+}
+
+/// `?attach=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RunQuery {
+    /// Stream the output and the exit (newline-delimited JSON) instead of returning at once.
+    #[serde(default)]
+    attach: bool,
+}
+
+/// `?t=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StopQuery {
+    /// Seconds between SIGTERM and SIGKILL (default 10).
+    t: Option<u64>,
+}
+
+/// `?signal=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KillQuery {
+    /// Signal name or number (default KILL).
+    signal: Option<String>,
+}
+
+/// `?force=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RemoveQuery {
+    /// Kill it first if it runs.
+    #[serde(default)]
+    force: bool,
+}
+
+/// `?follow=&tail=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogsQuery {
+    /// Keep streaming until the container's run is over.
+    #[serde(default)]
+    follow: bool,
+    /// Only the last N lines.
+    tail: Option<usize>,
+}
+
+/// Containers on this peer, newest first.
+#[utoipa::path(get, path = "/v1/containers", tag = "containers", params(ListQuery),
+    responses((status = 200, body = [ContainerInfo])))]
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<ApiJson<Vec<ContainerInfo>>, ApiError> {
+    Ok(ApiJson(s.node.containers(q.all).await?))
+}
+
+/// Creates and starts a container (pulling its image from peers if needed).
+#[utoipa::path(post, path = "/v1/containers", tag = "containers", params(RunQuery), request_body = ContainerSpec,
+    responses((status = 201, body = ContainerInfo), (status = 200, description = "attached: newline-delimited AttachEvent", body = AttachEvent),
+        (status = 400, body = shoal_types::ErrorBody), (status = 404, body = shoal_types::ErrorBody), (status = 409, body = shoal_types::ErrorBody)))]
+pub(crate) async fn run(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<RunQuery>,
+    ApiJson(spec): ApiJson<ContainerSpec>,
+) -> Result<Response, ApiError> {
+    let (info, guard) = s.node.run_container_attached(spec, q.attach).await?;
+    if !q.attach {
+        return Ok((StatusCode::CREATED, ApiJson(info)).into_response());
+    }
+    let (_, dir) = s.node.container_logs(&info.id).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<AttachEvent>(256);
+    let node = s.node.clone();
+    tokio::spawn(async move {
+        let _guard = guard; // dropped last: an auto-remove container goes once we are done
+        let id = info.id.clone();
+        if tx.send(AttachEvent::Started { container: Box::new(info) }).await.is_err() {
+            return;
+        }
+        if !follow(&node, &id, LogFollower::from_start(&dir), |l| AttachEvent::Output(l.into()), &tx).await {
+            return;
+        }
+        let end = match node.container(&id).await {
+            Ok(c) => AttachEvent::Exited { container: Box::new(c) },
+            Err(e) => AttachEvent::Error { message: e.to_string() },
+        };
+        let _ = tx.send(end).await;
+    });
+    Ok(ndjson(rx))
+}
+
+/// Sends what the container logs until its run is over; false when the client went away.
+async fn follow<T>(
+    node: &shoal_node::Node,
+    id: &str,
+    mut follower: LogFollower,
+    map: impl Fn(shoal_runtime::logs::LogLine) -> T,
+    tx: &tokio::sync::mpsc::Sender<T>,
+) -> bool {
+    let mut idle = Duration::from_millis(1);
+    loop {
+        let finished = node.container_finished(id).await.unwrap_or(true);
+        let lines = follower.poll();
+        let quiet = lines.is_empty();
+        for l in lines {
+            if tx.send(map(l)).await.is_err() {
+                return false;
+            }
+        }
+        if finished {
+            return true;
+        }
+        idle = if quiet { (idle * 2).min(Duration::from_millis(50)) } else { Duration::from_millis(1) };
+        tokio::time::sleep(idle).await;
+    }
+}
+
+fn ndjson<T: serde::Serialize + Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> Response {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        let mut line = serde_json::to_vec(&item).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)), rx))
+    });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
+}
+
+/// One container by name or id prefix.
+#[utoipa::path(get, path = "/v1/containers/{id}", tag = "containers", params(("id" = String, Path, description = "name or id prefix")),
+    responses((status = 200, body = ContainerInfo), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn inspect(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<ContainerInfo>, ApiError> {
+    Ok(ApiJson(s.node.container(&id).await?))
+}
+
+/// SIGTERM, then SIGKILL after `t` seconds; answers once it has exited.
+#[utoipa::path(post, path = "/v1/containers/{id}/stop", tag = "containers", params(("id" = String, Path, description = "name or id prefix"), StopQuery),
+    responses((status = 200, body = ContainerInfo), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn stop(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<StopQuery>,
+) -> Result<ApiJson<ContainerInfo>, ApiError> {
+    Ok(ApiJson(s.node.stop_container(&id, q.t.unwrap_or(10)).await?))
+}
+
+/// Sends a signal to the container's init (default KILL).
+#[utoipa::path(post, path = "/v1/containers/{id}/kill", tag = "containers", params(("id" = String, Path, description = "name or id prefix"), KillQuery),
+    responses((status = 200, body = ContainerInfo), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn kill(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<KillQuery>,
+) -> Result<ApiJson<ContainerInfo>, ApiError> {
+    Ok(ApiJson(s.node.kill_container(&id, q.signal).await?))
+}
+
+/// Removes a container and everything it had (mount, network, cgroups, logs).
+#[utoipa::path(delete, path = "/v1/containers/{id}", tag = "containers", params(("id" = String, Path, description = "name or id prefix"), RemoveQuery),
+    responses((status = 204), (status = 404, body = shoal_types::ErrorBody), (status = 409, body = shoal_types::ErrorBody)))]
+pub(crate) async fn remove(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<RemoveQuery>,
+) -> Result<StatusCode, ApiError> {
+    s.node.remove_container(&id, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Waits until the container's run is over; answers with its exit.
+#[utoipa::path(post, path = "/v1/containers/{id}/wait", tag = "containers", params(("id" = String, Path, description = "name or id prefix")),
+    responses((status = 200, body = ContainerInfo), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn wait(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<ContainerInfo>, ApiError> {
+    let info = s.node.container(&id).await?;
+    Ok(ApiJson(s.node.wait_container(&info.id).await?))
+}
+
+/// The container's output (newline-delimited LogEntry).
+#[utoipa::path(get, path = "/v1/containers/{id}/logs", tag = "containers", params(("id" = String, Path, description = "name or id prefix"), LogsQuery),
+    responses((status = 200, description = "newline-delimited LogEntry", body = LogEntry), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn logs(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let (id, dir) = s.node.container_logs(&id).await?;
+    // Follow from the end first, then read what is there: a line written in between may
+    // appear twice, but none is lost.
+    let follower = LogFollower::from_end(&dir);
+    let d2 = dir.clone();
+    let tail = q.tail;
+    let past = tokio::task::spawn_blocking(move || read_tail(&d2, tail))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .unwrap_or_default();
+    let (tx, rx) = tokio::sync::mpsc::channel::<LogEntry>(256);
+    let node = s.node.clone();
+    let keep_following = q.follow;
+    tokio::spawn(async move {
+        for l in past {
+            if tx.send(l.into()).await.is_err() {
+                return;
+            }
+        }
+        if !keep_following {
+            return;
+        }
+        follow(&node, &id, follower, LogEntry::from, &tx).await;
+    });
+    Ok(ndjson(rx))
+}
+
+/// CPU, memory and pids of every running container, from its cgroups.
+#[utoipa::path(get, path = "/v1/stats", tag = "containers", responses((status = 200, body = [ContainerStats])))]
+pub(crate) async fn stats(State(s): State<AppState>) -> Result<ApiJson<Vec<ContainerStats>>, ApiError> {
+    Ok(ApiJson(s.node.container_stats().await?))
+}

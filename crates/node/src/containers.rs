@@ -1,0 +1,162 @@
+//! Container operations (`run`, `ps`, `stop`, `kill`, `rm`, `logs`, `stats`), in the shapes the
+//! API returns. The runtime's calls block (files, processes), so they run on tokio's blocking
+//! pool. The runtime is opened on first use, or at start when containers exist on disk (so a
+//! restarted agent finds them again at once); an agent that never runs a container never
+//! creates a bridge.
+
+use crate::{Node, NodeError};
+use shoal_runtime::{AttachGuard, ResolvedImage, Runtime, RuntimeConfig};
+use shoal_types::{ContainerInfo, ContainerSpec, ContainerStats};
+use std::io::Read;
+use std::time::Duration;
+
+/// Where the runtime keeps containers and layers.
+pub(crate) fn runtime_root(node_dir: &std::path::Path) -> std::path::PathBuf {
+    node_dir.join("runtime")
+}
+
+/// Whether containers from an earlier run are on disk.
+pub(crate) fn has_containers(node_dir: &std::path::Path) -> bool {
+    std::fs::read_dir(runtime_root(node_dir).join("containers")).is_ok_and(|mut d| d.next().is_some())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| NodeError::Invalid(format!("runtime task failed: {e}")))
+}
+
+impl Node {
+    /// The runtime, opened on first use.
+    pub async fn runtime(&self) -> Result<Runtime, NodeError> {
+        let cfg = self.config().clone();
+        self.runtime_cell()
+            .get_or_try_init(|| async move {
+                let exe = std::env::current_exe()
+                    .map_err(|e| NodeError::Invalid(format!("cannot find the shoal executable: {e}")))?;
+                let subnet = shoal_runtime::net::Subnet::parse(&cfg.container_subnet)
+                    .map_err(shoal_runtime::RuntimeError::from)?;
+                let rc = RuntimeConfig {
+                    root: runtime_root(&cfg.data_dir),
+                    exe,
+                    subnet,
+                    bridge: cfg.bridge.clone(),
+                    log_max_bytes: 10 << 20,
+                    log_files: 3,
+                };
+                Ok(blocking(move || Runtime::open(rc)).await??)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Creates and starts a container; the image is pulled from peers if this peer lacks it.
+    pub async fn run_container(&self, spec: ContainerSpec) -> Result<ContainerInfo, NodeError> {
+        Ok(self.run_container_attached(spec, false).await?.0)
+    }
+
+    /// Like [`Node::run_container`]; with `attach`, also a guard that keeps an auto-remove
+    /// container until its output has been read to the end.
+    pub async fn run_container_attached(
+        &self,
+        spec: ContainerSpec,
+        attach: bool,
+    ) -> Result<(ContainerInfo, Option<AttachGuard>), NodeError> {
+        let rt = self.runtime().await?;
+        let image = self.resolve_image(&spec.image).await?;
+        Ok(blocking(move || rt.create(spec, image, attach)).await??)
+    }
+
+    /// A container's log directory and full id.
+    pub async fn container_logs(&self, key: &str) -> Result<(String, std::path::PathBuf), NodeError> {
+        let (rt, key) = (self.runtime().await?, key.to_string());
+        Ok(blocking(move || rt.log_dir(&key)).await??)
+    }
+
+    /// Whether the container's run is over (for good).
+    pub async fn container_finished(&self, id: &str) -> Result<bool, NodeError> {
+        let (rt, id) = (self.runtime().await?, id.to_string());
+        blocking(move || rt.is_finished(&id)).await
+    }
+
+    /// Finds an image here (or pulls it) and lays out what the runtime needs.
+    async fn resolve_image(&self, reference: &str) -> Result<ResolvedImage, NodeError> {
+        let rec = self.blobs().pull(reference).await.map_err(|e| match e {
+            shoal_blobs::BlobsError::NoImageHolder(_) => NodeError::NotFound {
+                what: format!("image {reference} (on this peer or any other; import it with `shoal image import`)"),
+            },
+            other => NodeError::Content(other),
+        })?;
+        let store = self.blobs().store();
+        blocking(move || -> Result<ResolvedImage, NodeError> {
+            let mut config = Vec::new();
+            store
+                .open_blob(&rec.config.cid)
+                .map_err(shoal_blobs::BlobsError::from)?
+                .take(8 << 20)
+                .read_to_end(&mut config)
+                .map_err(|e| NodeError::Invalid(format!("cannot read the config of image {}: {e}", rec.reference)))?;
+            let layers = rec.layers.iter().map(|l| (l.digest.hex().to_string(), store.blob_path(&l.cid))).collect();
+            Ok(ResolvedImage {
+                reference: rec.reference.clone(),
+                digest: rec.manifest.digest.to_string(),
+                config,
+                layers,
+            })
+        })
+        .await?
+    }
+
+    /// Containers (running only unless `all`).
+    pub async fn containers(&self, all: bool) -> Result<Vec<ContainerInfo>, NodeError> {
+        if self.runtime_cell().get().is_none() && !has_containers(&self.config().data_dir) {
+            return Ok(Vec::new());
+        }
+        let rt = self.runtime().await?;
+        blocking(move || rt.list(all)).await
+    }
+
+    /// One container by name or id prefix.
+    pub async fn container(&self, key: &str) -> Result<ContainerInfo, NodeError> {
+        let (rt, key) = (self.runtime().await?, key.to_string());
+        Ok(blocking(move || rt.inspect(&key)).await??)
+    }
+
+    /// `stop -t`.
+    pub async fn stop_container(&self, key: &str, secs: u64) -> Result<ContainerInfo, NodeError> {
+        let (rt, key) = (self.runtime().await?, key.to_string());
+        Ok(blocking(move || rt.stop(&key, secs)).await??)
+    }
+
+    /// `kill [-s SIGNAL]`.
+    pub async fn kill_container(&self, key: &str, signal: Option<String>) -> Result<ContainerInfo, NodeError> {
+        let (rt, key) = (self.runtime().await?, key.to_string());
+        Ok(blocking(move || rt.kill(&key, signal.as_deref())).await??)
+    }
+
+    /// `rm [-f]`.
+    pub async fn remove_container(&self, key: &str, force: bool) -> Result<(), NodeError> {
+        let (rt, key) = (self.runtime().await?, key.to_string());
+        Ok(blocking(move || rt.remove(&key, force)).await??)
+    }
+
+    /// Waits until the container's run is over (for good, not between restarts); its info.
+    pub async fn wait_container(&self, id: &str) -> Result<ContainerInfo, NodeError> {
+        let (rt, id) = (self.runtime().await?, id.to_string());
+        loop {
+            let (rt2, id2) = (rt.clone(), id.clone());
+            if blocking(move || rt2.is_finished(&id2)).await? {
+                let (rt2, id2) = (rt.clone(), id.clone());
+                return Ok(blocking(move || rt2.inspect(&id2)).await??);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// CPU, memory and pids per running container.
+    pub async fn container_stats(&self) -> Result<Vec<ContainerStats>, NodeError> {
+        if self.runtime_cell().get().is_none() && !has_containers(&self.config().data_dir) {
+            return Ok(Vec::new());
+        }
+        let rt = self.runtime().await?;
+        blocking(move || rt.stats()).await
+    }
+}
