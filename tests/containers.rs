@@ -149,6 +149,25 @@ async fn ports_and_container_to_container() -> anyhow::Result<()> {
     let out = h.shoal(&["run", "--rm", "busybox:test", "wget", "-q", "-O-", &url]);
     assert_eq!(text(&out.stdout), "hello over http\n", "container to container: {}", text(&out.stderr));
 
+    // exec: output, exit code, and stdin with -i.
+    assert_eq!(h.ok(&["exec", "web", "cat", "/www/index.html"])?, "hello over http\n");
+    assert_eq!(h.shoal(&["exec", "web", "sh", "-c", "echo e >&2; exit 4"]).status.code(), Some(4));
+    let mut child = std::process::Command::new(shoal_testkit::shoal_bin())
+        .args(["exec", "-i", "web", "sh", "-c", "tr a-z A-Z; echo pid=$$"])
+        .env("SHOAL_ADDR", &h.agent.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(b"shout\n")?;
+    }
+    let out = child.wait_with_output()?;
+    let o = text(&out.stdout);
+    assert!(o.starts_with("SHOUT\npid=") && !o.contains("pid=1\n"), "exec -i joins the container's pid namespace: {o}");
+    assert!(h.shoal(&["exec", "web", "/no/such"]).status.code().is_some_and(|c| c != 0));
+
     h.ok(&["rm", "-f", "web"])?;
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the port is released");
     assert!(h.leftovers().is_empty(), "left over: {:?}", h.leftovers());

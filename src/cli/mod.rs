@@ -2,6 +2,7 @@
 
 mod agent;
 mod content;
+mod exec;
 mod get;
 mod image;
 mod keygen;
@@ -58,6 +59,8 @@ enum Command {
     Ps(ps::Args),
     /// Print a container's output.
     Logs(logs::Args),
+    /// Run a command in a running container.
+    Exec(exec::Args),
     /// Stop containers: SIGTERM, then SIGKILL after a grace period.
     Stop(lifecycle::StopArgs),
     /// Send a signal to containers (default KILL).
@@ -68,6 +71,9 @@ enum Command {
     Inspect(lifecycle::InspectArgs),
     /// CPU, memory and pids of running containers.
     Stats(stats::Args),
+    /// (internal) run a command inside a container.
+    #[command(name = "__exec", hide = true)]
+    ExecInside(ExecInsideArgs),
     /// (internal) a container's supervisor.
     #[command(name = "__shim", hide = true)]
     Shim(ShimArgs),
@@ -88,11 +94,22 @@ pub(crate) struct ShimArgs {
     quick_fails: u32,
 }
 
+/// `shoal __exec DIR -- CMD...`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExecInsideArgs {
+    dir: std::path::PathBuf,
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
 impl Cli {
     /// Commands that must run before any runtime starts; returns their exit code.
     pub(crate) fn pre_runtime(&self) -> Option<ExitCode> {
         match &self.command {
             Command::Enter(a) => Some(lab::enter(a)),
+            Command::ExecInside(a) => {
+                Some(ExitCode::from(shoal_runtime::exec::run(&a.dir, a.args.clone()).clamp(0, 255) as u8))
+            }
             Command::Shim(a) => shoal_runtime::shim::run(
                 &a.dir,
                 shoal_runtime::shim::ShimArgs { restarts: a.restarts, quick_fails: a.quick_fails },
@@ -135,6 +152,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm(args) => lifecycle::rm(args, &client(addr)?).await,
         Command::Inspect(args) => lifecycle::inspect(args, &client(addr)?).await,
         Command::Stats(args) => stats::run(args, &client(addr)?).await,
-        Command::Enter(_) | Command::Shim(_) => unreachable!("handled before the runtime starts"),
+        Command::Exec(args) => exec::run(args, &client(addr)?).await,
+        Command::Enter(_) | Command::Shim(_) | Command::ExecInside(_) => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }

@@ -239,7 +239,7 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<&B>,
-        mut on_item: impl FnMut(T),
+        on_item: impl FnMut(T),
     ) -> Result<(), ClientError> {
         let body = match body {
             Some(b) => {
@@ -248,6 +248,30 @@ impl Client {
             }
             None => None,
         };
+        self.exchange(method, path, body, on_item).await
+    }
+
+    /// Streams `input` (e.g. this process's stdin) as the request body while reading the
+    /// newline-delimited JSON answer (`exec -i`).
+    pub async fn stream_with_input<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        input: impl tokio::io::AsyncRead + Send + Sync + 'static,
+        on_item: impl FnMut(T),
+    ) -> Result<(), ClientError> {
+        let stream = tokio_util::io::ReaderStream::new(input).map(|r| r.map(hyper::body::Frame::data));
+        let body = BodyExt::boxed(StreamBody::new(stream));
+        self.exchange(method, path, Some((body, "application/octet-stream")), on_item).await
+    }
+
+    async fn exchange<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(ReqBody, &str)>,
+        mut on_item: impl FnMut(T),
+    ) -> Result<(), ClientError> {
         let resp = self.request(method, path, body, &[]).await?;
         let status = resp.status();
         let mut body = resp.into_body();

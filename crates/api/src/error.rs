@@ -108,7 +108,7 @@ fn runtime_error(e: shoal_runtime::RuntimeError) -> ApiError {
     let msg = e.to_string();
     match e {
         R::NotFound(_) => ApiError::NotFound(msg),
-        R::NameInUse(_) | R::Running(_) | R::PortInUse { .. } => ApiError::Conflict(msg),
+        R::NameInUse(_) | R::Running(_) | R::NotRunning(_) | R::PortInUse { .. } => ApiError::Conflict(msg),
         R::Ambiguous(_)
         | R::Parse(_)
         | R::MemoryTooSmall(_)

@@ -19,6 +19,7 @@ use utoipa::OpenApi;
         crate::v1::containers::list, crate::v1::containers::run, crate::v1::containers::inspect,
         crate::v1::containers::stop, crate::v1::containers::kill, crate::v1::containers::remove,
         crate::v1::containers::wait, crate::v1::containers::logs, crate::v1::containers::stats,
+        crate::v1::containers::exec,
     ),
     components(schemas(
         shoal_types::AgentStatus, shoal_types::PeerInfo, shoal_types::PeerState, shoal_types::resources::ResourcesJson,
@@ -26,7 +27,7 @@ use utoipa::OpenApi;
         shoal_types::ImageInfo, shoal_types::PullRequest,
         shoal_types::ContainerSpec, shoal_types::ContainerInfo, shoal_types::ContainerState, shoal_types::ContainerStats,
         shoal_types::PortMapping, shoal_types::VolumeMount, shoal_types::RestartPolicy, shoal_types::LogEntry,
-        shoal_types::AttachEvent,
+        shoal_types::AttachEvent, shoal_types::ExecEvent,
     )),
     tags(
         (name = "agent", description = "This agent"), (name = "cluster", description = "Membership"),

@@ -65,6 +65,18 @@ impl Node {
         Ok(blocking(move || rt.create(spec, image, attach)).await??)
     }
 
+    /// Starts `args` inside a running container with piped stdio (`exec`).
+    pub async fn exec_container(&self, key: &str, args: Vec<String>) -> Result<tokio::process::Child, NodeError> {
+        let (rt, key) = (self.runtime().await?, key.to_string());
+        let cmd = blocking(move || rt.exec_command(&key, &args)).await??;
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd.spawn().map_err(|e| NodeError::Invalid(format!("cannot start exec: {e}")))
+    }
+
     /// A container's log directory and full id.
     pub async fn container_logs(&self, key: &str) -> Result<(String, std::path::PathBuf), NodeError> {
         let (rt, key) = (self.runtime().await?, key.to_string());

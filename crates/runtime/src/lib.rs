@@ -10,6 +10,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod cgroup;
+pub mod exec;
 pub mod layers;
 pub mod logs;
 pub mod manager;

@@ -68,6 +68,9 @@ pub enum RuntimeError {
     /// Running when it must not be.
     #[error("container {0} is running; stop it first (`shoal stop {0}`) or use `shoal rm -f {0}`")]
     Running(String),
+    /// Not running when it must be.
+    #[error("container {0} is not running; start a new one with `shoal run`")]
+    NotRunning(String),
     /// A short form or name that does not parse.
     #[error(transparent)]
     Parse(#[from] SpecParseError),
@@ -529,6 +532,19 @@ impl Runtime {
     pub fn attach(&self, id: &str) -> AttachGuard {
         *self.inner.attached.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_string()).or_default() += 1;
         AttachGuard { rt: self.clone(), id: id.to_string() }
+    }
+
+    /// The command that runs `args` inside a running container (`shoal __exec DIR -- ARGS`);
+    /// the caller gives it stdio and waits for it.
+    pub fn exec_command(&self, key: &str, args: &[String]) -> Result<std::process::Command, RuntimeError> {
+        let id = self.resolve(key)?;
+        let info = self.info(&id)?;
+        if info.state != ContainerState::Running {
+            return Err(RuntimeError::NotRunning(info.name));
+        }
+        let mut cmd = std::process::Command::new(&self.inner.cfg.exe);
+        cmd.arg("__exec").arg(self.dir(&id).path()).arg("--").args(args).env_remove("RUST_LOG");
+        Ok(cmd)
     }
 
     /// The container's log directory.

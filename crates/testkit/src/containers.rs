@@ -66,6 +66,8 @@ impl ContainerHost {
         let mut agent = Agent::start(root.path(), spec)?;
         agent.ready().await?;
         let host = ContainerHost { agent, root, bridge, subnet, slot };
+        // The slot is ours alone: namespaces holding its addresses are leftovers of a killed run.
+        host.delete_our_netns();
         host.import("busybox:test", extra, config)?;
         Ok(host)
     }
@@ -163,6 +165,17 @@ impl ContainerHost {
         found
     }
 
+    fn delete_our_netns(&self) {
+        if let Ok(d) = std::fs::read_dir("/run/netns") {
+            for e in d.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("shoal-") && self.netns_is_ours(&name) {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+                }
+            }
+        }
+    }
+
     fn owned_ids(&self) -> Vec<String> {
         let log = self.agent.log_text();
         let mut ids: Vec<String> = Vec::new();
@@ -218,6 +231,7 @@ impl Drop for ContainerHost {
         for pid in self.shim_pids() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
         }
+        self.delete_our_netns();
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
         let _ = std::fs::remove_file(&self.slot);
     }

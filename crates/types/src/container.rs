@@ -314,6 +314,20 @@ pub enum AttachEvent {
     },
 }
 
+/// What `exec` streams, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum ExecEvent {
+    /// Output of the command.
+    Output(LogEntry),
+    /// The command ended with this exit code.
+    Exit {
+        /// Exit code (128+signal when killed, 126/127 when it could not run).
+        code: i32,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,8 +15,8 @@ pub mod resources;
 
 pub use bytesize::{ByteSize, ByteSizeError};
 pub use container::{
-    AttachEvent, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, LogEntry, PortMapping, RestartPolicy,
-    SpecParseError, VolumeMount,
+    AttachEvent, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, ExecEvent, LogEntry, PortMapping,
+    RestartPolicy, SpecParseError, VolumeMount,
 };
 pub use content::{ContentInfo, ImageInfo, PullRequest, SharedContent, TransferInfo};
 pub use labels::{LabelError, Labels, parse_label};

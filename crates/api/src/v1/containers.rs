@@ -13,7 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use shoal_runtime::logs::{LogFollower, read_tail};
-use shoal_types::{AttachEvent, ContainerInfo, ContainerSpec, ContainerStats, LogEntry};
+use shoal_types::{AttachEvent, ContainerInfo, ContainerSpec, ContainerStats, ExecEvent, LogEntry};
 use std::time::Duration;
 
 /// `?all=`.
@@ -236,6 +236,76 @@ pub(crate) async fn logs(
             return;
         }
         follow(&node, &id, follower, LogEntry::from, &tx).await;
+    });
+    Ok(ndjson(rx))
+}
+
+/// `?args=` for exec.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExecQuery {
+    /// The command and its arguments, as a JSON array of strings.
+    args: String,
+}
+
+/// Runs a command in a running container. The request body is its stdin (streamed); the answer
+/// is newline-delimited [`ExecEvent`]s: its output as it comes, then its exit code.
+#[utoipa::path(post, path = "/v1/containers/{id}/exec", tag = "containers", params(("id" = String, Path, description = "name or id prefix"), ExecQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, description = "newline-delimited ExecEvent", body = ExecEvent), (status = 404, body = shoal_types::ErrorBody), (status = 409, body = shoal_types::ErrorBody)))]
+pub(crate) async fn exec(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ExecQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use futures::TryStreamExt;
+    use tokio::io::AsyncReadExt;
+    let args: Vec<String> = serde_json::from_str(&q.args)
+        .map_err(|e| ApiError::BadRequest(format!("args must be a JSON array of strings: {e}")))?;
+    if args.is_empty() {
+        return Err(ApiError::BadRequest("give a command to run".into()));
+    }
+    let mut child = s.node.exec_container(&id, args).await?;
+    let (Some(mut stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(ApiError::Internal("exec child without pipes".into()));
+    };
+    tokio::spawn(async move {
+        let mut r = tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+        let _ = tokio::io::copy(&mut r, &mut stdin).await;
+        // Dropping stdin closes it: the command sees end of input.
+    });
+    let (tx, rx) = tokio::sync::mpsc::channel::<ExecEvent>(256);
+    let pump = |mut r: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                stream: &'static str,
+                tx: tokio::sync::mpsc::Sender<ExecEvent>| async move {
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let e = LogEntry { stream: stream.into(), text, time_unix_nanos: 0 };
+                    if tx.send(ExecEvent::Output(e)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let out = tokio::spawn(pump(Box::new(stdout), "stdout", tx.clone()));
+    let err = tokio::spawn(pump(Box::new(stderr), "stderr", tx.clone()));
+    tokio::spawn(async move {
+        let _ = out.await;
+        let _ = err.await;
+        let code = match child.wait().await {
+            Ok(st) => {
+                st.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0))
+            }
+            Err(_) => 255,
+        };
+        let _ = tx.send(ExecEvent::Exit { code }).await;
     });
     Ok(ndjson(rx))
 }

@@ -35,5 +35,6 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/containers/{id}/kill", post(containers::kill))
         .route("/v1/containers/{id}/wait", post(containers::wait))
         .route("/v1/containers/{id}/logs", get(containers::logs))
+        .route("/v1/containers/{id}/exec", post(containers::exec))
         .route("/v1/stats", get(containers::stats))
 }
