@@ -22,3 +22,4 @@ if (($#)); then exec "$B" "$@"; fi
 "$B" sim
 "$B" swarm
 "$B" loopback
+"$B" runtime

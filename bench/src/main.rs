@@ -8,6 +8,7 @@ mod content;
 mod failure;
 mod idle;
 mod lab;
+mod runtime;
 mod serf;
 mod sim;
 mod stats;
@@ -61,6 +62,14 @@ enum Bench {
         /// Blob sizes in MiB (memory is reported for each).
         #[arg(long, value_delimiter = ',', default_value = "128,1024")]
         mib: Vec<u64>,
+    },
+    /// Containers: start latency vs runc, CPU and network cost of isolation vs the host.
+    Runtime {
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Size of each network transfer in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
     },
     /// Membership at scale by simulation.
     Sim {
@@ -157,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Bench::Runtime { runs, mib } => runtime::run(runs, mib).await?,
         Bench::Sim { peers } => {
             println!("== membership by simulation (agent's SWIM settings, 1 ms +/- 0.5 ms links)");
             for n in peers {

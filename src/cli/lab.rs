@@ -37,8 +37,13 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// SIGKILL a peer's agent.
-    Kill { index: usize },
+    /// SIGKILL a peer's agent (with --all, also its containers: a machine losing power).
+    Kill {
+        index: usize,
+        /// Kill the peer's containers and their supervisors too.
+        #[arg(long)]
+        all: bool,
+    },
     /// SIGTERM a peer's agent (it leaves the cluster gracefully).
     Stop { index: usize },
     /// Start a peer's agent again (same id, same data).
@@ -325,7 +330,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let status = lab.exec(index, &cmd)?;
             return Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8));
         }
-        Cmd::Kill { index } => Lab::open(&root, &name)?.kill(index)?,
+        Cmd::Kill { index, all: false } => Lab::open(&root, &name)?.kill(index)?,
+        Cmd::Kill { index, all: true } => Lab::open(&root, &name)?.kill_all(index)?,
         Cmd::Stop { index } => Lab::open(&root, &name)?.stop(index)?,
         Cmd::Start { index } => {
             let mut lab = Lab::open(&root, &name)?;

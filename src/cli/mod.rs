@@ -14,6 +14,7 @@ mod peers;
 mod progress;
 mod ps;
 mod run;
+mod service;
 mod share;
 mod stats;
 mod status;
@@ -59,6 +60,8 @@ enum Command {
     Ps(ps::Args),
     /// Print a container's output.
     Logs(logs::Args),
+    /// Leaderless services: replicas placed across the peers.
+    Service(service::Args),
     /// Run a command in a running container.
     Exec(exec::Args),
     /// Stop containers: SIGTERM, then SIGKILL after a grace period.
@@ -153,6 +156,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => lifecycle::inspect(args, &client(addr)?).await,
         Command::Stats(args) => stats::run(args, &client(addr)?).await,
         Command::Exec(args) => exec::run(args, &client(addr)?).await,
+        Command::Service(args) => service::run(args, &client(addr)?).await,
         Command::Enter(_) | Command::Shim(_) | Command::ExecInside(_) => {
             unreachable!("handled before the runtime starts")
         }

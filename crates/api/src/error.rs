@@ -61,6 +61,7 @@ impl From<NodeError> for ApiError {
         match e {
             NodeError::NotFound { .. } => ApiError::NotFound(e.to_string()),
             NodeError::Invalid(m) => ApiError::BadRequest(m),
+            NodeError::Conflict(m) => ApiError::Conflict(m),
             NodeError::Overlay(e) => ApiError::Unavailable(format!("the agent's overlay is not running: {e}")),
             NodeError::Content(e) => content_error(e),
             NodeError::Runtime(e) => runtime_error(e),

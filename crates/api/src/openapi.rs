@@ -20,6 +20,8 @@ use utoipa::OpenApi;
         crate::v1::containers::stop, crate::v1::containers::kill, crate::v1::containers::remove,
         crate::v1::containers::wait, crate::v1::containers::logs, crate::v1::containers::stats,
         crate::v1::containers::exec,
+        crate::v1::services::list, crate::v1::services::create, crate::v1::services::get, crate::v1::services::update,
+        crate::v1::services::scale, crate::v1::services::replicas, crate::v1::services::remove,
     ),
     components(schemas(
         shoal_types::AgentStatus, shoal_types::PeerInfo, shoal_types::PeerState, shoal_types::resources::ResourcesJson,
@@ -28,11 +30,13 @@ use utoipa::OpenApi;
         shoal_types::ContainerSpec, shoal_types::ContainerInfo, shoal_types::ContainerState, shoal_types::ContainerStats,
         shoal_types::PortMapping, shoal_types::VolumeMount, shoal_types::RestartPolicy, shoal_types::LogEntry,
         shoal_types::AttachEvent, shoal_types::ExecEvent,
+        shoal_types::ServiceSpec, shoal_types::ServiceInfo, shoal_types::ReplicaInfo, shoal_types::Autoscale,
     )),
     tags(
         (name = "agent", description = "This agent"), (name = "cluster", description = "Membership"),
         (name = "content", description = "Content shared peer to peer"), (name = "images", description = "OCI images"),
         (name = "containers", description = "Containers on this peer"),
+        (name = "services", description = "Leaderless services placed across the peers"),
     ),
 )]
 pub struct ApiDoc;

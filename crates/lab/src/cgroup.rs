@@ -52,6 +52,19 @@ fn hierarchies() -> Vec<Hierarchy> {
             out.push(Hierarchy { controller: ctrl, mount, own });
         }
     }
+    // One path for every hierarchy: the deepest of this process's own paths, when the others
+    // lie above it (e.g. memory in `/process_api/x`, the rest at `/`). A peer's agent then sits
+    // at the same path in every hierarchy, which its container runtime needs (libcontainer
+    // joins one cgroups path below every controller's mount), and the lab stays nested under
+    // this process's own cgroup in each.
+    if let Some(deepest) = out.iter().map(|h| h.own.clone()).max_by_key(|p| p.len()) {
+        let above = |p: &str| p == "/" || deepest == p || deepest.starts_with(&format!("{}/", p.trim_end_matches('/')));
+        if out.iter().all(|h| above(&h.own)) {
+            for h in &mut out {
+                h.own = deepest.clone();
+            }
+        }
+    }
     out
 }
 

@@ -368,6 +368,25 @@ impl Lab {
         self.state.save()
     }
 
+    /// SIGKILLs everything of peer `i`: its agent, its containers' supervisors and the
+    /// containers (like a machine losing power). Their leftovers are cleaned when the peer's
+    /// agent starts again, or by `lab down`.
+    pub fn kill_all(&mut self, i: usize) -> Result<(), LabError> {
+        self.kill(i)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pids: Vec<i32> =
+                cgroup::peer_dirs(&self.state.name, i).iter().flat_map(|d| cgroup::procs_below(d)).collect();
+            if pids.is_empty() || Instant::now() > deadline {
+                return Ok(());
+            }
+            for pid in pids {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERMs peer `i`'s agent (a graceful leave) and waits for it to exit.
     pub fn stop(&mut self, i: usize) -> Result<(), LabError> {
         self.check_index(i)?;
@@ -475,8 +494,10 @@ impl Lab {
         report.processes = killed.len();
         // 2. Mounts under the lab dir (container root filesystems a killed agent left).
         report.mounts = unmount_below(&dir);
-        // 3. Namespaces, and with them veths and bridges.
+        // 3. Namespaces, and with them veths and bridges; also the namespaces of the peers'
+        // containers (their supervisors were killed above, so nobody else removes them).
         report.namespaces = net::delete_namespaces(name);
+        report.namespaces.extend(delete_container_namespaces(&dir));
         // 4. Cgroups.
         for d in &cg_dirs {
             report.cgroups += 1;
@@ -489,6 +510,28 @@ impl Lab {
         }
         Ok(report)
     }
+}
+
+/// Deletes the network namespaces named in the container directories under `dir`
+/// (`*/runtime/containers/*/meta.json`, field `net.netns`); returns their names.
+fn delete_container_namespaces(dir: &Path) -> Vec<String> {
+    let mut n = Vec::new();
+    let Ok(peers) = std::fs::read_dir(dir) else { return n };
+    for peer in peers.flatten() {
+        let Ok(containers) = std::fs::read_dir(peer.path().join("runtime/containers")) else { continue };
+        for c in containers.flatten() {
+            let Ok(text) = std::fs::read_to_string(c.path().join("meta.json")) else { continue };
+            let Ok(meta) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+            if let Some(ns) = meta["net"]["netns"].as_str()
+                && !ns.contains('/')
+                && Path::new("/run/netns").join(ns).exists()
+            {
+                cmd::run_quiet("ip", &["netns", "del", ns]);
+                n.push(ns.to_string());
+            }
+        }
+    }
+    n
 }
 
 fn is_running(st: &LabState, i: usize) -> bool {

@@ -83,6 +83,11 @@ impl Node {
         Ok(blocking(move || rt.log_dir(&key)).await??)
     }
 
+    /// Changes whenever a container's supervisor exits.
+    pub async fn container_exits(&self) -> Result<tokio::sync::watch::Receiver<u64>, NodeError> {
+        Ok(self.runtime().await?.exits())
+    }
+
     /// Whether the container's run is over (for good).
     pub async fn container_finished(&self, id: &str) -> Result<bool, NodeError> {
         let (rt, id) = (self.runtime().await?, id.to_string());

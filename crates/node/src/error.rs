@@ -8,6 +8,9 @@ pub enum NodeError {
     /// The request names something that does not exist
     #[error("{what} not found")]
     NotFound { what: String },
+    /// The request conflicts with the current state
+    #[error("{0}")]
+    Conflict(String),
     /// The request is malformed
     #[error("{0}")]
     Invalid(String),

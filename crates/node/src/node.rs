@@ -22,6 +22,9 @@ struct Inner {
     blobs: shoal_blobs::Blobs,
     overlay_task: Mutex<Option<JoinHandle<()>>>,
     runtime: tokio::sync::OnceCell<shoal_runtime::Runtime>,
+    services: Arc<crate::services::Services>,
+    draining: std::sync::atomic::AtomicBool,
+    published_replicas: Mutex<Option<serde_json::Value>>,
     started: Instant,
     capacity: Resources,
 }
@@ -77,6 +80,7 @@ impl Node {
             overlay.clone(),
         )
         .await?;
+        let services = Arc::new(crate::services::Services::open(&cfg.data_dir, &overlay.peer_id().to_string()));
         let node = Node {
             inner: Arc::new(Inner {
                 cfg,
@@ -84,6 +88,9 @@ impl Node {
                 blobs,
                 overlay_task: Mutex::new(Some(task)),
                 runtime: tokio::sync::OnceCell::new(),
+                services,
+                draining: std::sync::atomic::AtomicBool::new(false),
+                published_replicas: Mutex::new(None),
                 started: Instant::now(),
                 capacity,
             }),
@@ -94,7 +101,28 @@ impl Node {
         {
             warn!(err = %e, "cannot open the container runtime; containers from before are not supervised");
         }
+        node.start_services()?;
         Ok(node)
+    }
+
+    pub(crate) fn services_cell(&self) -> &Arc<crate::services::Services> {
+        &self.inner.services
+    }
+
+    pub(crate) fn overlay(&self) -> &Overlay {
+        &self.inner.overlay
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.inner.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_draining(&self) {
+        self.inner.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn published_replicas(&self) -> &Mutex<Option<serde_json::Value>> {
+        &self.inner.published_replicas
     }
 
     pub(crate) fn runtime_cell(&self) -> &tokio::sync::OnceCell<shoal_runtime::Runtime> {
@@ -160,6 +188,8 @@ impl Node {
 
     /// Leaves the cluster gracefully and stops the subsystems.
     pub async fn shutdown(&self) {
+        // Hand service replicas off before leaving (bounded).
+        self.drain_services(std::time::Duration::from_secs(10)).await;
         self.inner.blobs.shutdown();
         if let Err(e) = self.inner.overlay.leave().await {
             warn!(err = %e, "overlay already stopped");

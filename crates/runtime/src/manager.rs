@@ -149,6 +149,8 @@ struct Inner {
     attached: Mutex<HashMap<String, usize>>,
     /// Last CPU sample per container, for `stats`.
     cpu: Mutex<HashMap<String, (Instant, u64)>>,
+    /// Bumped whenever a shim exits, so followers need not poll for the end.
+    exits: tokio::sync::watch::Sender<u64>,
     /// Serialises creations (names and ports are checked then taken).
     create_lock: Mutex<()>,
 }
@@ -171,6 +173,7 @@ impl Runtime {
                 metas: Mutex::new(HashMap::new()),
                 attached: Mutex::new(HashMap::new()),
                 cpu: Mutex::new(HashMap::new()),
+                exits: tokio::sync::watch::Sender::new(0),
                 create_lock: Mutex::new(()),
             }),
         };
@@ -486,7 +489,9 @@ impl Runtime {
             std::thread::sleep(Duration::from_millis(5));
         }
         let root = dir.youki().join(&meta.id);
-        if let Ok(mut c) = libcontainer::container::Container::load(root.clone()) {
+        if root.join("state.json").exists()
+            && let Ok(mut c) = libcontainer::container::Container::load(root.clone())
+        {
             let _ = c.delete(true);
         }
         crate::cgroup::remove(&meta.cgroups_path);
@@ -517,6 +522,7 @@ impl Runtime {
 
     /// The shim of `id` exited (or was found dead): remove it if it asked for `--rm`.
     fn on_exit(&self, id: &str) {
+        self.inner.exits.send_modify(|n| *n += 1);
         let Some(meta) = self.metas().get(id).cloned() else { return };
         let attached = self.inner.attached.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied().unwrap_or(0);
         if meta.spec.auto_remove && attached == 0 {
@@ -526,6 +532,11 @@ impl Runtime {
                 self.purge(id, Some(&meta));
             }
         }
+    }
+
+    /// Changes whenever a container's supervisor exits (wake-up for followers).
+    pub fn exits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.exits.subscribe()
     }
 
     /// Marks a client as following the container's output until it ends.

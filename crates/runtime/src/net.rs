@@ -181,12 +181,24 @@ fn ip(args: &[&str], batch: Option<&str>) -> Result<(), NetError> {
     Ok(())
 }
 
+/// Whether interface `name` exists in this process's network namespace. (Not through
+/// /sys/class/net: a process that entered a namespace with setns still sees the sysfs of the
+/// namespace it was mounted in.)
+fn link_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["link", "show", "dev", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Makes sure the bridge exists, has the gateway address, and is up.
 pub fn ensure_bridge(name: &str, subnet: Subnet) -> Result<(), NetError> {
-    if !Path::new("/sys/class/net").join(name).exists() {
+    if !link_exists(name) {
         // Another agent (or a race) may create it between the check and here: tolerate EEXIST.
         if let Err(e) = ip(&["link", "add", name, "type", "bridge"], None)
-            && !Path::new("/sys/class/net").join(name).exists()
+            && !link_exists(name)
         {
             return Err(e);
         }
@@ -231,11 +243,12 @@ pub fn exists(net: &crate::state::NetMeta) -> bool {
 
 /// Deletes the namespace (which destroys the veth pair with it); idempotent.
 pub fn teardown(net: &crate::state::NetMeta) {
-    if Path::new("/sys/class/net").join(&net.veth).exists() {
-        let _ = ip(&["link", "del", &net.veth], None);
-    }
     if exists(net) {
+        // Deleting the namespace takes the veth pair with it; a host end left without one
+        // (a crash between the two steps of setup) is removed here.
         let _ = ip(&["netns", "del", &net.netns], None);
+    } else if link_exists(&net.veth) {
+        let _ = ip(&["link", "del", &net.veth], None);
     }
 }
 

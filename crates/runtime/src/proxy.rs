@@ -39,7 +39,22 @@ fn forward(client: TcpStream, target: SocketAddr) {
     let _ = t.join();
 }
 
+/// Copies until end of stream with a 256 KiB buffer (std's copy uses 8 KiB, which costs
+/// several times the throughput here).
 fn copy(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::io::copy(&mut from, &mut to);
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
     let _ = to.shutdown(Shutdown::Write);
 }

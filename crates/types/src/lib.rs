@@ -12,6 +12,7 @@ pub mod labels;
 pub mod peer;
 pub mod rate;
 pub mod resources;
+pub mod service;
 
 pub use bytesize::{ByteSize, ByteSizeError};
 pub use container::{
@@ -22,6 +23,7 @@ pub use content::{ContentInfo, ImageInfo, PullRequest, SharedContent, TransferIn
 pub use labels::{LabelError, Labels, parse_label};
 pub use peer::{AgentStatus, PeerInfo, PeerState};
 pub use resources::{Resources, ResourcesError};
+pub use service::{Autoscale, ReplicaInfo, ServiceInfo, ServiceSpec};
 
 /// The version of this build, as `shoal status` and peer records report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

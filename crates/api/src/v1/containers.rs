@@ -122,6 +122,7 @@ async fn follow<T>(
     map: impl Fn(shoal_runtime::logs::LogLine) -> T,
     tx: &tokio::sync::mpsc::Sender<T>,
 ) -> bool {
+    let mut exits = node.container_exits().await.ok();
     let mut idle = Duration::from_millis(1);
     loop {
         let finished = node.container_finished(id).await.unwrap_or(true);
@@ -136,7 +137,15 @@ async fn follow<T>(
             return true;
         }
         idle = if quiet { (idle * 2).min(Duration::from_millis(50)) } else { Duration::from_millis(1) };
-        tokio::time::sleep(idle).await;
+        match exits.as_mut() {
+            Some(rx) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = rx.changed() => {}
+                }
+            }
+            None => tokio::time::sleep(idle).await,
+        }
     }
 }
 

@@ -4,6 +4,7 @@ pub(crate) mod containers;
 pub(crate) mod content;
 pub(crate) mod images;
 mod peers;
+pub(crate) mod services;
 mod status;
 
 use crate::AppState;
@@ -37,4 +38,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/containers/{id}/logs", get(containers::logs))
         .route("/v1/containers/{id}/exec", post(containers::exec))
         .route("/v1/stats", get(containers::stats))
+        .route("/v1/services", get(services::list).post(services::create))
+        .route("/v1/services/{name}", get(services::get).put(services::update).delete(services::remove))
+        .route("/v1/services/{name}/scale", put(services::scale))
+        .route("/v1/services/{name}/replicas", get(services::replicas))
 }

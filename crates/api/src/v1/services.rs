@@ -1,0 +1,84 @@
+//! `/v1/services`: declare, list, inspect, scale, update and remove leaderless services.
+//! Any peer accepts these; the change reaches every peer through the replicated state.
+
+use crate::AppState;
+use crate::error::{ApiError, ApiJson, ApiQuery};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use shoal_types::{ReplicaInfo, ServiceInfo, ServiceSpec};
+
+/// `?replicas=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ScaleQuery {
+    /// The new replica count.
+    replicas: u32,
+}
+
+/// Every service, with how many replicas run.
+#[utoipa::path(get, path = "/v1/services", tag = "services", responses((status = 200, body = [ServiceInfo])))]
+pub(crate) async fn list(State(s): State<AppState>) -> Result<ApiJson<Vec<ServiceInfo>>, ApiError> {
+    Ok(ApiJson(s.node.service_list().await?))
+}
+
+/// Declares a new service.
+#[utoipa::path(post, path = "/v1/services", tag = "services", request_body = ServiceSpec,
+    responses((status = 201, body = ServiceInfo), (status = 400, body = shoal_types::ErrorBody), (status = 409, body = shoal_types::ErrorBody)))]
+pub(crate) async fn create(
+    State(s): State<AppState>,
+    ApiJson(spec): ApiJson<ServiceSpec>,
+) -> Result<(StatusCode, ApiJson<ServiceInfo>), ApiError> {
+    Ok((StatusCode::CREATED, ApiJson(s.node.put_service(spec, false).await?)))
+}
+
+/// One service.
+#[utoipa::path(get, path = "/v1/services/{name}", tag = "services", params(("name" = String, Path, description = "service name")),
+    responses((status = 200, body = ServiceInfo), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn get(State(s): State<AppState>, Path(name): Path<String>) -> Result<ApiJson<ServiceInfo>, ApiError> {
+    Ok(ApiJson(s.node.service(&name).await?))
+}
+
+/// Replaces a service's spec (image, resources, ...).
+#[utoipa::path(put, path = "/v1/services/{name}", tag = "services", params(("name" = String, Path, description = "service name")), request_body = ServiceSpec,
+    responses((status = 200, body = ServiceInfo), (status = 400, body = shoal_types::ErrorBody), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn update(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(spec): ApiJson<ServiceSpec>,
+) -> Result<ApiJson<ServiceInfo>, ApiError> {
+    if spec.name != name {
+        return Err(ApiError::BadRequest(format!("the body names service {}, the path {name}", spec.name)));
+    }
+    Ok(ApiJson(s.node.put_service(spec, true).await?))
+}
+
+/// Changes the replica count.
+#[utoipa::path(put, path = "/v1/services/{name}/scale", tag = "services", params(("name" = String, Path, description = "service name"), ScaleQuery),
+    responses((status = 200, body = ServiceInfo), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn scale(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<ScaleQuery>,
+) -> Result<ApiJson<ServiceInfo>, ApiError> {
+    Ok(ApiJson(s.node.scale_service(&name, q.replicas).await?))
+}
+
+/// Each replica of a service: where it runs and how it is doing.
+#[utoipa::path(get, path = "/v1/services/{name}/replicas", tag = "services", params(("name" = String, Path, description = "service name")),
+    responses((status = 200, body = [ReplicaInfo]), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn replicas(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<ApiJson<Vec<ReplicaInfo>>, ApiError> {
+    s.node.service_spec(&name)?;
+    Ok(ApiJson(s.node.replicas().await?.into_iter().filter(|r| r.service == name).collect()))
+}
+
+/// Removes a service; every peer stops its replicas.
+#[utoipa::path(delete, path = "/v1/services/{name}", tag = "services", params(("name" = String, Path, description = "service name")),
+    responses((status = 204), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn remove(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    s.node.remove_service(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,549 @@
+//! Leaderless services: the replicated desired state, its anti-entropy, and this peer's
+//! reconciliation loop.
+//!
+//! - **Desired state** is a [`ServiceMap`] CRDT (last-writer-wins per service under a hybrid
+//!   logical clock, tombstones for removals). A change made here is merged locally, written to
+//!   `services.bin` (atomically, fsynced), and pushed to every live peer over
+//!   `/shoal/state/1`. Every second this peer also exchanges its whole map with one random live
+//!   peer (push-pull), so a peer that was away, or missed a push, catches up.
+//! - **Placement** is computed by every peer from the same inputs (the map, the live peers,
+//!   their capacities and labels) with [`shoal_scheduler::place`]; each peer starts only the
+//!   replicas assigned to itself and stops the ones that are not (any more). Once membership
+//!   views agree, every replica has exactly one owner; see crates/scheduler/DESIGN.md.
+//! - **Reports**: each peer publishes the replicas it runs in its signed peer record (`ext`
+//!   key `replicas`), which the overlay gossips; `service ls/ps` read them from every member.
+//!
+//! One task owns the loop; the API talks to it through [`Services`] (the map behind a mutex
+//! that is never held across an await).
+
+use crate::{Node, NodeError};
+use shoal_overlay::libp2p::{PeerId, StreamProtocol};
+use shoal_scheduler::{Action, Clock, PeerView, Running, ServiceMap};
+use shoal_types::{ContainerSpec, ContainerState, ReplicaInfo, RestartPolicy, ServiceInfo, ServiceSpec};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// The desired-state protocol.
+pub(crate) const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/state/1");
+/// Largest encoded service map accepted from a peer.
+const MAX_MAP: usize = 4 << 20;
+/// Labels that mark a container as a service replica.
+const LABEL_SERVICE: &str = "shoal.service";
+const LABEL_INDEX: &str = "shoal.replica";
+const LABEL_VERSION: &str = "shoal.version";
+
+/// Messages of `/shoal/state/1`: one request, one answer per stream.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum StateMsg {
+    /// The sender's whole map ([`ServiceMap::encode`]); the receiver merges it and answers with its own map
+    /// if the two still differ after the merge, else with `Same`.
+    Sync(Vec<u8>),
+    /// The maps agree.
+    Same,
+}
+
+/// Why a replica failed to start here, when, and how many times in a row.
+type StartFailure = (String, std::time::Instant, u32);
+
+/// The services subsystem's shared state.
+pub(crate) struct Services {
+    map: Mutex<ServiceMap>,
+    clock: Mutex<Clock>,
+    path: PathBuf,
+    /// Wakes the reconciler early (after a change).
+    kick: tokio::sync::Notify,
+    /// Replicas being started now (service, index), so a slow start is not started twice.
+    starting: Mutex<HashSet<(String, u32)>>,
+    /// Why a replica assigned here failed to start, when, and how many times in a row
+    /// (the next attempt waits 1 s doubling to 30 s).
+    failures: Mutex<BTreeMap<(String, u32), StartFailure>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Services {
+    /// Loads `services.json` (or starts empty).
+    pub(crate) fn open(dir: &std::path::Path, node_id: &str) -> Services {
+        let path = dir.join("services.bin");
+        let map = std::fs::read(&path)
+            .ok()
+            .and_then(|b| match ServiceMap::decode(&b, MAX_MAP) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    warn!(err = %e, path = %path.display(), "cannot read the saved services; starting from the cluster's copy");
+                    None
+                }
+            })
+            .unwrap_or_default();
+        Services {
+            map: Mutex::new(map),
+            clock: Mutex::new(Clock::new(node_id.to_string())),
+            path,
+            kick: tokio::sync::Notify::new(),
+            starting: Mutex::new(HashSet::new()),
+            failures: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, ServiceMap> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn save(&self) {
+        let bytes = self.map().encode();
+        let tmp = self.path.with_extension("tmp");
+        let result = (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if let Err(e) = result {
+            warn!(err = %e, "cannot save the services");
+        }
+    }
+
+    /// Merges a peer's map; returns whether ours changed.
+    fn merge(&self, other: &ServiceMap) -> bool {
+        if let Some(v) = other.max_version() {
+            self.clock.lock().unwrap_or_else(|e| e.into_inner()).observe(v);
+        }
+        let changed = self.map().merge(other);
+        if changed {
+            self.save();
+            self.kick.notify_one();
+        }
+        changed
+    }
+}
+
+fn check_spec(spec: &ServiceSpec) -> Result<(), NodeError> {
+    shoal_types::container::check_name(&spec.name).map_err(|e| NodeError::Invalid(e.to_string()))?;
+    if spec.image.is_empty() {
+        return Err(NodeError::Invalid("a service needs an image".into()));
+    }
+    if spec.replicas > 10_000 {
+        return Err(NodeError::Invalid("at most 10000 replicas per service".into()));
+    }
+    for e in &spec.env {
+        shoal_types::container::check_env(e).map_err(|e| NodeError::Invalid(e.to_string()))?;
+    }
+    if spec.memory_bytes != 0 && spec.memory_bytes < 6 << 20 {
+        return Err(NodeError::Invalid("--memory is below the minimum of 6 MiB".into()));
+    }
+    Ok(())
+}
+
+impl Node {
+    fn services(&self) -> &Arc<Services> {
+        self.services_cell()
+    }
+
+    /// Starts the services subsystem: the state protocol, anti-entropy and the reconciler.
+    pub(crate) fn start_services(&self) -> Result<(), NodeError> {
+        let mut incoming = self
+            .overlay()
+            .streams()
+            .accept(STATE_PROTOCOL)
+            .map_err(|_| NodeError::Invalid("the state protocol is already registered".into()))?;
+        let node = self.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some((peer, stream)) = incoming.next().await {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = node.serve_state(stream).await {
+                        debug!(%peer, err = %e, "state exchange failed");
+                    }
+                });
+            }
+        });
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                node.anti_entropy().await;
+            }
+        });
+        let node = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = node.reconcile().await {
+                    debug!(err = %e, "reconcile failed");
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(500), node.services().kick.notified()).await;
+            }
+        });
+        Ok(())
+    }
+
+    async fn serve_state(
+        &self,
+        mut stream: shoal_overlay::libp2p::Stream,
+    ) -> Result<(), shoal_blobs::proto::ProtoError> {
+        use shoal_blobs::proto::{read_msg, write_msg};
+        let msg: StateMsg = read_msg(&mut stream, MAX_MAP + 64).await?;
+        if let StateMsg::Sync(bytes) = msg {
+            match ServiceMap::decode(&bytes, MAX_MAP) {
+                Ok(theirs) => {
+                    self.services().merge(&theirs);
+                    let same = theirs.digest() == self.services().map().digest();
+                    let answer = if same { StateMsg::Same } else { StateMsg::Sync(self.encoded_map()) };
+                    write_msg(&mut stream, &answer).await?;
+                }
+                Err(e) => debug!(err = %e, "a peer sent a service map that does not decode"),
+            }
+        }
+        Ok(())
+    }
+
+    fn encoded_map(&self) -> Vec<u8> {
+        self.services().map().encode()
+    }
+
+    /// Sends our map to `peer` and merges its answer.
+    async fn sync_with(&self, peer: PeerId) -> Result<(), String> {
+        use shoal_blobs::proto::{read_msg, write_msg};
+        let mut control = self.overlay().streams();
+        let mut stream = tokio::time::timeout(Duration::from_secs(3), control.open_stream(peer, STATE_PROTOCOL))
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        let exchange = async {
+            write_msg(&mut stream, &StateMsg::Sync(self.encoded_map())).await?;
+            read_msg::<_, StateMsg>(&mut stream, MAX_MAP + 64).await
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        if let StateMsg::Sync(bytes) = answer {
+            let theirs = ServiceMap::decode(&bytes, MAX_MAP).map_err(|e| e.to_string())?;
+            self.services().merge(&theirs);
+        }
+        Ok(())
+    }
+
+    async fn anti_entropy(&self) {
+        let Ok(members) = self.overlay().members().await else { return };
+        if members.is_empty() {
+            return;
+        }
+        let pick = (rand_u64() as usize) % members.len();
+        let _ = self.sync_with(members[pick].peer).await;
+    }
+
+    /// Pushes our map to every live peer (after a local change).
+    async fn push_all(&self) {
+        let Ok(members) = self.overlay().members().await else { return };
+        let pushes = members.into_iter().map(|m| {
+            let node = self.clone();
+            async move {
+                let _ = node.sync_with(m.peer).await;
+            }
+        });
+        futures::future::join_all(pushes).await;
+    }
+
+    /// Creates (or with `replace`, updates) a service.
+    pub async fn put_service(&self, spec: ServiceSpec, replace: bool) -> Result<ServiceInfo, NodeError> {
+        check_spec(&spec)?;
+        {
+            let svc = self.services();
+            let exists = svc.map().get(&spec.name).is_some();
+            if exists && !replace {
+                return Err(NodeError::Conflict(format!(
+                    "service {} exists; change it with `shoal service update` or `shoal service scale`",
+                    spec.name
+                )));
+            }
+            if !exists && replace {
+                return Err(NodeError::NotFound { what: format!("service {}", spec.name) });
+            }
+            let hlc = svc.clock.lock().unwrap_or_else(|e| e.into_inner()).tick(now_ms());
+            svc.map().put(spec.clone(), hlc);
+            svc.save();
+            svc.kick.notify_one();
+        }
+        info!(service = %spec.name, replicas = spec.replicas, image = %spec.image, "service declared");
+        self.push_all().await;
+        self.service(&spec.name).await
+    }
+
+    /// Changes the replica count.
+    pub async fn scale_service(&self, name: &str, replicas: u32) -> Result<ServiceInfo, NodeError> {
+        let mut spec = self.service_spec(name)?;
+        spec.replicas = replicas;
+        self.put_service(spec, true).await
+    }
+
+    /// The spec of a live service.
+    pub fn service_spec(&self, name: &str) -> Result<ServiceSpec, NodeError> {
+        self.services().map().get(name).cloned().ok_or_else(|| NodeError::NotFound { what: format!("service {name}") })
+    }
+
+    /// Removes a service everywhere (its replicas are stopped by their peers).
+    pub async fn remove_service(&self, name: &str) -> Result<(), NodeError> {
+        {
+            let svc = self.services();
+            if svc.map().get(name).is_none() {
+                return Err(NodeError::NotFound { what: format!("service {name}") });
+            }
+            let hlc = svc.clock.lock().unwrap_or_else(|e| e.into_inner()).tick(now_ms());
+            svc.map().remove(name, hlc);
+            svc.save();
+            svc.kick.notify_one();
+        }
+        self.push_all().await;
+        Ok(())
+    }
+
+    /// Every replica every live peer reports, plus this peer's own.
+    pub async fn replicas(&self) -> Result<Vec<ReplicaInfo>, NodeError> {
+        let mut out = self.local_replicas().await.unwrap_or_default();
+        for m in self.overlay().members().await? {
+            if let Some(v) = m.ext.get("replicas")
+                && let Ok(list) = serde_json::from_value::<Vec<ReplicaInfo>>(v.clone())
+            {
+                out.extend(list.into_iter().filter(|r| r.peer == m.peer.to_string()));
+            }
+        }
+        out.sort_by(|a, b| a.service.cmp(&b.service).then(a.index.cmp(&b.index)).then(a.peer.cmp(&b.peer)));
+        Ok(out)
+    }
+
+    /// Every service with its running count.
+    pub async fn service_list(&self) -> Result<Vec<ServiceInfo>, NodeError> {
+        let replicas = self.replicas().await?;
+        let (assignment, _) = self.assignment().await?;
+        let map = self.services().map().clone();
+        Ok(map
+            .live()
+            .map(|(name, spec, version)| {
+                let running = replicas.iter().filter(|r| r.service == name && r.state == "running").count() as u32;
+                let unplaced: Vec<String> = assignment
+                    .unplaced
+                    .iter()
+                    .filter(|((s, _), _)| s == name)
+                    .map(|((_, i), why)| format!("replica {i}: {why}"))
+                    .collect();
+                let state = if running >= spec.replicas {
+                    "running"
+                } else if !unplaced.is_empty() {
+                    "unplaceable"
+                } else if running == 0 {
+                    "starting"
+                } else {
+                    "degraded"
+                };
+                ServiceInfo { spec: spec.clone(), version: version.to_string(), running, state: state.into(), unplaced }
+            })
+            .collect())
+    }
+
+    /// One service.
+    pub async fn service(&self, name: &str) -> Result<ServiceInfo, NodeError> {
+        self.service_list()
+            .await?
+            .into_iter()
+            .find(|s| s.spec.name == name)
+            .ok_or_else(|| NodeError::NotFound { what: format!("service {name}") })
+    }
+
+    /// The placement this peer computes now, and its own id.
+    async fn assignment(&self) -> Result<(shoal_scheduler::Assignment, String), NodeError> {
+        let peers = self.overlay().peers().await?;
+        let members = self.overlay().members().await?;
+        let draining: HashSet<String> = members
+            .iter()
+            .filter(|m| m.ext.get("draining").and_then(|v| v.as_bool()).unwrap_or(false))
+            .map(|m| m.peer.to_string())
+            .collect();
+        let me = self.overlay().peer_id().to_string();
+        let views: Vec<PeerView> = peers
+            .iter()
+            .filter(|p| p.state.is_active())
+            .map(|p| PeerView {
+                id: p.id.clone(),
+                capacity: p.capacity,
+                labels: p.labels.clone(),
+                draining: draining.contains(&p.id) || (p.id == me && self.is_draining()),
+            })
+            .collect();
+        let map = self.services().map().clone();
+        let assignment = shoal_scheduler::place(map.live().map(|(n, s, _)| (n, s)), &views);
+        Ok((assignment, me))
+    }
+
+    /// This peer's service replicas, as reported to the cluster.
+    async fn local_replicas(&self) -> Result<Vec<ReplicaInfo>, NodeError> {
+        let me = self.overlay().peer_id().to_string();
+        let name = self.config().name.clone();
+        Ok(self
+            .containers(true)
+            .await?
+            .into_iter()
+            .filter_map(|c| {
+                let service = c.spec.labels.get(LABEL_SERVICE)?.clone();
+                let index = c.spec.labels.get(LABEL_INDEX)?.parse().ok()?;
+                Some(ReplicaInfo {
+                    service,
+                    index,
+                    peer: me.clone(),
+                    peer_name: name.clone(),
+                    container: c.id.clone(),
+                    state: c.state.to_string(),
+                    started_unix: c.started_unix,
+                    restarts: c.restarts,
+                    ip: c.ip.clone(),
+                    version: c.spec.labels.get(LABEL_VERSION).cloned().unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// One round: place, compare with what runs here, start and stop; publish the result.
+    async fn reconcile(&self) -> Result<(), NodeError> {
+        let (assignment, me) = self.assignment().await?;
+        let map = self.services().map().clone();
+        let local = self.containers(true).await?;
+        let running: Vec<Running> = local
+            .iter()
+            .filter_map(|c| {
+                Some(Running {
+                    service: c.spec.labels.get(LABEL_SERVICE)?.clone(),
+                    index: c.spec.labels.get(LABEL_INDEX)?.parse().ok()?,
+                    version: c.spec.labels.get(LABEL_VERSION).cloned().unwrap_or_default(),
+                    container_id: c.id.clone(),
+                    healthy: matches!(
+                        c.state,
+                        ContainerState::Running | ContainerState::Restarting | ContainerState::Created
+                    ),
+                })
+            })
+            .collect();
+        let versions: BTreeMap<String, String> =
+            map.live().map(|(n, s, _)| (n.to_string(), shoal_scheduler::spec_version(s))).collect();
+        for action in shoal_scheduler::reconcile(&assignment, &map, &me, &running) {
+            match action {
+                Action::Stop { container_id, reason } => {
+                    info!(container = %container_id, reason = ?reason, "stopping a replica");
+                    if let Err(e) = self.remove_container(&container_id, true).await {
+                        warn!(err = %e, "cannot stop a replica");
+                    }
+                }
+                Action::Start { service, index } => {
+                    let Some(spec) = map.get(&service).cloned() else { continue };
+                    let version = versions.get(&service).cloned().unwrap_or_default();
+                    self.start_replica(spec, index, version);
+                }
+            }
+        }
+        // Publish what runs here (only when it changed: records are gossiped).
+        let mine = self.local_replicas().await.unwrap_or_default();
+        let value = serde_json::to_value(&mine).unwrap_or_default();
+        let changed = {
+            let mut last = self.published_replicas().lock().unwrap_or_else(|e| e.into_inner());
+            let changed = last.as_ref() != Some(&value);
+            *last = Some(value.clone());
+            changed
+        };
+        if changed {
+            let _ = self.overlay().set_ext("replicas", Some(value)).await;
+        }
+        Ok(())
+    }
+
+    fn start_replica(&self, spec: ServiceSpec, index: u32, version: String) {
+        let key = (spec.name.clone(), index);
+        if let Some((_, when, n)) = self.services().failures.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            let wait = Duration::from_secs(1u64 << (*n).min(5)).min(Duration::from_secs(30));
+            if when.elapsed() < wait {
+                return;
+            }
+        }
+        if !self.services().starting.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let name = format!("{}.{index}", spec.name);
+            // An exited replica of an earlier version may still hold the name.
+            let _ = node.remove_container(&name, true).await;
+            let mut labels = BTreeMap::new();
+            labels.insert(LABEL_SERVICE.to_string(), spec.name.clone());
+            labels.insert(LABEL_INDEX.to_string(), index.to_string());
+            labels.insert(LABEL_VERSION.to_string(), version);
+            let cspec = ContainerSpec {
+                name: Some(name),
+                image: spec.image.clone(),
+                cmd: spec.cmd.clone(),
+                env: spec.env.clone(),
+                cpus_milli: spec.cpus_milli,
+                memory_bytes: spec.memory_bytes,
+                ports: spec.ports.clone(),
+                restart: RestartPolicy::Always,
+                labels,
+                ..Default::default()
+            };
+            info!(service = %spec.name, index, "starting a replica");
+            let result = node.run_container(cspec).await;
+            let svc = node.services();
+            match result {
+                Ok(_) => {
+                    svc.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                }
+                Err(e) => {
+                    warn!(service = %spec.name, index, err = %e, "cannot start a replica");
+                    let mut f = svc.failures.lock().unwrap_or_else(|e| e.into_inner());
+                    let n = f.get(&key).map_or(0, |(_, _, n)| n + 1);
+                    f.insert(key.clone(), (e.to_string(), std::time::Instant::now(), n));
+                }
+            }
+            svc.starting.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+            svc.kick.notify_one();
+        });
+    }
+
+    /// Graceful leave: stop taking work, let the others start this peer's replicas, then stop
+    /// them here (bounded by `limit`).
+    pub async fn drain_services(&self, limit: Duration) {
+        let mine = self.local_replicas().await.unwrap_or_default();
+        if mine.is_empty() {
+            return;
+        }
+        self.set_draining();
+        let _ = self.overlay().set_ext("draining", Some(serde_json::Value::Bool(true))).await;
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            let others = self.replicas().await.unwrap_or_default();
+            let me = self.overlay().peer_id().to_string();
+            let covered = mine.iter().all(|r| {
+                others
+                    .iter()
+                    .any(|o| o.peer != me && o.service == r.service && o.index == r.index && o.state == "running")
+            });
+            if covered {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for r in mine {
+            let _ = self.remove_container(&r.container, true).await;
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish()
+}

@@ -1,0 +1,180 @@
+//! `shoal service create|ls|ps|scale|update|rm`: leaderless services. Any peer accepts them;
+//! every peer learns them and the cluster places the replicas.
+
+use super::lifecycle::encode;
+use super::output::{Table, ago, print_json, short_id};
+use shoal_api::client::Client;
+use shoal_types::{ByteSize, PortMapping, ReplicaInfo, Resources, ServiceInfo, ServiceSpec};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, clap::Args)]
+struct CreateArgs {
+    /// Service name (unique in the cluster).
+    #[arg(long)]
+    name: String,
+    /// Replicas to run.
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
+    /// CPU reserved and enforced per replica, e.g. 0.5.
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Memory reserved and enforced per replica, e.g. 128m.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Publish a port on each replica's peer: HOST:CONTAINER.
+    #[arg(short, long = "publish")]
+    publish: Vec<String>,
+    /// Environment variable KEY=VALUE.
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// Only peers with this label: key=value (repeatable).
+    #[arg(long)]
+    constraint: Vec<String>,
+    /// Spread replicas over the values of this peer label.
+    #[arg(long)]
+    spread: Option<String>,
+    /// Image: NAME:TAG.
+    image: String,
+    /// Command and arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Declare a service.
+    Create(Box<CreateArgs>),
+    /// List services.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each replica of a service: peer, state, address.
+    Ps {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change the number of replicas.
+    Scale { name: String, replicas: u32 },
+    /// Change the image (replicas are replaced).
+    Update {
+        name: String,
+        #[arg(long)]
+        image: String,
+    },
+    /// Remove a service: every replica is stopped.
+    Rm { name: String },
+}
+
+fn spec(a: CreateArgs) -> anyhow::Result<ServiceSpec> {
+    let cpus_milli = a.cpus.as_deref().map(Resources::parse_cpus).transpose()?.unwrap_or(0);
+    let memory_bytes = match &a.memory {
+        Some(m) => m.parse::<ByteSize>().map_err(|e| anyhow::anyhow!("--memory {m}: {e}"))?.0,
+        None => 0,
+    };
+    let mut constraints = BTreeMap::new();
+    for c in &a.constraint {
+        let (k, v) = shoal_types::parse_label(c).map_err(|e| anyhow::anyhow!("--constraint {c}: {e}"))?;
+        constraints.insert(k, v);
+    }
+    for e in &a.env {
+        shoal_types::container::check_env(e)?;
+    }
+    Ok(ServiceSpec {
+        name: a.name,
+        image: a.image,
+        replicas: a.replicas,
+        cmd: a.command,
+        env: a.env,
+        cpus_milli,
+        memory_bytes,
+        ports: a.publish.iter().map(|p| PortMapping::parse(p)).collect::<Result<_, _>>()?,
+        constraints,
+        spread: a.spread,
+        health_cmd: None,
+        max_unavailable: 1,
+        autoscale: None,
+    })
+}
+
+pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
+    match args.cmd {
+        Cmd::Create(a) => {
+            let info: ServiceInfo = client.send_json(hyper::Method::POST, "/v1/services", &spec(*a)?).await?;
+            println!("{}", info.spec.name);
+        }
+        Cmd::Ls { json } => {
+            let list: Vec<ServiceInfo> = client.get("/v1/services").await?;
+            if json {
+                print_json(&list)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut t = Table::new(&["NAME", "IMAGE", "REPLICAS", "STATE"]);
+            for s in list {
+                t.row(vec![s.spec.name, s.spec.image, format!("{}/{}", s.running, s.spec.replicas), s.state]);
+            }
+            t.print();
+        }
+        Cmd::Ps { name, json } => {
+            let list: Vec<ReplicaInfo> = client.get(&format!("/v1/services/{}/replicas", encode(&name))).await?;
+            if json {
+                print_json(&list)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let info: ServiceInfo = client.get(&format!("/v1/services/{}", encode(&name))).await?;
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let mut t = Table::new(&["REPLICA", "PEER", "STATE", "STARTED", "RESTARTS", "ADDRESS", "CONTAINER"]);
+            for r in list {
+                t.row(vec![
+                    format!("{}.{}", r.service, r.index),
+                    format!("{} ({})", r.peer_name, short_id(&r.peer)),
+                    r.state,
+                    r.started_unix
+                        .map(|s| ago(Duration::from_secs(now.saturating_sub(s))) + " ago")
+                        .unwrap_or_default(),
+                    r.restarts.to_string(),
+                    r.ip.unwrap_or_default(),
+                    r.container.chars().take(12).collect(),
+                ]);
+            }
+            t.print();
+            for u in info.unplaced {
+                println!("not placed: {u}");
+            }
+        }
+        Cmd::Scale { name, replicas } => {
+            let path = format!("/v1/services/{}/scale?replicas={replicas}", encode(&name));
+            let info: ServiceInfo = client.send_json(hyper::Method::PUT, &path, &()).await?;
+            println!("{} scaled to {}", info.spec.name, info.spec.replicas);
+        }
+        Cmd::Update { name, image } => {
+            let mut info: ServiceInfo = client.get(&format!("/v1/services/{}", encode(&name))).await?;
+            info.spec.image = image;
+            let path = format!("/v1/services/{}", encode(&name));
+            let info: ServiceInfo = client.send_json(hyper::Method::PUT, &path, &info.spec).await?;
+            println!("{} updated to {}", info.spec.name, info.spec.image);
+        }
+        Cmd::Rm { name } => {
+            let (status, body) =
+                client.raw(hyper::Method::DELETE, &format!("/v1/services/{}", encode(&name)), None).await?;
+            if status >= 300 {
+                let msg = serde_json::from_slice::<shoal_types::ErrorBody>(&body)
+                    .map(|b| b.error)
+                    .unwrap_or_else(|_| format!("the agent answered {status}"));
+                anyhow::bail!("{msg}");
+            }
+            println!("{name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,150 @@
+//! Leaderless services end to end in a lab: real agents in network namespaces, real
+//! containers, the real CLI. Placement, failover, surviving the creator, scaling, partitions.
+
+use serde_json::Value;
+use shoal_testkit::lab::TestLab;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// `shoal service ps NAME --json` as seen from peer `i`.
+fn replicas(lab: &TestLab, i: usize, name: &str) -> Vec<Value> {
+    lab.ok(&["exec", &i.to_string(), "--", "shoal", "service", "ps", name, "--json"])
+        .ok()
+        .and_then(|o| serde_json::from_str(&o).ok())
+        .unwrap_or_default()
+}
+
+/// Running replicas by index → peers running it.
+fn running(lab: &TestLab, i: usize, name: &str) -> BTreeMap<u64, Vec<String>> {
+    let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for r in replicas(lab, i, name) {
+        if r["state"] == "running" {
+            out.entry(r["index"].as_u64().unwrap_or(0)).or_default().push(r["peer"].as_str().unwrap_or("").to_string());
+        }
+    }
+    out
+}
+
+/// Waits until peer `viewer` sees exactly `n` replicas (indexes 0..n) running once each.
+fn wait_exactly(
+    lab: &TestLab,
+    viewer: usize,
+    name: &str,
+    n: u64,
+    secs: u64,
+) -> anyhow::Result<BTreeMap<u64, Vec<String>>> {
+    wait_exactly_off(lab, viewer, name, n, secs, &[])
+}
+
+/// Like [`wait_exactly`], with none of them on the peers `not_on`.
+fn wait_exactly_off(
+    lab: &TestLab,
+    viewer: usize,
+    name: &str,
+    n: u64,
+    secs: u64,
+    not_on: &[&str],
+) -> anyhow::Result<BTreeMap<u64, Vec<String>>> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = running(lab, viewer, name);
+        let ok = r.len() as u64 == n
+            && r.keys().copied().eq(0..n)
+            && r.values().all(|p| p.len() == 1)
+            && r.values().flatten().all(|p| !not_on.contains(&p.as_str()));
+        if ok {
+            return Ok(r);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("peer {viewer} sees {r:?}, wanted {n} replicas running once each");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn peer_index(ids: &[String], id: &str) -> usize {
+    ids.iter().position(|x| x == id).unwrap_or(usize::MAX)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_place_heal_survive_scale_and_partition() -> anyhow::Result<()> {
+    let lab = TestLab::up("svc", 4, &["--peer-memory", "512m", "--peer-cpus", "1"])?;
+    lab.wait_states(&[0, 1, 2, 3], &[0, 1, 2, 3], shoal_types::PeerState::Alive, Duration::from_secs(20)).await?;
+    let ids = lab.ids()?;
+    let archive = lab.root.path().join("busybox.tar");
+    shoal_testkit::images::write_busybox_image(&archive, "busybox:svc", &[], serde_json::json!({"Env": ["PATH=/bin"]}));
+    lab.ok(&["exec", "0", "--", "shoal", "image", "import", &archive.display().to_string()])?;
+
+    // Declared at peer 1; peer 0 holds the image, the others pull it from peers.
+    let ticker = "while true; do sleep 1; done";
+    lab.ok(&[
+        "exec",
+        "1",
+        "--",
+        "shoal",
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "busybox:svc",
+        "sh",
+        "-c",
+        ticker,
+    ])?;
+    let placed = wait_exactly(&lab, 0, "web", 3, 60)?;
+    let hosts: BTreeSet<&String> = placed.values().flatten().collect();
+    assert_eq!(hosts.len(), 3, "three replicas on three distinct peers: {placed:?}");
+
+    // Kill (like a power loss) a peer running one that is not peer 1: 3 run again on the rest.
+    let victim = placed.values().flatten().map(|p| peer_index(&ids, p)).find(|&i| i != 1 && i < 4).expect("a victim");
+    let t = Instant::now();
+    lab.ok(&["kill", "--all", &victim.to_string()])?;
+    let viewer = (0..4).find(|&i| i != victim).unwrap_or(0);
+    wait_exactly_off(&lab, viewer, "web", 3, 30, &[&ids[victim]])?;
+    let healed = t.elapsed();
+    assert!(healed < Duration::from_secs(15), "replicas back in {healed:?}");
+
+    // Stop (gracefully) the peer where the service was declared: it lives on.
+    lab.ok(&["stop", "1"])?;
+    let rest: Vec<usize> = (0..4).filter(|&i| i != victim && i != 1).collect();
+    let services = lab.ok(&["exec", &rest[0].to_string(), "--", "shoal", "service", "ls", "--json"])?;
+    assert!(services.contains("\"web\""), "{services}");
+    wait_exactly_off(&lab, rest[0], "web", 3, 30, &[&ids[1], &ids[victim]])?;
+
+    // Bring both back; scale to 5 and back to 2.
+    lab.ok(&["start", "1"])?;
+    lab.ok(&["start", &victim.to_string()])?;
+    lab.wait_states(&[0, 1, 2, 3], &[0, 1, 2, 3], shoal_types::PeerState::Alive, Duration::from_secs(30)).await?;
+    lab.ok(&["exec", "2", "--", "shoal", "service", "scale", "web", "5"])?;
+    wait_exactly(&lab, 3, "web", 5, 60)?;
+    lab.ok(&["exec", "3", "--", "shoal", "service", "scale", "web", "2"])?;
+    wait_exactly(&lab, 0, "web", 2, 60)?;
+
+    // A partition: each side runs its own copy; after the heal no duplicate lasts.
+    lab.ok(&["partition", "0,1", "2,3"])?;
+    std::thread::sleep(Duration::from_secs(8));
+    lab.ok(&["heal"])?;
+    lab.wait_states(&[0, 1, 2, 3], &[0, 1, 2, 3], shoal_types::PeerState::Alive, Duration::from_secs(30)).await?;
+    wait_exactly(&lab, 0, "web", 2, 30)?;
+    wait_exactly(&lab, 3, "web", 2, 30)?;
+
+    // Remove: no container anywhere.
+    lab.ok(&["exec", "0", "--", "shoal", "service", "rm", "web"])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: usize = (0..4)
+            .map(|i| {
+                let out = lab.ok(&["exec", &i.to_string(), "--", "shoal", "ps", "-a", "--json"]).unwrap_or_default();
+                serde_json::from_str::<Vec<Value>>(&out).map(|v| v.len()).unwrap_or(usize::MAX)
+            })
+            .sum();
+        if left == 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{left} containers still exist after service rm");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(())
+}
