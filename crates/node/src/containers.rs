@@ -83,6 +83,20 @@ impl Node {
         Ok(blocking(move || rt.log_dir(&key)).await??)
     }
 
+    /// Waits (bounded) until the container's supervisor has finished its teardown.
+    pub async fn wait_shim_gone(&self, id: &str, limit: Duration) -> Result<(), NodeError> {
+        let rt = self.runtime().await?;
+        let mut exits = rt.exits();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (rt2, id2) = (rt.clone(), id.to_string());
+            if blocking(move || rt2.shim_gone(&id2)).await? || tokio::time::Instant::now() > deadline {
+                return Ok(());
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(20), exits.changed()).await;
+        }
+    }
+
     /// Changes whenever a container's supervisor exits.
     pub async fn container_exits(&self) -> Result<tokio::sync::watch::Receiver<u64>, NodeError> {
         Ok(self.runtime().await?.exits())

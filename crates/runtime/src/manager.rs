@@ -453,6 +453,11 @@ impl Runtime {
             self.control(&id, "kill KILL")?;
             self.wait_exited(&id, Duration::from_secs(30));
         }
+        // The shim tears down after reporting the exit: let it finish (bounded).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.dir(&id).read_state().is_ok_and(|s| s.shim_alive()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let meta = self.metas().get(&id).cloned();
         if let Some(meta) = &meta {
             self.kill_everything(meta);
@@ -526,7 +531,8 @@ impl Runtime {
         let Some(meta) = self.metas().get(id).cloned() else { return };
         let attached = self.inner.attached.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied().unwrap_or(0);
         if meta.spec.auto_remove && attached == 0 {
-            let exited = self.dir(id).read_state().map_or(true, |s| !s.shim_alive() || s.phase == Phase::Exited);
+            // Only once the shim has gone: it tears down after reporting the exit.
+            let exited = self.dir(id).read_state().map_or(true, |s| !s.shim_alive());
             if exited {
                 self.kill_everything(&meta);
                 self.purge(id, Some(&meta));
@@ -567,6 +573,12 @@ impl Runtime {
     /// Whether the container's current run is over (exited for good or between restarts).
     pub fn is_finished(&self, id: &str) -> bool {
         self.dir(id).read_state().map_or(true, |s| matches!(s.phase, Phase::Exited | Phase::Failed) || !s.shim_alive())
+    }
+
+    /// Whether the container's supervisor has exited (after its teardown), or the container is
+    /// gone altogether.
+    pub fn shim_gone(&self, id: &str) -> bool {
+        self.dir(id).read_state().map_or(true, |s| !s.shim_alive())
     }
 
     /// CPU, memory and pids of every running container.

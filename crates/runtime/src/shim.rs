@@ -18,7 +18,7 @@
 //!    (cgroups included);
 //! 5. if the restart policy says so, waits out a back-off (100 ms doubling to 10 s; reset after
 //!    a run of 10 s) and re-executes itself, which gives a fresh single-threaded process for the
-//!    next start; otherwise unmounts, deletes the namespace, writes the final state and exits.
+//!    next start; otherwise writes the final state, unmounts, deletes the namespace and exits.
 //!
 //! Every change is written to `state.json` (atomically); the agent only reads it.
 
@@ -183,9 +183,11 @@ pub fn run(dir: &Path, args: ShimArgs) -> ! {
             tracing::error!(?err, "cannot re-execute the shim to restart the container");
         }
     }
-    teardown(&shared.dir, &meta);
+    // Report the end first (an attached client is waiting for it), then undo mount and
+    // network; whoever removes the container waits for this process to exit.
     let _ = std::fs::remove_file(shared.dir.ctl());
     shared.update(|s| s.phase = Phase::Exited);
+    teardown(&shared.dir, &meta);
     std::process::exit(0);
 }
 

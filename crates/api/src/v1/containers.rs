@@ -106,7 +106,16 @@ pub(crate) async fn run(
             return;
         }
         let end = match node.container(&id).await {
-            Ok(c) => AttachEvent::Exited { container: Box::new(c) },
+            Ok(c) => {
+                // Like `docker run --rm`: answer once the container is gone, not just ended.
+                if c.spec.auto_remove {
+                    let _ = node.wait_shim_gone(&id, Duration::from_secs(10)).await;
+                    if let Err(e) = node.remove_container(&id, true).await {
+                        tracing::debug!(err = %e, "auto-remove after an attached run");
+                    }
+                }
+                AttachEvent::Exited { container: Box::new(c) }
+            }
             Err(e) => AttachEvent::Error { message: e.to_string() },
         };
         let _ = tx.send(end).await;
