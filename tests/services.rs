@@ -122,6 +122,50 @@ async fn services_place_heal_survive_scale_and_partition() -> anyhow::Result<()>
     lab.ok(&["exec", "3", "--", "shoal", "service", "scale", "web", "2"])?;
     wait_exactly(&lab, 0, "web", 2, 60)?;
 
+    // Rolling update to a new image: every replica replaced, one at a time.
+    let running_versions = |i: usize| -> BTreeSet<String> {
+        replicas(&lab, i, "web")
+            .iter()
+            .filter(|r| r["state"] == "running")
+            .filter_map(|r| r["version"].as_str().map(str::to_string))
+            .collect()
+    };
+    let before = running_versions(0);
+    let v2 = lab.root.path().join("busybox-v2.tar");
+    shoal_testkit::images::write_busybox_image(&v2, "busybox:v2", &[], serde_json::json!({"Env": ["PATH=/bin"]}));
+    lab.ok(&["exec", "0", "--", "shoal", "image", "import", &v2.display().to_string()])?;
+    lab.ok(&["exec", "1", "--", "shoal", "service", "update", "web", "--image", "busybox:v2"])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = running_versions(2);
+        if now.len() == 1 && now.is_disjoint(&before) && running(&lab, 2, "web").len() == 2 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "rolling update did not finish: {now:?} (before {before:?})");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let updated = running_versions(2);
+
+    // An update whose replicas cannot start rolls back to the image before it.
+    let bad = lab.root.path().join("busybox-bad.tar");
+    shoal_testkit::images::write_busybox_image(&bad, "busybox:bad", &[], serde_json::json!({"Env": ["PATH=/nowhere"]}));
+    lab.ok(&["exec", "0", "--", "shoal", "image", "import", &bad.display().to_string()])?;
+    lab.ok(&["exec", "3", "--", "shoal", "service", "update", "web", "--image", "busybox:bad"])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ls = lab.ok(&["exec", "0", "--", "shoal", "service", "ls", "--json"])?;
+        let list: Vec<Value> = serde_json::from_str(&ls)?;
+        let image = list.iter().find(|s| s["spec"]["name"] == "web").map(|s| s["spec"]["image"].clone());
+        if image == Some(Value::from("busybox:v2"))
+            && running_versions(0) == updated
+            && running(&lab, 0, "web").len() == 2
+        {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no rollback: {ls}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // A partition: each side runs its own copy; after the heal no duplicate lasts.
     lab.ok(&["partition", "0,1", "2,3"])?;
     std::thread::sleep(Duration::from_secs(8));
@@ -129,6 +173,43 @@ async fn services_place_heal_survive_scale_and_partition() -> anyhow::Result<()>
     lab.wait_states(&[0, 1, 2, 3], &[0, 1, 2, 3], shoal_types::PeerState::Alive, Duration::from_secs(30)).await?;
     wait_exactly(&lab, 0, "web", 2, 30)?;
     wait_exactly(&lab, 3, "web", 2, 30)?;
+
+    // A replica that fails its health check 3 times in a row is replaced by a fresh one.
+    let sick = "touch /tmp/ok; sleep 4; rm /tmp/ok; sleep 1000";
+    lab.ok(&[
+        "exec",
+        "0",
+        "--",
+        "shoal",
+        "service",
+        "create",
+        "--name",
+        "hc",
+        "--health-cmd",
+        "test -f /tmp/ok",
+        "busybox:svc",
+        "sh",
+        "-c",
+        sick,
+    ])?;
+    let first = wait_exactly(&lab, 0, "hc", 1, 60)?;
+    let container = |i: usize| {
+        replicas(&lab, i, "hc")
+            .iter()
+            .find(|r| r["state"] == "running")
+            .and_then(|r| r["container"].as_str().map(str::to_string))
+    };
+    let c0 = container(0);
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let c = container(0);
+        if c.is_some() && c != c0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "unhealthy replica not replaced ({first:?})");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lab.ok(&["exec", "0", "--", "shoal", "service", "rm", "hc"])?;
 
     // Remove: no container anywhere.
     lab.ok(&["exec", "0", "--", "shoal", "service", "rm", "web"])?;

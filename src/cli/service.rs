@@ -41,6 +41,12 @@ struct CreateArgs {
     /// Spread replicas over the values of this peer label.
     #[arg(long)]
     spread: Option<String>,
+    /// Health check, run in each replica with `sh -c` every 2 s; 3 failures in a row replace it.
+    #[arg(long)]
+    health_cmd: Option<String>,
+    /// Most replicas replaced at once during an update.
+    #[arg(long, default_value_t = 1)]
+    max_unavailable: u32,
     /// Image: NAME:TAG.
     image: String,
     /// Command and arguments.
@@ -65,11 +71,14 @@ enum Cmd {
     },
     /// Change the number of replicas.
     Scale { name: String, replicas: u32 },
-    /// Change the image (replicas are replaced).
+    /// Change the image: a rolling update, rolled back if the new replicas fail.
     Update {
         name: String,
         #[arg(long)]
         image: String,
+        /// Most replicas replaced at once.
+        #[arg(long)]
+        max_unavailable: Option<u32>,
     },
     /// Remove a service: every replica is stopped.
     Rm { name: String },
@@ -100,9 +109,10 @@ fn spec(a: CreateArgs) -> anyhow::Result<ServiceSpec> {
         ports: a.publish.iter().map(|p| PortMapping::parse(p)).collect::<Result<_, _>>()?,
         constraints,
         spread: a.spread,
-        health_cmd: None,
-        max_unavailable: 1,
+        health_cmd: a.health_cmd.map(|c| vec!["sh".to_string(), "-c".to_string(), c]),
+        max_unavailable: a.max_unavailable,
         autoscale: None,
+        previous_image: None,
     })
 }
 
@@ -157,9 +167,12 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
             let info: ServiceInfo = client.send_json(hyper::Method::PUT, &path, &()).await?;
             println!("{} scaled to {}", info.spec.name, info.spec.replicas);
         }
-        Cmd::Update { name, image } => {
+        Cmd::Update { name, image, max_unavailable } => {
             let mut info: ServiceInfo = client.get(&format!("/v1/services/{}", encode(&name))).await?;
             info.spec.image = image;
+            if let Some(m) = max_unavailable {
+                info.spec.max_unavailable = m;
+            }
             let path = format!("/v1/services/{}", encode(&name));
             let info: ServiceInfo = client.send_json(hyper::Method::PUT, &path, &info.spec).await?;
             println!("{} updated to {}", info.spec.name, info.spec.image);

@@ -12,6 +12,7 @@ mod content;
 mod error;
 mod node;
 pub mod resources;
+mod rollout;
 mod services;
 
 pub use config::{AgentConfig, ConfigError, FileConfig, Overrides};

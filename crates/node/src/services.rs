@@ -45,8 +45,8 @@ enum StateMsg {
     Same,
 }
 
-/// Why a replica failed to start here, when, and how many times in a row.
-type StartFailure = (String, std::time::Instant, u32);
+/// Why a replica failed to start here, when, how many times in a row, at which version.
+pub(crate) type StartFailure = (String, std::time::Instant, u32, String);
 
 /// The services subsystem's shared state.
 pub(crate) struct Services {
@@ -59,7 +59,9 @@ pub(crate) struct Services {
     starting: Mutex<HashSet<(String, u32)>>,
     /// Why a replica assigned here failed to start, when, and how many times in a row
     /// (the next attempt waits 1 s doubling to 30 s).
-    failures: Mutex<BTreeMap<(String, u32), StartFailure>>,
+    pub(crate) failures: Mutex<BTreeMap<(String, u32), StartFailure>>,
+    /// Health of local replica containers, by container id.
+    pub(crate) health: Mutex<BTreeMap<String, crate::rollout::Health>>,
 }
 
 fn now_ms() -> u64 {
@@ -87,6 +89,7 @@ impl Services {
             kick: tokio::sync::Notify::new(),
             starting: Mutex::new(HashSet::new()),
             failures: Mutex::new(BTreeMap::new()),
+            health: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -255,9 +258,11 @@ impl Node {
     /// Creates (or with `replace`, updates) a service.
     pub async fn put_service(&self, spec: ServiceSpec, replace: bool) -> Result<ServiceInfo, NodeError> {
         check_spec(&spec)?;
+        let old = self.services().map().get(&spec.name).cloned();
+        let spec = Self::with_previous(old.as_ref(), spec);
         {
             let svc = self.services();
-            let exists = svc.map().get(&spec.name).is_some();
+            let exists = old.is_some();
             if exists && !replace {
                 return Err(NodeError::Conflict(format!(
                     "service {} exists; change it with `shoal service update` or `shoal service scale`",
@@ -275,6 +280,19 @@ impl Node {
         info!(service = %spec.name, replicas = spec.replicas, image = %spec.image, "service declared");
         self.push_all().await;
         self.service(&spec.name).await
+    }
+
+    /// Writes `spec` as the service's new version (no existence checks): used by rollback.
+    pub(crate) async fn put_service_internal(&self, spec: ServiceSpec) -> Result<(), NodeError> {
+        {
+            let svc = self.services();
+            let hlc = svc.clock.lock().unwrap_or_else(|e| e.into_inner()).tick(now_ms());
+            svc.map().put(spec, hlc);
+            svc.save();
+            svc.kick.notify_one();
+        }
+        self.push_all().await;
+        Ok(())
     }
 
     /// Changes the replica count.
@@ -399,7 +417,18 @@ impl Node {
                     peer: me.clone(),
                     peer_name: name.clone(),
                     container: c.id.clone(),
-                    state: c.state.to_string(),
+                    state: if self
+                        .services()
+                        .health
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&c.id)
+                        .is_some_and(|h| h.unhealthy())
+                    {
+                        "unhealthy".to_string()
+                    } else {
+                        c.state.to_string()
+                    },
                     started_unix: c.started_unix,
                     restarts: c.restarts,
                     ip: c.ip.clone(),
@@ -414,6 +443,12 @@ impl Node {
         let (assignment, me) = self.assignment().await?;
         let map = self.services().map().clone();
         let local = self.containers(true).await?;
+        let checked: Vec<(String, ServiceSpec)> = local
+            .iter()
+            .filter(|c| c.state == ContainerState::Running)
+            .filter_map(|c| Some((c.id.clone(), map.get(c.spec.labels.get(LABEL_SERVICE)?)?.clone())))
+            .collect();
+        let unhealthy = self.run_health_checks(&checked);
         let running: Vec<Running> = local
             .iter()
             .filter_map(|c| {
@@ -425,13 +460,47 @@ impl Node {
                     healthy: matches!(
                         c.state,
                         ContainerState::Running | ContainerState::Restarting | ContainerState::Created
-                    ),
+                    ) && !unhealthy.contains(&c.id),
                 })
             })
             .collect();
         let versions: BTreeMap<String, String> =
             map.live().map(|(n, s, _)| (n.to_string(), shoal_scheduler::spec_version(s))).collect();
-        for action in shoal_scheduler::reconcile(&assignment, &map, &me, &running) {
+        // Cluster-wide gates, from every peer's reports: which outdated replicas may go now,
+        // and whether a new version is failing (then roll back).
+        let reports = self.replicas().await.unwrap_or_default();
+        let mut allowed: BTreeMap<String, std::collections::BTreeSet<u32>> = BTreeMap::new();
+        for (name, spec, _) in map.live() {
+            let current = versions.get(name).cloned().unwrap_or_default();
+            allowed.insert(name.to_string(), crate::rollout::replaceable(spec, &current, &reports));
+            if let Err(e) = self.maybe_roll_back(spec, &current, &reports).await {
+                warn!(service = %name, err = %e, "cannot roll back");
+            }
+        }
+        let index_of: BTreeMap<&str, (&str, u32)> =
+            running.iter().map(|r| (r.container_id.as_str(), (r.service.as_str(), r.index))).collect();
+        let mut held: std::collections::BTreeSet<(String, u32)> = Default::default();
+        let mut actions = shoal_scheduler::reconcile(&assignment, &map, &me, &running);
+        actions.retain(|a| match a {
+            Action::Stop { container_id, reason: shoal_scheduler::StopReason::Outdated { .. } } => {
+                let Some(&(service, index)) = index_of.get(container_id.as_str()) else { return true };
+                let ok = allowed.get(service).is_some_and(|s| s.contains(&index));
+                if !ok {
+                    held.insert((service.to_string(), index));
+                }
+                ok
+            }
+            Action::Start { service, index } => !held.contains(&(service.clone(), *index)),
+            Action::Stop { .. } => true,
+        });
+        // Unhealthy replicas are replaced (the next round starts them again).
+        for r in running.iter().filter(|r| unhealthy.contains(&r.container_id)) {
+            actions.push(Action::Stop {
+                container_id: r.container_id.clone(),
+                reason: shoal_scheduler::StopReason::Unhealthy,
+            });
+        }
+        for action in actions {
             match action {
                 Action::Stop { container_id, reason } => {
                     info!(container = %container_id, reason = ?reason, "stopping a replica");
@@ -463,7 +532,9 @@ impl Node {
 
     fn start_replica(&self, spec: ServiceSpec, index: u32, version: String) {
         let key = (spec.name.clone(), index);
-        if let Some((_, when, n)) = self.services().failures.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some((_, when, n, v)) = self.services().failures.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && *v == version
+        {
             let wait = Duration::from_secs(1u64 << (*n).min(5)).min(Duration::from_secs(30));
             if when.elapsed() < wait {
                 return;
@@ -480,7 +551,7 @@ impl Node {
             let mut labels = BTreeMap::new();
             labels.insert(LABEL_SERVICE.to_string(), spec.name.clone());
             labels.insert(LABEL_INDEX.to_string(), index.to_string());
-            labels.insert(LABEL_VERSION.to_string(), version);
+            labels.insert(LABEL_VERSION.to_string(), version.clone());
             let cspec = ContainerSpec {
                 name: Some(name),
                 image: spec.image.clone(),
@@ -503,8 +574,8 @@ impl Node {
                 Err(e) => {
                     warn!(service = %spec.name, index, err = %e, "cannot start a replica");
                     let mut f = svc.failures.lock().unwrap_or_else(|e| e.into_inner());
-                    let n = f.get(&key).map_or(0, |(_, _, n)| n + 1);
-                    f.insert(key.clone(), (e.to_string(), std::time::Instant::now(), n));
+                    let n = f.get(&key).filter(|(_, _, _, v)| *v == version).map_or(0, |(_, _, n, _)| n + 1);
+                    f.insert(key.clone(), (e.to_string(), std::time::Instant::now(), n, version));
                 }
             }
             svc.starting.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);

@@ -83,6 +83,8 @@ pub enum StopReason {
         /// The container kept.
         kept: String,
     },
+    /// The replica failed its health check and is replaced.
+    Unhealthy,
     /// The replica runs an older version of the service and is replaced.
     Outdated {
         /// The version it runs.
@@ -101,6 +103,7 @@ impl fmt::Display for StopReason {
             StopReason::Unplaced { why: Some(why) } => write!(f, "no peer can run the replica: {why}"),
             StopReason::Unplaced { why: None } => write!(f, "no peer can run the replica"),
             StopReason::Duplicate { kept } => write!(f, "container {kept} already runs this replica"),
+            StopReason::Unhealthy => write!(f, "it failed its health check; a fresh one replaces it"),
             StopReason::Outdated { running, current } => {
                 write!(f, "replaced by version {current} (it runs version {running})")
             }

@@ -47,6 +47,10 @@ pub struct ServiceSpec {
     /// Autoscaling bounds and target.
     #[serde(default)]
     pub autoscale: Option<Autoscale>,
+    /// The image before the last update: replicas of the new image that fail their health
+    /// check (or keep crashing) roll the service back to it.
+    #[serde(default)]
+    pub previous_image: Option<String>,
 }
 
 fn one() -> u32 {
