@@ -211,6 +211,35 @@ async fn services_place_heal_survive_scale_and_partition() -> anyhow::Result<()>
     }
     lab.ok(&["exec", "0", "--", "shoal", "service", "rm", "hc"])?;
 
+    // service logs: every replica's output, from wherever it runs, seen from any peer.
+    lab.ok(&[
+        "exec",
+        "1",
+        "--",
+        "shoal",
+        "service",
+        "create",
+        "--name",
+        "talk",
+        "--replicas",
+        "2",
+        "busybox:svc",
+        "sh",
+        "-c",
+        "echo hello from $(hostname); sleep 1000",
+    ])?;
+    wait_exactly(&lab, 3, "talk", 2, 60)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let logs = lab.ok(&["exec", "3", "--", "shoal", "service", "logs", "talk"])?;
+        if logs.contains("talk.0@") && logs.contains("| hello from talk.0") && logs.contains("| hello from talk.1") {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "service logs incomplete: {logs}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lab.ok(&["exec", "1", "--", "shoal", "service", "rm", "talk"])?;
+
     // Remove: no container anywhere.
     lab.ok(&["exec", "0", "--", "shoal", "service", "rm", "web"])?;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -80,6 +80,16 @@ enum Cmd {
         #[arg(long)]
         max_unavailable: Option<u32>,
     },
+    /// Output of every replica, wherever it runs, merged by time.
+    Logs {
+        name: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines of each replica.
+        #[arg(long, short = 'n')]
+        tail: Option<u32>,
+    },
     /// Remove a service: every replica is stopped.
     Rm { name: String },
 }
@@ -176,6 +186,22 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
             let path = format!("/v1/services/{}", encode(&name));
             let info: ServiceInfo = client.send_json(hyper::Method::PUT, &path, &info.spec).await?;
             println!("{} updated to {}", info.spec.name, info.spec.image);
+        }
+        Cmd::Logs { name, follow, tail } => {
+            let mut path = format!("/v1/services/{}/logs?follow={follow}", encode(&name));
+            if let Some(n) = tail {
+                path.push_str(&format!("&tail={n}"));
+            }
+            client
+                .stream_lines(hyper::Method::GET, &path, None::<&()>, |l: shoal_types::ServiceLogLine| {
+                    let line = format!("{}@{} | {}", l.replica, l.peer_name, l.entry.text);
+                    if l.entry.stream == "stderr" {
+                        eprint!("{line}");
+                    } else {
+                        print!("{line}");
+                    }
+                })
+                .await?;
         }
         Cmd::Rm { name } => {
             let (status, body) =

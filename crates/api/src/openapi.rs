@@ -22,6 +22,7 @@ use utoipa::OpenApi;
         crate::v1::containers::exec,
         crate::v1::services::list, crate::v1::services::create, crate::v1::services::get, crate::v1::services::update,
         crate::v1::services::scale, crate::v1::services::replicas, crate::v1::services::remove,
+        crate::v1::services::logs,
     ),
     components(schemas(
         shoal_types::AgentStatus, shoal_types::PeerInfo, shoal_types::PeerState, shoal_types::resources::ResourcesJson,
@@ -31,6 +32,7 @@ use utoipa::OpenApi;
         shoal_types::PortMapping, shoal_types::VolumeMount, shoal_types::RestartPolicy, shoal_types::LogEntry,
         shoal_types::AttachEvent, shoal_types::ExecEvent,
         shoal_types::ServiceSpec, shoal_types::ServiceInfo, shoal_types::ReplicaInfo, shoal_types::Autoscale,
+        shoal_types::ServiceLogLine,
     )),
     tags(
         (name = "agent", description = "This agent"), (name = "cluster", description = "Membership"),

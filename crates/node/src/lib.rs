@@ -13,6 +13,7 @@ mod error;
 mod node;
 pub mod resources;
 mod rollout;
+mod service_logs;
 mod services;
 
 pub use config::{AgentConfig, ConfigError, FileConfig, Overrides};

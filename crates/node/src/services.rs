@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 /// The desired-state protocol.
 pub(crate) const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/state/1");
 /// Largest encoded service map accepted from a peer.
-const MAX_MAP: usize = 4 << 20;
+pub(crate) const MAX_MAP: usize = 4 << 20;
 /// Labels that mark a container as a service replica.
 const LABEL_SERVICE: &str = "shoal.service";
 const LABEL_INDEX: &str = "shoal.replica";
@@ -37,12 +37,24 @@ const LABEL_VERSION: &str = "shoal.version";
 
 /// Messages of `/shoal/state/1`: one request, one answer per stream.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-enum StateMsg {
+pub(crate) enum StateMsg {
     /// The sender's whole map ([`ServiceMap::encode`]); the receiver merges it and answers with its own map
     /// if the two still differ after the merge, else with `Same`.
     Sync(Vec<u8>),
     /// The maps agree.
     Same,
+    /// Asks for a local container's log lines newer than `since_nanos` (at most the last
+    /// `tail`), for `service logs`.
+    Logs {
+        /// Container id.
+        container: String,
+        /// Only lines after this time.
+        since_nanos: u64,
+        /// At most this many (the newest).
+        tail: u32,
+    },
+    /// The answer to `Logs`: (stream, time, text), oldest first.
+    LogLines(Vec<(String, u64, String)>),
 }
 
 /// Why a replica failed to start here, when, how many times in a row, at which version.
@@ -193,6 +205,11 @@ impl Node {
     ) -> Result<(), shoal_blobs::proto::ProtoError> {
         use shoal_blobs::proto::{read_msg, write_msg};
         let msg: StateMsg = read_msg(&mut stream, MAX_MAP + 64).await?;
+        if let StateMsg::Logs { container, since_nanos, tail } = &msg {
+            let lines = self.local_log_lines(container, *since_nanos, *tail).await;
+            write_msg(&mut stream, &StateMsg::LogLines(lines)).await?;
+            return Ok(());
+        }
         if let StateMsg::Sync(bytes) = msg {
             match ServiceMap::decode(&bytes, MAX_MAP) {
                 Ok(theirs) => {

@@ -111,3 +111,18 @@ pub struct ServiceInfo {
     #[serde(default)]
     pub unplaced: Vec<String>,
 }
+
+/// One line of a service's output, with the replica it came from (`service logs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ServiceLogLine {
+    /// `web.0`.
+    pub replica: String,
+    /// Name of the peer running it.
+    pub peer_name: String,
+    /// Container id.
+    pub container: String,
+    /// The line.
+    #[serde(flatten)]
+    pub entry: crate::LogEntry,
+}

@@ -158,7 +158,7 @@ async fn follow<T>(
     }
 }
 
-fn ndjson<T: serde::Serialize + Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> Response {
+pub(crate) fn ndjson<T: serde::Serialize + Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> Response {
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         let item = rx.recv().await?;
         let mut line = serde_json::to_vec(&item).unwrap_or_default();

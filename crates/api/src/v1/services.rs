@@ -6,7 +6,7 @@ use crate::error::{ApiError, ApiJson, ApiQuery};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use shoal_types::{ReplicaInfo, ServiceInfo, ServiceSpec};
+use shoal_types::{ReplicaInfo, ServiceInfo, ServiceLogLine, ServiceSpec};
 
 /// `?replicas=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -81,4 +81,47 @@ pub(crate) async fn replicas(
 pub(crate) async fn remove(State(s): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     s.node.remove_service(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?follow=&tail=`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogsQuery {
+    /// Keep streaming new lines (polled every second).
+    #[serde(default)]
+    follow: bool,
+    /// Only the last N lines of each replica (default 1000).
+    tail: Option<u32>,
+}
+
+/// Output of every replica, wherever it runs, merged by time (newline-delimited JSON).
+#[utoipa::path(get, path = "/v1/services/{name}/logs", tag = "services", params(("name" = String, Path, description = "service name"), LogsQuery),
+    responses((status = 200, description = "newline-delimited ServiceLogLine", body = ServiceLogLine), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn logs(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let mut since = std::collections::BTreeMap::new();
+    let first = s.node.service_logs(&name, q.tail.unwrap_or(1000), &mut since).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<ServiceLogLine>(256);
+    let node = s.node.clone();
+    tokio::spawn(async move {
+        for l in first {
+            if tx.send(l).await.is_err() {
+                return;
+            }
+        }
+        while q.follow {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let Ok(lines) = node.service_logs(&name, 5000, &mut since).await else { return };
+            for l in lines {
+                if tx.send(l).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(crate::v1::containers::ndjson(rx).into_response())
 }

@@ -1,0 +1,103 @@
+//! `service logs`: the output of every replica of a service, wherever it runs, merged by time.
+//!
+//! Local replicas are read from the runtime's log files; replicas on other peers are asked for
+//! over `/shoal/state/1` (`Logs` → `LogLines`, at most [`MAX_LINES`] lines and a few MiB per
+//! answer). Following polls every second for lines newer than the last one seen per container.
+
+use crate::services::{MAX_MAP, STATE_PROTOCOL, StateMsg};
+use crate::{Node, NodeError};
+use shoal_types::{LogEntry, ReplicaInfo, ServiceLogLine};
+use std::time::Duration;
+
+/// Most lines one answer carries.
+const MAX_LINES: u32 = 5000;
+
+impl Node {
+    /// Lines of a local container newer than `since`, at most the last `tail`.
+    pub(crate) async fn local_log_lines(&self, container: &str, since: u64, tail: u32) -> Vec<(String, u64, String)> {
+        let Ok((_, dir)) = self.container_logs(container).await else { return Vec::new() };
+        let tail = tail.min(MAX_LINES) as usize;
+        tokio::task::spawn_blocking(move || {
+            let all = shoal_runtime::logs::read_tail(&dir, None).unwrap_or_default();
+            let newer: Vec<_> = all.into_iter().filter(|l| l.t > since).collect();
+            let skip = newer.len().saturating_sub(tail);
+            newer
+                .into_iter()
+                .skip(skip)
+                .map(|l| {
+                    let e: LogEntry = l.into();
+                    (e.stream, e.time_unix_nanos, e.text)
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    async fn replica_lines(&self, r: &ReplicaInfo, since: u64, tail: u32) -> Vec<ServiceLogLine> {
+        let me = self.overlay().peer_id().to_string();
+        let lines = if r.peer == me {
+            self.local_log_lines(&r.container, since, tail).await
+        } else {
+            self.remote_log_lines(r, since, tail).await.unwrap_or_default()
+        };
+        lines
+            .into_iter()
+            .map(|(stream, t, text)| ServiceLogLine {
+                replica: format!("{}.{}", r.service, r.index),
+                peer_name: r.peer_name.clone(),
+                container: r.container.clone(),
+                entry: LogEntry { stream, text, time_unix_nanos: t },
+            })
+            .collect()
+    }
+
+    async fn remote_log_lines(
+        &self,
+        r: &ReplicaInfo,
+        since: u64,
+        tail: u32,
+    ) -> Result<Vec<(String, u64, String)>, String> {
+        use shoal_blobs::proto::{read_msg, write_msg};
+        let peer: shoal_overlay::libp2p::PeerId = r.peer.parse().map_err(|_| "bad peer id".to_string())?;
+        let mut control = self.overlay().streams();
+        let mut stream = tokio::time::timeout(Duration::from_secs(3), control.open_stream(peer, STATE_PROTOCOL))
+            .await
+            .map_err(|_| "timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        let ask = StateMsg::Logs { container: r.container.clone(), since_nanos: since, tail };
+        let exchange = async {
+            write_msg(&mut stream, &ask).await?;
+            read_msg::<_, StateMsg>(&mut stream, MAX_MAP + 64).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+            Ok(Ok(StateMsg::LogLines(l))) => Ok(l),
+            Ok(Ok(_)) => Err("unexpected answer".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+
+    /// Lines of every replica of `service` newer than the per-container marks in `since`
+    /// (updated), merged by time.
+    pub async fn service_logs(
+        &self,
+        service: &str,
+        tail: u32,
+        since: &mut std::collections::BTreeMap<String, u64>,
+    ) -> Result<Vec<ServiceLogLine>, NodeError> {
+        self.service_spec(service)?;
+        let replicas: Vec<ReplicaInfo> = self.replicas().await?.into_iter().filter(|r| r.service == service).collect();
+        let fetches = replicas.iter().map(|r| {
+            let from = since.get(&r.container).copied().unwrap_or(0);
+            async move { self.replica_lines(r, from, tail).await }
+        });
+        let mut lines: Vec<ServiceLogLine> = futures::future::join_all(fetches).await.into_iter().flatten().collect();
+        for l in &lines {
+            let mark = since.entry(l.container.clone()).or_default();
+            *mark = (*mark).max(l.entry.time_unix_nanos);
+        }
+        lines.sort_by_key(|l| l.entry.time_unix_nanos);
+        Ok(lines)
+    }
+}
