@@ -113,7 +113,10 @@ pub(crate) async fn logs(
                 return;
             }
         }
-        while q.follow {
+        if !q.follow {
+            return;
+        }
+        loop {
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             let Ok(lines) = node.service_logs(&name, 5000, &mut since).await else { return };
             for l in lines {
