@@ -258,3 +258,52 @@ async fn services_place_heal_survive_scale_and_partition() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_is_idempotent_and_autoscale_follows_cpu() -> anyhow::Result<()> {
+    let lab = TestLab::up("dep", 3, &["--peer-memory", "512m", "--peer-cpus", "1"])?;
+    lab.wait_states(&[0, 1, 2], &[0, 1, 2], shoal_types::PeerState::Alive, Duration::from_secs(20)).await?;
+    let archive = lab.root.path().join("busybox.tar");
+    shoal_testkit::images::write_busybox_image(&archive, "busybox:svc", &[], serde_json::json!({"Env": ["PATH=/bin"]}));
+    lab.ok(&["exec", "0", "--", "shoal", "image", "import", &archive.display().to_string()])?;
+    let file = lab.root.path().join("shoal.toml");
+    let write = |env: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                r#"[[service]]
+name = "busy"
+image = "busybox:svc"
+replicas = 1
+cmd = ["sh", "-c", "while :; do :; done"]
+cpus = "0.2"
+env = ["{env}"]
+autoscale = {{ min = 1, max = 3, target_cpu = 50 }}
+"#
+            ),
+        )
+    };
+    write("MODE=a")?;
+    let f = file.display().to_string();
+    let out = lab.ok(&["exec", "1", "--", "shoal", "deploy", &f])?;
+    assert!(out.contains("+ busy"), "{out}");
+    let out = lab.ok(&["exec", "2", "--", "shoal", "deploy", &f])?;
+    assert!(out.contains("= busy (unchanged)") && out.contains("0 change(s)"), "idempotent: {out}");
+
+    // A busy loop at the whole of its 0.2 CPU is 200 % of the 50 % target: it grows to the max.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = running(&lab, 0, "busy");
+        if r.len() == 3 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "autoscale did not reach 3 replicas: {r:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    write("MODE=b")?;
+    let out = lab.ok(&["exec", "0", "--", "shoal", "deploy", "--dry-run", &f])?;
+    assert!(out.contains("~ busy") && out.contains("MODE=b") && out.contains("dry run"), "{out}");
+    lab.ok(&["exec", "0", "--", "shoal", "service", "rm", "busy"])?;
+    Ok(())
+}

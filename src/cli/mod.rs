@@ -2,6 +2,7 @@
 
 mod agent;
 mod content;
+mod deploy;
 mod exec;
 mod get;
 mod image;
@@ -62,6 +63,8 @@ enum Command {
     Logs(logs::Args),
     /// Leaderless services: replicas placed across the peers.
     Service(service::Args),
+    /// Declare services from a file (idempotent; prints the diff).
+    Deploy(deploy::Args),
     /// Run a command in a running container.
     Exec(exec::Args),
     /// Stop containers: SIGTERM, then SIGKILL after a grace period.
@@ -157,6 +160,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats(args) => stats::run(args, &client(addr)?).await,
         Command::Exec(args) => exec::run(args, &client(addr)?).await,
         Command::Service(args) => service::run(args, &client(addr)?).await,
+        Command::Deploy(args) => deploy::run(args, &client(addr)?).await,
         Command::Enter(_) | Command::Shim(_) | Command::ExecInside(_) => {
             unreachable!("handled before the runtime starts")
         }

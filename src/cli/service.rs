@@ -47,6 +47,12 @@ struct CreateArgs {
     /// Most replicas replaced at once during an update.
     #[arg(long, default_value_t = 1)]
     max_unavailable: u32,
+    /// Scale by CPU between MIN:MAX replicas (with --target-cpu).
+    #[arg(long, value_name = "MIN:MAX")]
+    autoscale: Option<String>,
+    /// Target mean CPU use per replica, percent of its CPU limit.
+    #[arg(long, default_value_t = 70)]
+    target_cpu: u32,
     /// Image: NAME:TAG.
     image: String,
     /// Command and arguments.
@@ -121,7 +127,18 @@ fn spec(a: CreateArgs) -> anyhow::Result<ServiceSpec> {
         spread: a.spread,
         health_cmd: a.health_cmd.map(|c| vec!["sh".to_string(), "-c".to_string(), c]),
         max_unavailable: a.max_unavailable,
-        autoscale: None,
+        autoscale: match a.autoscale.as_deref() {
+            None => None,
+            Some(text) => {
+                let bad = || anyhow::anyhow!("--autoscale {text}: expected MIN:MAX with 1 <= MIN <= MAX, like 2:10");
+                let (lo, hi) = text.split_once(':').ok_or_else(bad)?;
+                let (min, max): (u32, u32) = (lo.parse().map_err(|_| bad())?, hi.parse().map_err(|_| bad())?);
+                if min == 0 || min > max || a.target_cpu == 0 {
+                    return Err(bad());
+                }
+                Some(shoal_types::Autoscale { min, max, target_cpu_percent: a.target_cpu })
+            }
+        },
         previous_image: None,
     })
 }

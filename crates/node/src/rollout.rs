@@ -136,6 +136,43 @@ impl Node {
             .unwrap_or(0)
     }
 
+    /// Autoscaling: the peer running the lowest-indexed replica of the service decides (one
+    /// peer, once views agree), from the CPU use every replica reports; grows at most every
+    /// 10 s, shrinks at most every 30 s.
+    pub(crate) async fn maybe_autoscale(
+        &self,
+        spec: &ServiceSpec,
+        me: &str,
+        reports: &[ReplicaInfo],
+    ) -> Result<(), NodeError> {
+        let Some(a) = spec.autoscale else { return Ok(()) };
+        let mine: Vec<&ReplicaInfo> = reports
+            .iter()
+            .filter(|r| r.service == spec.name && r.state == "running" && r.index < spec.replicas)
+            .collect();
+        let Some(first) = mine.iter().min_by_key(|r| r.index) else { return Ok(()) };
+        if first.peer != me {
+            return Ok(());
+        }
+        let usage: Vec<u64> = mine.iter().map(|r| r.cpu_milli).collect();
+        let Some(next) = shoal_scheduler::autoscale::decide(spec.replicas, &a, spec.cpus_milli, &usage) else {
+            return Ok(());
+        };
+        {
+            let svc = self.services_cell();
+            let mut scaled = svc.scaled.lock().unwrap_or_else(|e| e.into_inner());
+            let cool = if next > spec.replicas { Duration::from_secs(10) } else { Duration::from_secs(30) };
+            if scaled.get(&spec.name).is_some_and(|t| t.elapsed() < cool) {
+                return Ok(());
+            }
+            scaled.insert(spec.name.clone(), Instant::now());
+        }
+        info!(service = %spec.name, from = spec.replicas, to = next, "autoscaling");
+        let mut s = spec.clone();
+        s.replicas = next;
+        self.put_service_internal(s).await
+    }
+
     /// For `update`: remembers the image being replaced so a failing update can roll back.
     pub(crate) fn with_previous(old: Option<&ServiceSpec>, mut new: ServiceSpec) -> ServiceSpec {
         if let Some(old) = old
@@ -166,6 +203,7 @@ mod tests {
             restarts: 0,
             ip: None,
             version: version.into(),
+            cpu_milli: 0,
         }
     }
 

@@ -72,6 +72,8 @@ pub(crate) struct Services {
     /// Why a replica assigned here failed to start, when, and how many times in a row
     /// (the next attempt waits 1 s doubling to 30 s).
     pub(crate) failures: Mutex<BTreeMap<(String, u32), StartFailure>>,
+    /// When this peer last changed each service's replica count by autoscaling.
+    pub(crate) scaled: Mutex<BTreeMap<String, std::time::Instant>>,
     /// Health of local replica containers, by container id.
     pub(crate) health: Mutex<BTreeMap<String, crate::rollout::Health>>,
 }
@@ -102,6 +104,7 @@ impl Services {
             starting: Mutex::new(HashSet::new()),
             failures: Mutex::new(BTreeMap::new()),
             health: Mutex::new(BTreeMap::new()),
+            scaled: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -421,6 +424,13 @@ impl Node {
     async fn local_replicas(&self) -> Result<Vec<ReplicaInfo>, NodeError> {
         let me = self.overlay().peer_id().to_string();
         let name = self.config().name.clone();
+        let cpu: BTreeMap<String, u64> = self
+            .container_stats()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.id, (s.cpu_percent * 10.0).round() as u64))
+            .collect();
         Ok(self
             .containers(true)
             .await?
@@ -450,6 +460,7 @@ impl Node {
                     restarts: c.restarts,
                     ip: c.ip.clone(),
                     version: c.spec.labels.get(LABEL_VERSION).cloned().unwrap_or_default(),
+                    cpu_milli: cpu.get(&c.id).copied().unwrap_or(0),
                 })
             })
             .collect())
@@ -492,6 +503,9 @@ impl Node {
             allowed.insert(name.to_string(), crate::rollout::replaceable(spec, &current, &reports));
             if let Err(e) = self.maybe_roll_back(spec, &current, &reports).await {
                 warn!(service = %name, err = %e, "cannot roll back");
+            }
+            if let Err(e) = self.maybe_autoscale(spec, &me, &reports).await {
+                warn!(service = %name, err = %e, "cannot autoscale");
             }
         }
         let index_of: BTreeMap<&str, (&str, u32)> =

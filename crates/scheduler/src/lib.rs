@@ -16,6 +16,7 @@
 //! simulation tests and the benchmark suite.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod autoscale;
 pub mod crdt;
 pub mod hlc;
 pub mod place;

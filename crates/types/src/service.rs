@@ -93,6 +93,9 @@ pub struct ReplicaInfo {
     pub ip: Option<String>,
     /// Version of the service spec it runs.
     pub version: String,
+    /// CPU it used lately, millicores (for autoscaling).
+    #[serde(default)]
+    pub cpu_milli: u64,
 }
 
 /// A service and how it is doing, for `service ls`.
