@@ -23,3 +23,4 @@ if (($#)); then exec "$B" "$@"; fi
 "$B" swarm
 "$B" loopback
 "$B" runtime
+"$B" services

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The demo: a lab of containerized Shoal peers on this machine (each in its own network
-# namespace and cgroup, links shaped to 50 Mbit/s), then a failure and a partition.
+# namespace and cgroup, links shaped to 50 Mbit/s) running a sample service (3 replicas of a
+# busybox web server); then a peer loses power and its replica comes back elsewhere; then a
+# partition heals.
 #   bash scripts/demo.sh        bring it up and show it (it keeps running)
 #   bash scripts/demo.sh stop   tear it down
 set -euo pipefail
@@ -32,17 +34,39 @@ $SHOAL lab up --peers 5 --bandwidth 50mbit
 say "the cluster as peer 3 sees it (shoal lab exec 3 -- shoal peers):"
 $SHOAL lab exec 3 -- shoal peers
 
-say "SIGKILL peer 4's agent (shoal lab kill 4): every other peer marks it dead"
-t0=$(date +%s%N)
-$SHOAL lab kill 4
-for _ in $(seq 150); do
-  $SHOAL lab exec 0 -- shoal peers --json | grep -q '"state": "dead"' && break; sleep 0.05
-done
-echo "detected in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
-$SHOAL lab status
+say "a sample image: busybox httpd serving a page (shoal image import on peer 0)"
+img=$(mktemp -d)
+mkdir -p "$img/root/bin" "$img/root/www" "$img/root/tmp" "$img/root/etc"
+cp /bin/busybox "$img/root/bin/busybox"
+for a in sh httpd hostname echo cat sleep wget; do ln -s busybox "$img/root/bin/$a"; done
+echo "hello from a Shoal service" > "$img/root/www/index.html"
+tar -C "$img/root" -cf "$img/web.tar" .
+$SHOAL lab exec 0 -- shoal image import --name demo/web:v1 "$img/web.tar"
+rm -rf "$img"
 
-say "restart it (shoal lab start 4): same id, alive again"
-$SHOAL lab start 4
+say "shoal service create --name web --replicas 3 (declared at peer 1; the others pull the image from peers)"
+$SHOAL lab exec 1 -- shoal service create --name web --replicas 3 -p 8080:80 demo/web:v1 \
+  sh -c 'hostname > /www/who; exec httpd -f -p 80 -h /www'
+running() { $SHOAL lab exec "$1" -- shoal service ps web --json | grep -c '"state": "running"' || true; }
+for _ in $(seq 300); do (($(running 0) == 3)) && break; sleep 0.1; done
+$SHOAL lab exec 0 -- shoal service ps web
+
+victim=$($SHOAL lab exec 0 -- shoal service ps web --json | grep -o '"peer_name": "peer-[0-9]*"' | grep -v 'peer-1"' | head -1 | grep -o '[0-9]*"$' | tr -d '"')
+say "peer $victim loses power (shoal lab kill --all $victim: agent and containers): its replica comes back elsewhere"
+t0=$(date +%s%N)
+$SHOAL lab kill --all "$victim"
+viewer=$(( victim == 0 ? 2 : 0 ))
+for _ in $(seq 300); do
+  ps=$($SHOAL lab exec "$viewer" -- shoal service ps web --json)
+  n=$(grep -c '"state": "running"' <<<"$ps" || true)
+  if ((n == 3)) && ! grep -q "\"peer_name\": \"peer-$victim\"" <<<"$ps"; then break; fi
+  sleep 0.05
+done
+echo "3 replicas running again after $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+$SHOAL lab exec "$viewer" -- shoal service ps web
+
+say "restart it (shoal lab start $victim): same id, alive again"
+$SHOAL lab start "$victim"
 wait_alive 0 5
 $SHOAL lab status
 
@@ -54,10 +78,15 @@ $SHOAL lab heal
 wait_alive 0 5
 wait_alive 4 5
 echo "healed: every peer sees 5 alive again"
+for _ in $(seq 300); do (($(running 3) == 3)) && break; sleep 0.1; done
+$SHOAL lab exec 3 -- shoal service ls
 
 cat <<EOT
 
-The lab keeps running. Try:
+The lab and the service keep running. Try:
+  $SHOAL lab exec 2 -- shoal service ps web
+  $SHOAL lab exec 0 -- shoal service scale web 5
+  $SHOAL lab exec 4 -- shoal service logs web
   $SHOAL lab status
   $SHOAL lab exec 2 -- shoal peers --json
   $SHOAL lab logs 1

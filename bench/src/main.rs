@@ -10,6 +10,7 @@ mod idle;
 mod lab;
 mod runtime;
 mod serf;
+mod services;
 mod sim;
 mod stats;
 
@@ -70,6 +71,11 @@ enum Bench {
         /// Size of each network transfer in MiB.
         #[arg(long, default_value_t = 1024)]
         mib: u64,
+    },
+    /// Services: failover after a peer's power loss, startup of 20 replicas, placement throughput.
+    Services {
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
     },
     /// Membership at scale by simulation.
     Sim {
@@ -167,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Bench::Runtime { runs, mib } => runtime::run(runs, mib).await?,
+        Bench::Services { runs } => services::run(runs).await?,
         Bench::Sim { peers } => {
             println!("== membership by simulation (agent's SWIM settings, 1 ms +/- 0.5 ms links)");
             for n in peers {

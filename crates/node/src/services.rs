@@ -196,7 +196,7 @@ impl Node {
                 if let Err(e) = node.reconcile().await {
                     debug!(err = %e, "reconcile failed");
                 }
-                let _ = tokio::time::timeout(Duration::from_millis(500), node.services().kick.notified()).await;
+                let _ = tokio::time::timeout(Duration::from_millis(250), node.services().kick.notified()).await;
             }
         });
         Ok(())
