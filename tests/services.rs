@@ -113,10 +113,24 @@ async fn services_place_heal_survive_scale_and_partition() -> anyhow::Result<()>
     assert!(services.contains("\"web\""), "{services}");
     wait_exactly_off(&lab, rest[0], "web", 3, 30, &[&ids[1], &ids[victim]])?;
 
+    // A change made while peer 1 is away reaches it when it returns (anti-entropy).
+    lab.ok(&["exec", &rest[0].to_string(), "--", "shoal", "service", "scale", "web", "4"])?;
+
     // Bring both back; scale to 5 and back to 2.
     lab.ok(&["start", "1"])?;
     lab.ok(&["start", &victim.to_string()])?;
     lab.wait_states(&[0, 1, 2, 3], &[0, 1, 2, 3], shoal_types::PeerState::Alive, Duration::from_secs(30)).await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ls = lab.ok(&["exec", "1", "--", "shoal", "service", "ls", "--json"])?;
+        let list: Vec<Value> = serde_json::from_str(&ls)?;
+        if list.iter().any(|s| s["spec"]["name"] == "web" && s["spec"]["replicas"] == 4) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "peer 1 did not catch up: {ls}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_exactly(&lab, 1, "web", 4, 30)?;
     lab.ok(&["exec", "2", "--", "shoal", "service", "scale", "web", "5"])?;
     wait_exactly(&lab, 3, "web", 5, 60)?;
     lab.ok(&["exec", "3", "--", "shoal", "service", "scale", "web", "2"])?;
