@@ -263,6 +263,13 @@ impl Node {
         let _ = self.sync_with(members[pick].peer).await;
     }
 
+    /// Pushes our map to every live peer without making the caller wait (the change is on
+    /// disk already; a peer that misses the push gets it from anti-entropy).
+    fn push_in_background(&self) {
+        let node = self.clone();
+        tokio::spawn(async move { node.push_all().await });
+    }
+
     /// Pushes our map to every live peer (after a local change).
     async fn push_all(&self) {
         let Ok(members) = self.overlay().members().await else { return };
@@ -298,7 +305,7 @@ impl Node {
             svc.kick.notify_one();
         }
         info!(service = %spec.name, replicas = spec.replicas, image = %spec.image, "service declared");
-        self.push_all().await;
+        self.push_in_background();
         self.service(&spec.name).await
     }
 
@@ -311,7 +318,7 @@ impl Node {
             svc.save();
             svc.kick.notify_one();
         }
-        self.push_all().await;
+        self.push_in_background();
         Ok(())
     }
 
@@ -339,7 +346,7 @@ impl Node {
             svc.save();
             svc.kick.notify_one();
         }
-        self.push_all().await;
+        self.push_in_background();
         Ok(())
     }
 
@@ -468,6 +475,10 @@ impl Node {
 
     /// One round: place, compare with what runs here, start and stop; publish the result.
     async fn reconcile(&self) -> Result<(), NodeError> {
+        // Nothing declared, ever: nothing to place or stop (keeps an idle agent idle).
+        if self.services().map().is_empty() {
+            return Ok(());
+        }
         let (assignment, me) = self.assignment().await?;
         let map = self.services().map().clone();
         let local = self.containers(true).await?;
