@@ -102,27 +102,44 @@ impl Node {
     }
 
     /// Rolls `spec` back to its previous image if a replica of the current version is failing.
+    /// Returns whether it wrote a new version (rollback, or the update declared done).
     pub(crate) async fn maybe_roll_back(
         &self,
         spec: &ServiceSpec,
         current: &str,
+        me: &str,
         reports: &[ReplicaInfo],
-    ) -> Result<(), NodeError> {
-        let Some(previous) = spec.previous_image.clone() else { return Ok(()) };
+    ) -> Result<bool, NodeError> {
+        let Some(previous) = spec.previous_image.clone() else { return Ok(false) };
         let failing = reports.iter().any(|r| {
             r.service == spec.name
                 && r.version == current
                 && (r.state == "unhealthy" || r.restarts >= ROLLBACK_RESTARTS)
         }) || self.start_failures(&spec.name, current) >= 2;
         if !failing {
-            return Ok(());
+            // Every replica runs the new version: the update is done and can no longer roll
+            // back (so later crashes never revert it). The peer of the lowest index says so.
+            let done = (0..spec.replicas).all(|i| {
+                reports
+                    .iter()
+                    .any(|r| r.service == spec.name && r.index == i && r.version == current && r.state == "running")
+            });
+            let decider =
+                reports.iter().filter(|r| r.service == spec.name).min_by_key(|r| r.index).map(|r| r.peer.as_str());
+            if done && spec.replicas > 0 && decider == Some(me) {
+                let mut s = spec.clone();
+                s.previous_image = None;
+                self.put_service_internal(s).await?;
+                return Ok(true);
+            }
+            return Ok(false);
         }
         warn!(service = %spec.name, from = %spec.image, to = %previous, "new replicas are failing: rolling back");
         let mut back = spec.clone();
         back.image = previous;
         back.previous_image = None;
         self.put_service_internal(back).await?;
-        Ok(())
+        Ok(true)
     }
 
     /// The most consecutive failed starts of one of this service's replicas here.

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// Most lines one answer carries.
 const MAX_LINES: u32 = 5000;
+/// Most bytes of text one answer carries (the reader accepts 4 MiB).
+const MAX_ANSWER_BYTES: usize = 2 << 20;
 
 impl Node {
     /// Lines of a local container newer than `since`, at most the last `tail`.
@@ -21,14 +23,23 @@ impl Node {
             let all = shoal_runtime::logs::read_tail(&dir, None).unwrap_or_default();
             let newer: Vec<_> = all.into_iter().filter(|l| l.t > since).collect();
             let skip = newer.len().saturating_sub(tail);
-            newer
+            let mut out: Vec<(String, u64, String)> = newer
                 .into_iter()
                 .skip(skip)
                 .map(|l| {
                     let e: LogEntry = l.into();
                     (e.stream, e.time_unix_nanos, e.text)
                 })
-                .collect()
+                .collect();
+            // Keep the answer well under the reader's bound: drop the oldest lines first.
+            let mut bytes: usize = out.iter().map(|l| l.2.len() + 32).sum();
+            let mut drop_front = 0;
+            while bytes > MAX_ANSWER_BYTES && drop_front < out.len() {
+                bytes -= out[drop_front].2.len() + 32;
+                drop_front += 1;
+            }
+            out.drain(..drop_front);
+            out
         })
         .await
         .unwrap_or_default()

@@ -72,6 +72,10 @@ pub(crate) struct Services {
     /// Why a replica assigned here failed to start, when, and how many times in a row
     /// (the next attempt waits 1 s doubling to 30 s).
     pub(crate) failures: Mutex<BTreeMap<(String, u32), StartFailure>>,
+    /// Last CPU sample of the local replicas (when, container → millicores).
+    cpu: Mutex<(Option<std::time::Instant>, BTreeMap<String, u64>)>,
+    /// Serialises writes of `services.bin`.
+    saving: Mutex<()>,
     /// When this peer last changed each service's replica count by autoscaling.
     pub(crate) scaled: Mutex<BTreeMap<String, std::time::Instant>>,
     /// Health of local replica containers, by container id.
@@ -105,6 +109,8 @@ impl Services {
             failures: Mutex::new(BTreeMap::new()),
             health: Mutex::new(BTreeMap::new()),
             scaled: Mutex::new(BTreeMap::new()),
+            saving: Mutex::new(()),
+            cpu: Mutex::new((None, BTreeMap::new())),
         }
     }
 
@@ -113,6 +119,9 @@ impl Services {
     }
 
     fn save(&self) {
+        // One writer at a time, encoding under the lock: the file always holds a whole map,
+        // and never an older one than the last save.
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
         let bytes = self.map().encode();
         let tmp = self.path.with_extension("tmp");
         let result = (|| -> std::io::Result<()> {
@@ -151,6 +160,11 @@ fn check_spec(spec: &ServiceSpec) -> Result<(), NodeError> {
     }
     for e in &spec.env {
         shoal_types::container::check_env(e).map_err(|e| NodeError::Invalid(e.to_string()))?;
+    }
+    if let Some(a) = spec.autoscale
+        && (a.min == 0 || a.min > a.max || a.max > 10_000 || a.target_cpu_percent == 0)
+    {
+        return Err(NodeError::Invalid("--autoscale needs 1 <= MIN <= MAX <= 10000 and a target above 0".into()));
     }
     if spec.memory_bytes != 0 && spec.memory_bytes < 6 << 20 {
         return Err(NodeError::Invalid("--memory is below the minimum of 6 MiB".into()));
@@ -354,10 +368,8 @@ impl Node {
     pub async fn replicas(&self) -> Result<Vec<ReplicaInfo>, NodeError> {
         let mut out = self.local_replicas().await.unwrap_or_default();
         for m in self.overlay().members().await? {
-            if let Some(v) = m.ext.get("replicas")
-                && let Ok(list) = serde_json::from_value::<Vec<ReplicaInfo>>(v.clone())
-            {
-                out.extend(list.into_iter().filter(|r| r.peer == m.peer.to_string()));
+            if let Some(v) = m.ext.get("replicas") {
+                out.extend(decode_reports(v, &m.peer.to_string(), &m.name));
             }
         }
         out.sort_by(|a, b| a.service.cmp(&b.service).then(a.index.cmp(&b.index)).then(a.peer.cmp(&b.peer)));
@@ -431,13 +443,26 @@ impl Node {
     async fn local_replicas(&self) -> Result<Vec<ReplicaInfo>, NodeError> {
         let me = self.overlay().peer_id().to_string();
         let name = self.config().name.clone();
-        let cpu: BTreeMap<String, u64> = self
-            .container_stats()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| (s.id, (s.cpu_percent * 10.0).round() as u64))
-            .collect();
+        // CPU is sampled every 2 s at most (a fair window for the percentage), rounded to
+        // 50 millicores so the record does not change on every round.
+        let stale = self
+            .services()
+            .cpu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
+        if stale {
+            let fresh: BTreeMap<String, u64> = self
+                .container_stats()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| (s.id, ((s.cpu_percent * 10.0) / 50.0).round() as u64 * 50))
+                .collect();
+            *self.services().cpu.lock().unwrap_or_else(|e| e.into_inner()) = (Some(std::time::Instant::now()), fresh);
+        }
+        let cpu: BTreeMap<String, u64> = self.services().cpu.lock().unwrap_or_else(|e| e.into_inner()).1.clone();
         Ok(self
             .containers(true)
             .await?
@@ -482,9 +507,19 @@ impl Node {
         let (assignment, me) = self.assignment().await?;
         let map = self.services().map().clone();
         let local = self.containers(true).await?;
+        // Forget start failures and autoscale marks of replicas that no longer exist.
+        self.services()
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(svc, i), _| map.get(svc).is_some_and(|spec| *i < spec.replicas));
+        self.services().scaled.lock().unwrap_or_else(|e| e.into_inner()).retain(|svc, _| map.get(svc).is_some());
+        // Health checks start 10 s after a replica starts (time to come up).
+        let now_unix = now_ms() / 1000;
         let checked: Vec<(String, ServiceSpec)> = local
             .iter()
             .filter(|c| c.state == ContainerState::Running)
+            .filter(|c| c.started_unix.is_some_and(|t| now_unix >= t + 10))
             .filter_map(|c| Some((c.id.clone(), map.get(c.spec.labels.get(LABEL_SERVICE)?)?.clone())))
             .collect();
         let unhealthy = self.run_health_checks(&checked);
@@ -512,8 +547,10 @@ impl Node {
         for (name, spec, _) in map.live() {
             let current = versions.get(name).cloned().unwrap_or_default();
             allowed.insert(name.to_string(), crate::rollout::replaceable(spec, &current, &reports));
-            if let Err(e) = self.maybe_roll_back(spec, &current, &reports).await {
-                warn!(service = %name, err = %e, "cannot roll back");
+            match self.maybe_roll_back(spec, &current, &me, &reports).await {
+                Ok(true) => continue, // the spec just changed: decide the rest next round
+                Ok(false) => {}
+                Err(e) => warn!(service = %name, err = %e, "cannot roll back"),
             }
             if let Err(e) = self.maybe_autoscale(spec, &me, &reports).await {
                 warn!(service = %name, err = %e, "cannot autoscale");
@@ -533,8 +570,22 @@ impl Node {
                 ok
             }
             Action::Start { service, index } => !held.contains(&(service.clone(), *index)),
+            // A draining peer keeps its replicas until others run them (drain_services stops them).
+            Action::Stop {
+                reason: shoal_scheduler::StopReason::Moved { .. } | shoal_scheduler::StopReason::Unplaced { .. },
+                ..
+            } => !self.is_draining(),
             Action::Stop { .. } => true,
         });
+        // A replica that exited for good (its supervisor gave up or a user stopped it) is
+        // removed; the next round starts it again.
+        for c in local.iter().filter(|c| c.state == ContainerState::Exited && c.spec.labels.contains_key(LABEL_SERVICE))
+        {
+            if !actions.iter().any(|a| matches!(a, Action::Stop { container_id, .. } if *container_id == c.id)) {
+                actions
+                    .push(Action::Stop { container_id: c.id.clone(), reason: shoal_scheduler::StopReason::Unhealthy });
+            }
+        }
         // Unhealthy replicas are replaced (the next round starts them again).
         for r in running.iter().filter(|r| unhealthy.contains(&r.container_id)) {
             actions.push(Action::Stop {
@@ -559,7 +610,7 @@ impl Node {
         }
         // Publish what runs here (only when it changed: records are gossiped).
         let mine = self.local_replicas().await.unwrap_or_default();
-        let value = serde_json::to_value(&mine).unwrap_or_default();
+        let value = encode_reports(&mine);
         let changed = {
             let mut last = self.published_replicas().lock().unwrap_or_else(|e| e.into_inner());
             let changed = last.as_ref() != Some(&value);
@@ -588,8 +639,18 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             let name = format!("{}.{index}", spec.name);
-            // An exited replica of an earlier version may still hold the name.
-            let _ = node.remove_container(&name, true).await;
+            // A round that looked before an earlier start finished may ask again: keep a replica
+            // of this version that runs; an exited or older one may still hold the name.
+            match node.container(&name).await {
+                Ok(c) if c.state != ContainerState::Exited && c.spec.labels.get(LABEL_VERSION) == Some(&version) => {
+                    node.services().starting.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    return;
+                }
+                Ok(_) => {
+                    let _ = node.remove_container(&name, true).await;
+                }
+                Err(_) => {}
+            }
             let mut labels = BTreeMap::new();
             labels.insert(LABEL_SERVICE.to_string(), spec.name.clone());
             labels.insert(LABEL_INDEX.to_string(), index.to_string());
@@ -659,4 +720,86 @@ fn rand_u64() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(now_ms());
     h.finish()
+}
+
+/// Replica reports as they ride in the peer record: one compact array per replica
+/// (`[service, index, state, version, restarts, cpu_milli, ip, container, started]`), the peer
+/// implied by the record. Capped at 10 KiB (about 100 replicas); beyond that the rest are
+/// left out (and logged), as the record itself is bounded.
+fn encode_reports(list: &[ReplicaInfo]) -> serde_json::Value {
+    let mut out = Vec::new();
+    let mut size = 2;
+    for r in list {
+        let item = serde_json::json!([
+            r.service,
+            r.index,
+            r.state,
+            r.version,
+            r.restarts,
+            r.cpu_milli,
+            r.ip,
+            r.container,
+            r.started_unix
+        ]);
+        size += item.to_string().len() + 1;
+        if size > 10 << 10 {
+            warn!(total = list.len(), published = out.len(), "too many replicas on this peer to report them all");
+            break;
+        }
+        out.push(item);
+    }
+    serde_json::Value::Array(out)
+}
+
+/// The inverse of [`encode_reports`]; entries that do not parse are skipped.
+fn decode_reports(v: &serde_json::Value, peer: &str, peer_name: &str) -> Vec<ReplicaInfo> {
+    let Some(items) = v.as_array() else { return Vec::new() };
+    items
+        .iter()
+        .filter_map(|i| {
+            let a = i.as_array()?;
+            Some(ReplicaInfo {
+                service: a.first()?.as_str()?.to_string(),
+                index: u32::try_from(a.get(1)?.as_u64()?).ok()?,
+                peer: peer.to_string(),
+                peer_name: peer_name.to_string(),
+                state: a.get(2)?.as_str()?.to_string(),
+                version: a.get(3)?.as_str()?.to_string(),
+                restarts: u32::try_from(a.get(4)?.as_u64()?).ok()?,
+                cpu_milli: a.get(5)?.as_u64()?,
+                ip: a.get(6)?.as_str().map(str::to_string),
+                container: a.get(7)?.as_str()?.to_string(),
+                started_unix: a.get(8)?.as_u64(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip_and_are_bounded() {
+        let r = ReplicaInfo {
+            service: "web".into(),
+            index: 3,
+            peer: "p".into(),
+            peer_name: "n".into(),
+            container: "c".repeat(64),
+            state: "running".into(),
+            started_unix: Some(7),
+            restarts: 1,
+            ip: Some("198.19.0.2".into()),
+            version: "0123456789abcdef".into(),
+            cpu_milli: 250,
+        };
+        let back = decode_reports(&encode_reports(std::slice::from_ref(&r)), "p", "n");
+        assert_eq!(back, vec![r.clone()]);
+        let many = vec![r; 1000];
+        let v = encode_reports(&many);
+        assert!(v.to_string().len() <= 10 << 10);
+        assert!(!decode_reports(&v, "p", "n").is_empty());
+        assert!(decode_reports(&serde_json::json!([["x"], 5, "junk"]), "p", "n").is_empty());
+    }
 }

@@ -86,6 +86,9 @@ struct Leaving {
     deadline: Instant,
 }
 
+/// Largest value one `ext` key may hold in this peer's record (the record is bounded).
+pub(crate) const MAX_EXT_VALUE: usize = 12 << 10;
+
 pub(crate) struct EventLoop {
     pub(crate) swarm: Swarm<Behaviour>,
     pub(crate) foca: SwimFoca,
@@ -815,6 +818,14 @@ impl EventLoop {
             }
             Command::Unprovide(key) => self.swarm.behaviour_mut().kad.stop_providing(&key),
             Command::SetExt(key, value) => {
+                // A value that would push the signed record over its bound is refused here,
+                // so it cannot freeze every later update of this peer's record.
+                if let Some(v) = &value
+                    && serde_json::to_vec(v).map_or(usize::MAX, |b| b.len()) > MAX_EXT_VALUE
+                {
+                    warn!(%key, "record extension too large; not published");
+                    return;
+                }
                 let changed = match value {
                     Some(v) => self.local.ext.insert(key, v.clone()).as_ref() != Some(&v),
                     None => self.local.ext.remove(&key).is_some(),

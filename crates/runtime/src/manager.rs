@@ -151,6 +151,8 @@ struct Inner {
     cpu: Mutex<HashMap<String, (Instant, u64)>>,
     /// Bumped whenever a shim exits, so followers need not poll for the end.
     exits: tokio::sync::watch::Sender<u64>,
+    /// Containers being created: not finished even though their shim has not reported yet.
+    creating: Mutex<HashSet<String>>,
     /// Serialises creations (names and ports are checked then taken).
     create_lock: Mutex<()>,
 }
@@ -175,6 +177,7 @@ impl Runtime {
                 cpu: Mutex::new(HashMap::new()),
                 exits: tokio::sync::watch::Sender::new(0),
                 create_lock: Mutex::new(()),
+                creating: Mutex::new(HashSet::new()),
             }),
         };
         rt.recover();
@@ -292,8 +295,27 @@ impl Runtime {
                 return Err(e);
             }
         };
+        self.inner.creating.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
         self.metas().insert(id.clone(), meta.clone());
         drop(guard);
+        let result = self.start_created(&id, &dir, &meta, attach);
+        self.inner.creating.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        if result.is_ok() && self.is_finished(&id) {
+            // It may have ended before we stopped guarding it: act on that now.
+            self.on_exit(&id);
+        }
+        result
+    }
+
+    fn start_created(
+        &self,
+        id: &str,
+        dir: &ContainerDir,
+        meta: &ContainerMeta,
+        attach: bool,
+    ) -> Result<(ContainerInfo, Option<AttachGuard>), RuntimeError> {
+        let id = id.to_string();
+        let (dir, meta) = (dir.clone(), meta.clone());
         let attached = attach.then(|| self.attach(&id));
         if let Err(e) = self.spawn_shim(&dir) {
             self.purge(&id, Some(&meta));
@@ -528,6 +550,9 @@ impl Runtime {
     /// The shim of `id` exited (or was found dead): remove it if it asked for `--rm`.
     fn on_exit(&self, id: &str) {
         self.inner.exits.send_modify(|n| *n += 1);
+        if self.inner.creating.lock().unwrap_or_else(|e| e.into_inner()).contains(id) {
+            return;
+        }
         let Some(meta) = self.metas().get(id).cloned() else { return };
         let attached = self.inner.attached.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied().unwrap_or(0);
         if meta.spec.auto_remove && attached == 0 {

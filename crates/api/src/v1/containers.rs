@@ -146,14 +146,19 @@ async fn follow<T>(
             return true;
         }
         idle = if quiet { (idle * 2).min(Duration::from_millis(50)) } else { Duration::from_millis(1) };
-        match exits.as_mut() {
-            Some(rx) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(idle) => {}
-                    _ = rx.changed() => {}
+        // Wake on a container exit, or after `idle`; stop when the client has gone.
+        let exit_changed = async {
+            match exits.as_mut() {
+                Some(rx) => {
+                    let _ = rx.changed().await;
                 }
+                None => std::future::pending::<()>().await,
             }
-            None => tokio::time::sleep(idle).await,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(idle) => {}
+            _ = exit_changed => {}
+            _ = tx.closed() => return false,
         }
     }
 }
@@ -317,7 +322,15 @@ pub(crate) async fn exec(
     tokio::spawn(async move {
         let _ = out.await;
         let _ = err.await;
-        let code = match child.wait().await {
+        let status = tokio::select! {
+            s = child.wait() => s,
+            _ = tx.closed() => {
+                // The client went away: do not leave the command running.
+                let _ = child.kill().await;
+                return;
+            }
+        };
+        let code = match status {
             Ok(st) => {
                 st.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0))
             }

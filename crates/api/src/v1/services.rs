@@ -117,7 +117,10 @@ pub(crate) async fn logs(
             return;
         }
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = tx.closed() => return,
+            }
             let Ok(lines) = node.service_logs(&name, 5000, &mut since).await else { return };
             for l in lines {
                 if tx.send(l).await.is_err() {
