@@ -109,9 +109,23 @@ pub(crate) fn peer_dirs(lab: &str, i: usize) -> Vec<PathBuf> {
     hierarchies().iter().map(|h| lab_dir(h, lab).join(format!("peer-{i}"))).collect()
 }
 
-/// The lab's top cgroup directories that exist now.
+/// The lab's top cgroup directories that exist now: in the hierarchies the lab uses, and in
+/// every other v1 hierarchy where its peers' container runtimes made directories below it
+/// (libcontainer creates a container's cgroup in every controller it finds).
 pub(crate) fn lab_dirs(lab: &str) -> Vec<PathBuf> {
-    hierarchies().iter().map(|h| lab_dir(h, lab)).filter(|d| d.exists()).collect()
+    let hs = hierarchies();
+    let mut dirs: Vec<PathBuf> = hs.iter().map(|h| lab_dir(h, lab)).filter(|d| d.exists()).collect();
+    if let Some(own) = hs.first().map(|h| h.own.clone())
+        && let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup")
+    {
+        for e in entries.flatten() {
+            let d = e.path().join(own.trim_start_matches('/')).join(format!("shoal-lab-{lab}"));
+            if d.is_dir() && !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+    }
+    dirs
 }
 
 /// Every process in `dir` or below.

@@ -231,6 +231,30 @@ impl Drop for ContainerHost {
         for pid in self.shim_pids() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
         }
+        // Containers whose removal failed: kill what runs in their cgroups, remove the cgroups.
+        if let Ok(d) = std::fs::read_dir(self.runtime_dir().join("containers")) {
+            for e in d.flatten() {
+                let meta: serde_json::Value = std::fs::read_to_string(e.path().join("meta.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or_default();
+                let Some(cg) = meta["cgroups_path"].as_str().filter(|p| p.contains("/shoal/")) else { continue };
+                let Ok(hs) = std::fs::read_dir("/sys/fs/cgroup") else { continue };
+                for h in hs.flatten() {
+                    let dir = h.path().join(cg.trim_start_matches('/'));
+                    for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                        if let Ok(pid) = pid.trim().parse::<i32>() {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    let _ = std::fs::remove_dir(&dir);
+                }
+            }
+        }
         self.delete_our_netns();
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
         let _ = std::fs::remove_file(&self.slot);
