@@ -43,13 +43,25 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
         eprintln!("{id} is in this peer's store (write it out with -o FILE)");
         return Ok(ExitCode::SUCCESS);
     };
-    // Written beside the destination, then renamed: a cut never leaves half a file.
+    download_to_file(client, &format!("/v1/content/{id}"), &out, "writing").await?;
+    eprintln!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Streams `path` from the agent into `out` with a progress bar: written beside it, synced,
+/// then renamed, so a cut never leaves half a file.
+pub(crate) async fn download_to_file(
+    client: &Client,
+    path: &str,
+    out: &std::path::Path,
+    label: &str,
+) -> anyhow::Result<()> {
     let tmp = out.with_extension("shoal-partial");
     let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("cannot create {}", tmp.display()))?;
-    let pb = bytes_bar(0, "writing");
+    let pb = bytes_bar(0, label);
     let pb2 = pb.clone();
     let r = client
-        .download(&format!("/v1/content/{id}"), &mut f, move |n, total| {
+        .download(path, &mut f, move |n, total| {
             if let Some(t) = total {
                 pb2.set_length(t);
             }
@@ -62,7 +74,6 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
         return Err(e.into());
     }
     f.sync_all().await?;
-    tokio::fs::rename(&tmp, &out).await.with_context(|| format!("cannot write {}", out.display()))?;
-    eprintln!("wrote {}", out.display());
-    Ok(ExitCode::SUCCESS)
+    tokio::fs::rename(&tmp, out).await.with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(())
 }

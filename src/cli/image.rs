@@ -98,26 +98,8 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
             println!("{} {}", img.reference, img.digest);
         }
         Cmd::Export { reference, output } => {
-            let tmp = output.with_extension("shoal-partial");
-            let mut f =
-                tokio::fs::File::create(&tmp).await.with_context(|| format!("cannot create {}", tmp.display()))?;
-            let pb = bytes_bar(0, "exporting");
-            let pb2 = pb.clone();
-            let r = client
-                .download(&format!("/v1/images/export?reference={}", encode(&reference)), &mut f, move |n, t| {
-                    if let Some(t) = t {
-                        pb2.set_length(t);
-                    }
-                    pb2.set_position(n);
-                })
-                .await;
-            pb.finish_and_clear();
-            if let Err(e) = r {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e.into());
-            }
-            f.sync_all().await?;
-            tokio::fs::rename(&tmp, &output).await?;
+            let path = format!("/v1/images/export?reference={}", encode(&reference));
+            super::get::download_to_file(client, &path, &output, "exporting").await?;
             eprintln!("wrote {}", output.display());
         }
         Cmd::Rm { reference } => {

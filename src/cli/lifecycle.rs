@@ -95,14 +95,7 @@ pub(crate) async fn kill(args: KillArgs, client: &Client) -> anyhow::Result<Exit
 pub(crate) async fn rm(args: RmArgs, client: &Client) -> anyhow::Result<ExitCode> {
     each(&args.containers, |n| async move {
         let path = format!("/v1/containers/{}?force={}", encode(&n), args.force);
-        let (status, body) = client.raw(hyper::Method::DELETE, &path, None).await?;
-        if status >= 300 {
-            let msg = serde_json::from_slice::<shoal_types::ErrorBody>(&body)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| format!("the agent answered {status}"));
-            anyhow::bail!("{msg}");
-        }
-        Ok(())
+        super::content::expect_no_content(client.raw(hyper::Method::DELETE, &path, None).await?)
     })
     .await
 }

@@ -221,14 +221,8 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
                 .await?;
         }
         Cmd::Rm { name } => {
-            let (status, body) =
-                client.raw(hyper::Method::DELETE, &format!("/v1/services/{}", encode(&name)), None).await?;
-            if status >= 300 {
-                let msg = serde_json::from_slice::<shoal_types::ErrorBody>(&body)
-                    .map(|b| b.error)
-                    .unwrap_or_else(|_| format!("the agent answered {status}"));
-                anyhow::bail!("{msg}");
-            }
+            let path = format!("/v1/services/{}", encode(&name));
+            super::content::expect_no_content(client.raw(hyper::Method::DELETE, &path, None).await?)?;
             println!("{name}");
         }
     }

@@ -4,10 +4,9 @@
 //! over `/shoal/state/1` (`Logs` → `LogLines`, at most [`MAX_LINES`] lines and a few MiB per
 //! answer). Following polls every second for lines newer than the last one seen per container.
 
-use crate::services::{MAX_MAP, STATE_PROTOCOL, StateMsg};
+use crate::services::StateMsg;
 use crate::{Node, NodeError};
 use shoal_types::{LogEntry, ReplicaInfo, ServiceLogLine};
-use std::time::Duration;
 
 /// Most lines one answer carries.
 const MAX_LINES: u32 = 5000;
@@ -69,23 +68,11 @@ impl Node {
         since: u64,
         tail: u32,
     ) -> Result<Vec<(String, u64, String)>, String> {
-        use shoal_blobs::proto::{read_msg, write_msg};
         let peer: shoal_overlay::libp2p::PeerId = r.peer.parse().map_err(|_| "bad peer id".to_string())?;
-        let mut control = self.overlay().streams();
-        let mut stream = tokio::time::timeout(Duration::from_secs(3), control.open_stream(peer, STATE_PROTOCOL))
-            .await
-            .map_err(|_| "timeout".to_string())?
-            .map_err(|e| e.to_string())?;
         let ask = StateMsg::Logs { container: r.container.clone(), since_nanos: since, tail };
-        let exchange = async {
-            write_msg(&mut stream, &ask).await?;
-            read_msg::<_, StateMsg>(&mut stream, MAX_MAP + 64).await
-        };
-        match tokio::time::timeout(Duration::from_secs(5), exchange).await {
-            Ok(Ok(StateMsg::LogLines(l))) => Ok(l),
-            Ok(Ok(_)) => Err("unexpected answer".into()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timeout".into()),
+        match self.ask_state(peer, &ask).await? {
+            StateMsg::LogLines(l) => Ok(l),
+            _ => Err("unexpected answer".into()),
         }
     }
 

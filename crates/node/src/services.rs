@@ -245,8 +245,8 @@ impl Node {
         self.services().map().encode()
     }
 
-    /// Sends our map to `peer` and merges its answer.
-    async fn sync_with(&self, peer: PeerId) -> Result<(), String> {
+    /// One request and its answer over `/shoal/state/1` (3 s to open, 5 s to answer).
+    pub(crate) async fn ask_state(&self, peer: PeerId, msg: &StateMsg) -> Result<StateMsg, String> {
         use shoal_blobs::proto::{read_msg, write_msg};
         let mut control = self.overlay().streams();
         let mut stream = tokio::time::timeout(Duration::from_secs(3), control.open_stream(peer, STATE_PROTOCOL))
@@ -254,14 +254,18 @@ impl Node {
             .map_err(|_| "timeout".to_string())?
             .map_err(|e| e.to_string())?;
         let exchange = async {
-            write_msg(&mut stream, &StateMsg::Sync(self.encoded_map())).await?;
+            write_msg(&mut stream, msg).await?;
             read_msg::<_, StateMsg>(&mut stream, MAX_MAP + 64).await
         };
-        let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
+        tokio::time::timeout(Duration::from_secs(5), exchange)
             .await
             .map_err(|_| "timeout".to_string())?
-            .map_err(|e| e.to_string())?;
-        if let StateMsg::Sync(bytes) = answer {
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends our map to `peer` and merges its answer.
+    async fn sync_with(&self, peer: PeerId) -> Result<(), String> {
+        if let StateMsg::Sync(bytes) = self.ask_state(peer, &StateMsg::Sync(self.encoded_map())).await? {
             let theirs = ServiceMap::decode(&bytes, MAX_MAP).map_err(|e| e.to_string())?;
             self.services().merge(&theirs);
         }

@@ -8,17 +8,24 @@ fn sha(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
+/// A tar header owned by root with mtime 0 (the path and checksum are set when appended).
+fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_cksum();
+    h
+}
+
 /// A layer tar holding `files`.
 pub fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o755);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_cksum();
+        let mut h = header(tar::EntryType::Regular, data.len() as u64, 0o755);
         b.append_data(&mut h, name, *data).expect("in-memory tar");
     }
     b.into_inner().expect("in-memory tar")
@@ -34,13 +41,7 @@ fn config(diff_ids: &[String]) -> Vec<u8> {
 }
 
 fn append(b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) {
-    let mut h = tar::Header::new_gnu();
-    h.set_size(data.len() as u64);
-    h.set_mode(0o644);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_cksum();
+    let mut h = header(tar::EntryType::Regular, data.len() as u64, 0o644);
     b.append_data(&mut h, name, data).expect("writing a test archive");
 }
 
@@ -105,62 +106,29 @@ pub fn busybox_layer() -> Vec<u8> {
     let list = std::process::Command::new("/bin/busybox").arg("--list").output().expect("busybox --list");
     let mut b = tar::Builder::new(Vec::new());
     let dir = |b: &mut tar::Builder<Vec<u8>>, name: &str, mode: u32| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_size(0);
-        h.set_mode(mode);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_cksum();
+        let mut h = header(tar::EntryType::Directory, 0, mode);
         b.append_data(&mut h, name, std::io::empty()).expect("in-memory tar");
     };
     for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root", "home", "home/app", "app", "var", "usr", "usr/bin"] {
         dir(&mut b, d, if d == "tmp" { 0o1777 } else { 0o755 });
     }
-    let mut h = tar::Header::new_gnu();
-    h.set_size(busybox.len() as u64);
-    h.set_mode(0o755);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_cksum();
+    let mut h = header(tar::EntryType::Regular, busybox.len() as u64, 0o755);
     b.append_data(&mut h, "bin/busybox", busybox.as_slice()).expect("in-memory tar");
     for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
         if applet == "busybox" || applet.contains('/') {
             continue;
         }
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_cksum();
+        let mut h = header(tar::EntryType::Symlink, 0, 0o777);
         b.append_link(&mut h, format!("bin/{applet}"), "busybox").expect("in-memory tar");
     }
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Symlink);
-    h.set_size(0);
-    h.set_mode(0o777);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_cksum();
+    let mut h = header(tar::EntryType::Symlink, 0, 0o777);
     b.append_link(&mut h, "usr/bin/env", "/bin/busybox").expect("in-memory tar");
     let files: [(&str, &[u8]); 2] = [
         ("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n"),
         ("etc/group", b"root:x:0:\napp:x:1000:\nstaff:x:50:app\n"),
     ];
     for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_cksum();
+        let mut h = header(tar::EntryType::Regular, data.len() as u64, 0o644);
         b.append_data(&mut h, name, data).expect("in-memory tar");
     }
     b.into_inner().expect("in-memory tar")
