@@ -255,6 +255,12 @@ impl Drop for ContainerHost {
                 }
             }
         }
+        // Root filesystems a killed shim left mounted.
+        let root = self.runtime_dir().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&root)) {
+            let _ = Command::new("umount").args(["-l", point]).output();
+        }
         self.delete_our_netns();
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
         let _ = std::fs::remove_file(&self.slot);
