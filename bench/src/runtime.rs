@@ -9,7 +9,7 @@
 //!    deletes the container on exit, which is inside the timing as Shoal's `--rm` is). All
 //!    three interleaved in one loop, after warm-ups. To show where Shoal's time goes: the CLI
 //!    alone (`shoal ps`), and the container network set up and torn down alone with the same
-//!    `ip` commands the shim runs.
+//!    functions the shim calls.
 //! 2. Isolation cost: a CPU-bound shell loop and a pipe-heavy sha256 of 256 MiB, timed inside
 //!    a container and on the host (the same busybox binary, PATH into the unpacked rootfs),
 //!    each from `/proc/uptime` around the work. Then TCP throughput into a container: through
@@ -259,49 +259,40 @@ async fn api_run(client: &Client) -> anyhow::Result<(Duration, Duration, Duratio
     }
 }
 
-/// Sets up and tears down a container network with the shim's `ip` commands (two processes
-/// each way), in the benchmark's bridge and subnet. Returns (setup, teardown).
+/// The probe's network, as the shim would describe it.
+fn probe_net() -> shoal_runtime::state::NetMeta {
+    shoal_runtime::state::NetMeta {
+        ip: PROBE_IP.parse().expect("probe address"),
+        prefix: 24,
+        gateway: "198.19.250.1".parse().expect("gateway address"),
+        bridge: BRIDGE.into(),
+        netns: PROBE_NS.into(),
+        veth: PROBE_VETH.into(),
+    }
+}
+
+/// Sets up and tears down a container network with the shim's own functions (netlink from
+/// the calling process), in the benchmark's bridge and subnet. Returns (setup, teardown).
 fn probe_network() -> anyhow::Result<(Duration, Duration)> {
-    let host = format!(
-        "netns add {PROBE_NS}\nlink add {PROBE_VETH} type veth peer name eth0 netns {PROBE_NS}\nlink set {PROBE_VETH} master {BRIDGE}\nlink set {PROBE_VETH} up\n"
-    );
-    let inside = format!(
-        "addr add {PROBE_IP}/24 dev eth0\nlink set lo up\nlink set eth0 up\nroute add default via 198.19.250.1\n"
-    );
+    let net = probe_net();
     let t0 = Instant::now();
-    let setup = ip_batch(&["-batch", "-"], &host).and_then(|()| ip_batch(&["-n", PROBE_NS, "-batch", "-"], &inside));
+    let setup = shoal_runtime::net::setup(&net);
     let up = t0.elapsed();
     let t1 = Instant::now();
-    run_ok(Command::new("ip").args(["link", "del", PROBE_VETH]))?;
-    run_ok(Command::new("ip").args(["netns", "del", PROBE_NS]))?;
+    shoal_runtime::net::teardown(&net);
     let down = t1.elapsed();
+    // The kernel removes the veth pair with the namespace asynchronously; let it finish
+    // (untimed) so the next set-up does not wait for the name.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Path::new("/sys/class/net").join(PROBE_VETH).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     setup?;
     Ok((up, down))
 }
 
-fn ip_batch(args: &[&str], batch: &str) -> anyhow::Result<()> {
-    let mut child = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting ip")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(batch.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
-
 fn probe_teardown() {
-    if Path::new("/sys/class/net").join(PROBE_VETH).exists() {
-        let _ = run_timed(Command::new("ip").args(["link", "del", PROBE_VETH]));
-    }
-    if Path::new("/run/netns").join(PROBE_NS).exists() {
-        let _ = run_timed(Command::new("ip").args(["netns", "del", PROBE_NS]));
-    }
+    shoal_runtime::net::teardown(&probe_net());
 }
 
 fn ratio(a: &Lat, b: &Lat) -> f64 {
@@ -370,8 +361,8 @@ async fn start_latency(h: &Host, runs: usize) -> anyhow::Result<()> {
         up.push(u);
         down.push(d);
     }
-    println!("container network alone (the shim's `ip` commands): setup {}", lat(&up));
-    println!("                                                     teardown {}", lat(&down));
+    println!("container network alone (the shim's netlink set-up): setup {}", lat(&up));
+    println!("                                               teardown {}", lat(&down));
     Ok(())
 }
 

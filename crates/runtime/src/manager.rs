@@ -162,6 +162,8 @@ impl Runtime {
     pub fn open(cfg: RuntimeConfig) -> Result<Runtime, RuntimeError> {
         let containers = cfg.root.join("containers");
         std::fs::create_dir_all(&containers).map_err(io(&containers))?;
+        // Container directories a crash left half deleted (see `discard_dir`).
+        let _ = std::fs::remove_dir_all(cfg.root.join("trash"));
         let layers = crate::layers::LayerStore::open(&cfg.root.join("layers"))?;
         let pool = crate::net::Pool::open(&cfg.root, cfg.subnet)?;
         crate::net::ensure_bridge(&cfg.bridge, cfg.subnet)?;
@@ -202,6 +204,7 @@ impl Runtime {
         image: ResolvedImage,
         attach: bool,
     ) -> Result<(ContainerInfo, Option<AttachGuard>), RuntimeError> {
+        let _warm = crate::cgroup::warm_migrations(START_TIMEOUT);
         let config: oci_spec::image::ImageConfiguration = serde_json::from_slice(&image.config)
             .map_err(|source| RuntimeError::ImageConfig { image: image.reference.clone(), source })?;
         let command = crate::spec::resolve_command(&spec, &config)?;
@@ -541,10 +544,29 @@ impl Runtime {
         if crate::shim::is_mounted(&dir.rootfs()) {
             tracing::warn!(%id, "root filesystem still mounted; keeping the directory");
         } else {
-            let _ = std::fs::remove_dir_all(dir.path());
+            self.discard_dir(id, dir.path());
         }
         self.metas().remove(id);
         self.inner.cpu.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+
+    /// Removes a container's directory without making the caller wait for the file system:
+    /// it is renamed into `trash/` (one atomic step, so the container is gone at once) and
+    /// deleted there by a thread of its own. Whatever a crash leaves in `trash/` is deleted
+    /// when the runtime opens.
+    fn discard_dir(&self, id: &str, path: &Path) {
+        let trash = self.inner.cfg.root.join("trash");
+        let target = trash.join(id);
+        if std::fs::create_dir_all(&trash).is_ok() && std::fs::rename(path, &target).is_ok() {
+            let spawned = std::thread::Builder::new().name("rm-container-dir".into()).spawn(move || {
+                let _ = std::fs::remove_dir_all(&target);
+            });
+            if spawned.is_ok() {
+                return;
+            }
+            let _ = std::fs::remove_dir_all(trash.join(id));
+        }
+        let _ = std::fs::remove_dir_all(path);
     }
 
     /// The shim of `id` exited (or was found dead): remove it if it asked for `--rm`.
@@ -663,6 +685,9 @@ impl Runtime {
             }
             tracing::warn!(id = %meta.id, name = %meta.name, "the container's supervisor died; cleaning up");
             self.kill_everything(&meta);
+            if let Some(net) = &meta.net {
+                crate::net::remove_stray_veth(net);
+            }
             let mut s = state.unwrap_or_else(|| ShimState::new(0));
             let stopped = s.stopped;
             s.phase = Phase::Exited;

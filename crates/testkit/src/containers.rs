@@ -118,6 +118,18 @@ impl ContainerHost {
     /// What a container of this host left behind: cgroup dirs, mounts, netns, veths, processes.
     pub fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
+        // Removed containers' directories are deleted from `trash/` in the background.
+        let trash = self.runtime_dir().join("trash");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let pending = || std::fs::read_dir(&trash).map(|d| d.count()).unwrap_or(0);
+        while pending() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Ok(d) = std::fs::read_dir(&trash) {
+            for e in d.flatten() {
+                found.push(format!("undeleted container dir {}", e.path().display()));
+            }
+        }
         let containers = self.runtime_dir().join("containers");
         if let Ok(d) = std::fs::read_dir(&containers) {
             for e in d.flatten() {
