@@ -168,6 +168,26 @@ async fn ports_and_container_to_container() -> anyhow::Result<()> {
     assert!(o.starts_with("SHOUT\npid=") && !o.contains("pid=1\n"), "exec -i joins the container's pid namespace: {o}");
     assert!(h.shoal(&["exec", "web", "/no/such"]).status.code().is_some_and(|c| c != 0));
 
+    // An exec whose client goes away is killed inside the container, with what it started.
+    let mut abandoned = std::process::Command::new(shoal_testkit::shoal_bin())
+        .args(["exec", "web", "sh", "-c", "sleep 300 & sleep 301"])
+        .env("SHOAL_ADDR", &h.agent.socket)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let sleepers = || h.ok(&["exec", "web", "ps"]).map(|ps| ps.matches("sleep 30").count()).unwrap_or(99);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sleepers() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(sleepers(), 2, "the exec's command and its child run");
+    abandoned.kill()?;
+    abandoned.wait()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sleepers() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(sleepers(), 0, "an abandoned exec leaves nothing running: {}", h.ok(&["exec", "web", "ps"])?);
+
     h.ok(&["rm", "-f", "web"])?;
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the port is released");
     assert!(h.leftovers().is_empty(), "left over: {:?}", h.leftovers());

@@ -77,6 +77,16 @@ impl Node {
         cmd.spawn().map_err(|e| NodeError::Invalid(format!("cannot start exec: {e}")))
     }
 
+    /// Ends an `exec` that is no longer wanted: kills its helper, the command and everything
+    /// the command started inside the container, then reaps the helper.
+    pub async fn end_exec(child: &mut tokio::process::Child) {
+        if let Some(pid) = child.id() {
+            // Not reaped before the `kill` below, so the pid is still the helper's.
+            let _ = tokio::task::spawn_blocking(move || shoal_runtime::exec::kill_tree(pid)).await;
+        }
+        let _ = child.kill().await;
+    }
+
     /// A container's log directory and full id.
     pub async fn container_logs(&self, key: &str) -> Result<(String, std::path::PathBuf), NodeError> {
         let (rt, key) = (self.runtime().await?, key.to_string());

@@ -95,7 +95,7 @@ impl Node {
         match tokio::time::timeout(CHECK_TIMEOUT, child.wait()).await {
             Ok(Ok(status)) => status.success(),
             _ => {
-                let _ = child.kill().await;
+                Node::end_exec(&mut child).await;
                 false
             }
         }

@@ -320,15 +320,20 @@ pub(crate) async fn exec(
     let out = tokio::spawn(pump(Box::new(stdout), "stdout", tx.clone()));
     let err = tokio::spawn(pump(Box::new(stderr), "stderr", tx.clone()));
     tokio::spawn(async move {
-        let _ = out.await;
-        let _ = err.await;
-        let status = tokio::select! {
-            s = child.wait() => s,
-            _ = tx.closed() => {
-                // The client went away: do not leave the command running.
-                let _ = child.kill().await;
-                return;
-            }
+        // The output first (so the exit comes after it), then the exit status; watching all
+        // along for the client going away, however quiet the command is.
+        let finished = tokio::select! {
+            s = async {
+                let _ = out.await;
+                let _ = err.await;
+                child.wait().await
+            } => Some(s),
+            _ = tx.closed() => None,
+        };
+        let Some(status) = finished else {
+            // The client went away: do not leave the command, or what it started, running.
+            shoal_node::Node::end_exec(&mut child).await;
+            return;
         };
         let code = match status {
             Ok(st) => {
