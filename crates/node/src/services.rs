@@ -32,6 +32,8 @@ pub(crate) const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/st
 pub(crate) const MAX_MAP: usize = 4 << 20;
 /// Labels that mark a container as a service replica.
 const LABEL_SERVICE: &str = "shoal.service";
+/// Longest one inbound `/shoal/state/1` exchange may take (the asker gives up after 8 s).
+const STATE_SERVE_LIMIT: Duration = Duration::from_secs(15);
 const LABEL_INDEX: &str = "shoal.replica";
 const LABEL_VERSION: &str = "shoal.version";
 
@@ -190,8 +192,11 @@ impl Node {
             while let Some((peer, stream)) = incoming.next().await {
                 let node = node.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = node.serve_state(stream).await {
-                        debug!(%peer, err = %e, "state exchange failed");
+                    // A peer that opens a stream and goes quiet does not hold it for ever.
+                    match tokio::time::timeout(STATE_SERVE_LIMIT, node.serve_state(stream)).await {
+                        Ok(Err(e)) => debug!(%peer, err = %e, "state exchange failed"),
+                        Err(_) => debug!(%peer, "state exchange timed out"),
+                        Ok(Ok(())) => {}
                     }
                 });
             }
@@ -223,7 +228,10 @@ impl Node {
         use shoal_blobs::proto::{read_msg, write_msg};
         let msg: StateMsg = read_msg(&mut stream, MAX_MAP + 64).await?;
         if let StateMsg::Logs { container, since_nanos, tail } = &msg {
-            let lines = self.local_log_lines(container, *since_nanos, *tail).await;
+            // Only service replicas' logs are for other peers; a plain `shoal run` container's
+            // are not (its owner reads them through this peer's API).
+            let replica = self.container(container).await.is_ok_and(|c| c.spec.labels.contains_key(LABEL_SERVICE));
+            let lines = if replica { self.local_log_lines(container, *since_nanos, *tail).await } else { Vec::new() };
             write_msg(&mut stream, &StateMsg::LogLines(lines)).await?;
             return Ok(());
         }
