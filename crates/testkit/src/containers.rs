@@ -149,7 +149,14 @@ impl ContainerHost {
                 }
             }
         }
-        if let Ok(d) = std::fs::read_dir(format!("/sys/class/net/{}/brif", self.bridge)) {
+        // The kernel destroys a deleted namespace's veth pair asynchronously (a work queue, an
+        // RCU grace period or two): give it a moment, as `ip netns del` users must too.
+        let brif = format!("/sys/class/net/{}/brif", self.bridge);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::fs::read_dir(&brif).map(|d| d.count()).unwrap_or(0) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Ok(d) = std::fs::read_dir(&brif) {
             for e in d.flatten() {
                 found.push(format!("veth {}", e.file_name().to_string_lossy()));
             }
