@@ -40,9 +40,7 @@ pub fn is_pure_v2() -> bool {
 pub fn containers_parent() -> Result<PathBuf, CgroupError> {
     let text = std::fs::read_to_string("/proc/self/cgroup").map_err(CgroupError::Read)?;
     let mut paths: Vec<String> = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    for (ctrls, path) in cgroup_lines(&text) {
         let relevant = if is_pure_v2() { ctrls.is_empty() } else { ctrls.split(',').any(|c| CONTROLLERS.contains(&c)) };
         if relevant {
             paths.push(path.to_string());
@@ -102,13 +100,18 @@ pub fn warm_migrations(limit: std::time::Duration) -> MigrationWarmer {
 fn own_procs_file() -> Option<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let v2 = is_pure_v2();
-    let path = text.lines().find_map(|line| {
+    let (_, path) = cgroup_lines(&text)
+        .find(|(ctrls, _)| if v2 { ctrls.is_empty() } else { ctrls.split(',').any(|c| c == "pids") })?;
+    Some(controller_dir("pids", Path::new(path)).join("cgroup.procs"))
+}
+
+/// The (controllers, path) pairs of a `/proc/<pid>/cgroup` text.
+fn cgroup_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().map(|line| {
         let mut parts = line.splitn(3, ':');
-        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let hit = if v2 { ctrls.is_empty() } else { ctrls.split(',').any(|c| c == "pids") };
-        hit.then(|| PathBuf::from(path))
-    })?;
-    Some(controller_dir("pids", &path).join("cgroup.procs"))
+        let (_, ctrls, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+        (ctrls, path)
+    })
 }
 
 /// Resource use read from one container's cgroups.

@@ -15,6 +15,15 @@ pub struct ContainerHost {
     slot: PathBuf,
 }
 
+/// Waits (at most `limit`) until directory `dir` is empty or gone: for what the system
+/// finishes asynchronously after a removal.
+fn wait_until_empty(dir: &Path, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Takes a free slot number (bridge `shtN`, subnet `198.19.N.0/24`) across test processes.
 fn take_slot() -> (u32, PathBuf) {
     let dir = Path::new("/tmp/shoal-test-slots");
@@ -120,11 +129,7 @@ impl ContainerHost {
         let mut found = Vec::new();
         // Removed containers' directories are deleted from `trash/` in the background.
         let trash = self.runtime_dir().join("trash");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        let pending = || std::fs::read_dir(&trash).map(|d| d.count()).unwrap_or(0);
-        while pending() > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_until_empty(&trash, std::time::Duration::from_secs(5));
         if let Ok(d) = std::fs::read_dir(&trash) {
             for e in d.flatten() {
                 found.push(format!("undeleted container dir {}", e.path().display()));
@@ -152,10 +157,7 @@ impl ContainerHost {
         // The kernel destroys a deleted namespace's veth pair asynchronously (a work queue, an
         // RCU grace period or two): give it a moment, as `ip netns del` users must too.
         let brif = format!("/sys/class/net/{}/brif", self.bridge);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        while std::fs::read_dir(&brif).map(|d| d.count()).unwrap_or(0) > 0 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_until_empty(Path::new(&brif), std::time::Duration::from_secs(3));
         if let Ok(d) = std::fs::read_dir(&brif) {
             for e in d.flatten() {
                 found.push(format!("veth {}", e.file_name().to_string_lossy()));
