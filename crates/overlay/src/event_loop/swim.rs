@@ -1,0 +1,192 @@
+//! SWIM plumbing of the event loop: foca's output (packets, timers, notifications) and the
+//! `/shoal/swim/1` packets coming in.
+
+use super::EventLoop;
+use crate::record;
+use crate::swim::SwimId;
+use crate::view::ViewChange;
+use crate::wire::Frame;
+use foca::{Codec, OwnedNotification, PostcardCodec};
+use libp2p::PeerId;
+use libp2p::request_response;
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+impl EventLoop {
+    pub(super) fn drain(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some((to, data)) = self.rt.to_send() {
+                progressed = true;
+                if to.peer == self.me.peer {
+                    continue;
+                }
+                self.swarm.behaviour_mut().swim.send_request_with_addresses(
+                    &to.peer,
+                    Frame::Ok(data.to_vec()),
+                    to.addrs.clone(),
+                );
+            }
+            while let Some((after, timer)) = self.rt.to_schedule() {
+                progressed = true;
+                self.timers.insert(timer, after);
+            }
+            while let Some(n) = self.rt.to_notify() {
+                progressed = true;
+                self.on_notification(n);
+            }
+            let changed = record::lock(&self.book).take_changed();
+            for p in changed {
+                progressed = true;
+                self.on_record_changed(p);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    pub(super) fn foca_result(&mut self, r: Result<(), foca::Error>, from: Option<PeerId>) {
+        let Err(e) = r else { return };
+        match (&e, from) {
+            (foca::Error::IncompleteProbeCycle, _) => debug!("probe cycle overran its period"),
+            (_, Some(peer)) => self.bad_message(peer, "swim", &e),
+            (_, None) => warn!(err = %e, "membership protocol error"),
+        }
+    }
+
+    pub(super) fn bad_message(&mut self, peer: PeerId, protocol: &str, err: &dyn std::fmt::Display) {
+        self.dropped += 1;
+        if let Some(suppressed) = self.bad_msg_log.check(Instant::now()) {
+            warn!(%peer, protocol, %err, suppressed, "dropped a bad message from a peer");
+        }
+    }
+
+    fn on_notification(&mut self, n: OwnedNotification<SwimId>) {
+        match &n {
+            OwnedNotification::Active => info!("joined the cluster"),
+            OwnedNotification::Idle => {
+                if self.leaving.is_none() {
+                    warn!("no other live peer; will keep retrying known addresses");
+                }
+                self.next_join = Instant::now();
+                self.join_backoff = Duration::from_secs(2);
+            }
+            OwnedNotification::Defunct if self.leaving.is_none() => {
+                // Leaving makes foca defunct on purpose; otherwise only reachable if renew()
+                // returned None, and ours always renews.
+                error!("this peer was declared dead and could not rejoin");
+            }
+            OwnedNotification::Rejoin(id) => {
+                info!(
+                    generation = id.generation,
+                    "declared dead by the cluster (partition?); rejoined with a new generation"
+                );
+                self.announce_to_known();
+                self.me = id.clone();
+                let store = self.store.clone();
+                let g = id.generation;
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = store.set_generation(g) {
+                        warn!(err = %e, "could not record the new generation");
+                    }
+                });
+                self.local_version = 0;
+                self.publish_local();
+            }
+            _ => {}
+        }
+        let change = self.view.apply(&n, Instant::now());
+        match change {
+            Some(ViewChange::Up { peer, generation }) => {
+                info!(%peer, generation, "peer alive");
+                // Every member goes into the DHT routing table, which is also where the swarm
+                // finds addresses when a subsystem opens a stream to a member.
+                for a in self.view.get(&peer).map(|e| e.addrs.clone()).unwrap_or_default() {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, a);
+                }
+                if self.view.active().count() == 1 {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+                self.dirty.insert(peer);
+                self.need_record(peer, generation);
+            }
+            Some(ViewChange::Restarted { peer, generation }) => {
+                info!(%peer, generation, "peer restarted");
+                self.dirty.insert(peer);
+                self.need_record(peer, generation);
+            }
+            Some(ViewChange::Down { peer, generation }) => {
+                let left = record::lock(&self.book)
+                    .get(&peer)
+                    .is_some_and(|r| r.record.leaving && r.record.generation == generation);
+                if left {
+                    info!(%peer, "peer left");
+                } else {
+                    warn!(%peer, "peer dead");
+                }
+                self.swarm.behaviour_mut().kad.remove_peer(&peer);
+            }
+            None => {}
+        }
+    }
+
+    fn need_record(&mut self, peer: PeerId, generation: u64) {
+        let have = record::lock(&self.book).get(&peer).is_some_and(|r| r.record.generation >= generation);
+        if !have {
+            self.request_sync(peer);
+        }
+    }
+
+    fn on_record_changed(&mut self, peer: PeerId) {
+        if peer == self.me.peer {
+            return;
+        }
+        self.dirty.insert(peer);
+        let addrs = record::lock(&self.book).get(&peer).map(|r| r.record.addrs.clone()).unwrap_or_default();
+        for a in addrs {
+            self.swarm.behaviour_mut().kad.add_address(&peer, a);
+        }
+    }
+
+    pub(super) fn on_swim_event(&mut self, ev: request_response::Event<Frame<Vec<u8>>, ()>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => match request {
+                Frame::Ok(packet) => {
+                    let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
+                    self.on_swim_packet(peer, &packet);
+                }
+                // Dropping the channel closes the stream without an answer.
+                Frame::Refused(e) => self.bad_message(peer, "swim", &e),
+            },
+            Event::OutboundFailure { peer, error, .. } => {
+                debug!(%peer, err = %error, "swim send failed");
+                if matches!(error, request_response::OutboundFailure::Timeout) {
+                    // A stalled connection (a partition, a frozen peer) would hold every later
+                    // probe; drop it so the next probe dials afresh.
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+            Event::InboundFailure { peer, error: request_response::InboundFailure::Io(e), .. } => {
+                self.bad_message(peer, "swim", &e)
+            }
+            _ => {}
+        }
+    }
+
+    fn on_swim_packet(&mut self, peer: PeerId, data: &[u8]) {
+        match Codec::<SwimId>::decode_header(&mut PostcardCodec, data) {
+            Ok(h) if h.src.peer == peer => {}
+            Ok(h) => {
+                let err = format!("packet claims to come from {}", h.src.peer);
+                return self.bad_message(peer, "swim", &err);
+            }
+            Err(e) => return self.bad_message(peer, "swim", &e),
+        }
+        self.last_swim_rx = Instant::now();
+        let r = self.foca.handle_data(data, &mut self.rt);
+        self.foca_result(r, Some(peer));
+        self.drain();
+    }
+}
