@@ -46,7 +46,7 @@ type Placement = BTreeMap<u32, Vec<String>>;
 fn running(list: &[ReplicaInfo]) -> Placement {
     let mut out = Placement::new();
     for r in list.iter().filter(|r| r.state == "running") {
-        out.entry(r.index).or_default().push(r.peer.clone());
+        out.entry(r.slot.index().unwrap_or(u32::MAX)).or_default().push(r.peer.clone());
     }
     out
 }
@@ -154,9 +154,9 @@ async fn trace(
             }
             if let Ok(list) = c.get::<Vec<ReplicaInfo>>(&path).await {
                 for r in list.iter().filter(|r| r.state == "running" && r.peer == ids[*p]) {
-                    let new = !before.get(&r.index).is_some_and(|v| v.contains(&r.peer));
+                    let new = !before.get(&r.slot.index().unwrap_or(u32::MAX)).is_some_and(|v| v.contains(&r.peer));
                     if new {
-                        t.started.entry((r.index, *p)).or_insert_with(|| t0.elapsed());
+                        t.started.entry((r.slot.index().unwrap_or(u32::MAX), *p)).or_insert_with(|| t0.elapsed());
                     }
                 }
             }
@@ -336,7 +336,7 @@ fn placement() -> Placing {
     let mut placed = 0;
     for _ in 0..5 {
         let t = Instant::now();
-        let a = shoal_scheduler::place(services.iter().map(|s| (s.name.as_str(), s)), &peers);
+        let a = shoal_scheduler::place(services.iter().map(|s| (s.name.as_str(), s)), &peers, []);
         times.push(t.elapsed());
         placed = std::hint::black_box(a).placed.len();
     }

@@ -17,12 +17,17 @@
 //! health_cmd = "wget -q -O- localhost"
 //! max_unavailable = 1
 //! autoscale = { min = 2, max = 10, target_cpu = 70 }
+//!
+//! [[service]]
+//! name = "node-agent"
+//! image = "agent:v1"
+//! mode = "global"          # one replica on every peer that matches the constraints
 //! ```
 
 use super::lifecycle::encode;
 use anyhow::Context;
 use shoal_api::client::Client;
-use shoal_types::{Autoscale, ByteSize, PortMapping, Resources, ServiceInfo, ServiceSpec};
+use shoal_types::{Autoscale, ByteSize, PortMapping, Resources, ServiceInfo, ServiceMode, ServiceSpec};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,8 +53,9 @@ struct File {
 struct ServiceDecl {
     name: String,
     image: String,
-    #[serde(default = "one")]
-    replicas: u32,
+    #[serde(default)]
+    mode: ServiceMode,
+    replicas: Option<u32>,
     #[serde(default)]
     cmd: Vec<String>,
     #[serde(default)]
@@ -96,10 +102,15 @@ impl ServiceDecl {
             Some(a) => Some(Autoscale { min: a.min, max: a.max, target_cpu_percent: a.target_cpu }),
             None => None,
         };
+        if self.mode == ServiceMode::Global && self.replicas.is_some() {
+            anyhow::bail!("{ctx}: a global service runs one replica on every matching peer; drop `replicas`");
+        }
         Ok(ServiceSpec {
             name: self.name,
             image: self.image,
-            replicas: self.replicas,
+            replicas: if self.mode == ServiceMode::Global { 0 } else { self.replicas.unwrap_or(1) },
+            mode: self.mode,
+            rebalance: None,
             cmd: self.cmd,
             env: self.env,
             cpus_milli,
@@ -123,7 +134,7 @@ fn diff(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
     if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
         for (k, vb) in b {
             // The autoscaler owns the replica count of an autoscaled service.
-            if k == "previous_image" || (k == "replicas" && new.autoscale.is_some()) {
+            if k == "previous_image" || k == "rebalance" || (k == "replicas" && new.autoscale.is_some()) {
                 continue;
             }
             let va = a.get(k).cloned().unwrap_or_default();
@@ -146,7 +157,10 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
     for spec in specs {
         match by_name.get(spec.name.as_str()) {
             None => {
-                println!("+ {} ({} x {})", spec.name, spec.replicas, spec.image);
+                match spec.mode {
+                    ServiceMode::Global => println!("+ {} (global, {})", spec.name, spec.image),
+                    ServiceMode::Replicated => println!("+ {} ({} x {})", spec.name, spec.replicas, spec.image),
+                }
                 changes += 1;
                 if !args.dry_run {
                     let _: ServiceInfo = client.send_json(hyper::Method::POST, "/v1/services", &spec).await?;

@@ -1,10 +1,10 @@
-//! `shoal service create|ls|ps|scale|update|rm`: leaderless services. Any peer accepts them;
-//! every peer learns them and the cluster places the replicas.
+//! `shoal service create|ls|ps|scale|update|rebalance|logs|rm`: leaderless services. Any peer
+//! accepts them; every peer learns them and the cluster places the replicas.
 
 use super::lifecycle::encode;
 use super::output::{Table, ago, print_json, short_id};
 use shoal_api::client::Client;
-use shoal_types::{ByteSize, PortMapping, ReplicaInfo, Resources, ServiceInfo, ServiceSpec};
+use shoal_types::{ByteSize, PortMapping, ReplicaInfo, Resources, ServiceInfo, ServiceMode, ServiceSpec};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,9 +20,13 @@ struct CreateArgs {
     /// Service name (unique in the cluster).
     #[arg(long)]
     name: String,
-    /// Replicas to run.
-    #[arg(long, default_value_t = 1)]
-    replicas: u32,
+    /// Replicas to run (replicated mode).
+    #[arg(long, conflicts_with = "mode")]
+    replicas: Option<u32>,
+    /// `replicated` (--replicas copies wherever they fit) or `global` (one replica on every
+    /// peer that matches the constraints, including peers that join later).
+    #[arg(long, default_value = "replicated")]
+    mode: ServiceMode,
     /// CPU reserved and enforced per replica, e.g. 0.5.
     #[arg(long)]
     cpus: Option<String>,
@@ -77,6 +81,9 @@ enum Cmd {
     },
     /// Change the number of replicas.
     Scale { name: String, replicas: u32 },
+    /// Spread the replicas evenly again (after peers returned or joined), one
+    /// `--max-unavailable` batch at a time, each new copy running before the old one stops.
+    Rebalance { name: String },
     /// Change the image: a rolling update, rolled back if the new replicas fail.
     Update {
         name: String,
@@ -117,7 +124,9 @@ fn spec(a: CreateArgs) -> anyhow::Result<ServiceSpec> {
     Ok(ServiceSpec {
         name: a.name,
         image: a.image,
-        replicas: a.replicas,
+        replicas: if a.mode == ServiceMode::Global { 0 } else { a.replicas.unwrap_or(1) },
+        mode: a.mode,
+        rebalance: None,
         cmd: a.command,
         env: a.env,
         cpus_milli,
@@ -155,11 +164,24 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
                 print_json(&list)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let mut t = Table::new(&["NAME", "IMAGE", "REPLICAS", "STATE"]);
+            let mut t = Table::new(&["NAME", "MODE", "IMAGE", "REPLICAS", "STATE"]);
+            let mut why = Vec::new();
             for s in list {
-                t.row(vec![s.spec.name, s.spec.image, format!("{}/{}", s.running, s.spec.replicas), s.state]);
+                for reason in s.unplaced.iter().chain(&s.errors) {
+                    why.push(format!("{}: {reason}", s.spec.name));
+                }
+                t.row(vec![
+                    s.spec.name,
+                    s.spec.mode.to_string(),
+                    s.spec.image,
+                    format!("{}/{}", s.running, s.desired),
+                    s.state,
+                ]);
             }
             t.print();
+            for w in why {
+                println!("{w}");
+            }
         }
         Cmd::Ps { name, json } => {
             let list: Vec<ReplicaInfo> = client.get(&format!("/v1/services/{}/replicas", encode(&name))).await?;
@@ -167,32 +189,40 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
                 print_json(&list)?;
                 return Ok(ExitCode::SUCCESS);
             }
-            let info: ServiceInfo = client.get(&format!("/v1/services/{}", encode(&name))).await?;
             let now =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let mut t = Table::new(&["REPLICA", "PEER", "STATE", "STARTED", "RESTARTS", "ADDRESS", "CONTAINER"]);
+            let mut t =
+                Table::new(&["REPLICA", "PEER", "STATE", "STARTED", "RESTARTS", "ADDRESS", "CONTAINER", "ERROR"]);
             for r in list {
+                let peer = if r.peer.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{} ({})", r.peer_name, short_id(&r.peer))
+                };
                 t.row(vec![
-                    format!("{}.{}", r.service, r.index),
-                    format!("{} ({})", r.peer_name, short_id(&r.peer)),
-                    r.state,
+                    r.name(),
+                    peer,
+                    r.state.clone(),
                     r.started_unix
                         .map(|s| ago(Duration::from_secs(now.saturating_sub(s))) + " ago")
                         .unwrap_or_default(),
                     r.restarts.to_string(),
-                    r.ip.unwrap_or_default(),
+                    r.ip.clone().unwrap_or_default(),
                     r.container.chars().take(12).collect(),
+                    r.error.clone().unwrap_or_default(),
                 ]);
             }
             t.print();
-            for u in info.unplaced {
-                println!("not placed: {u}");
-            }
         }
         Cmd::Scale { name, replicas } => {
             let path = format!("/v1/services/{}/scale?replicas={replicas}", encode(&name));
             let info: ServiceInfo = client.send_json(hyper::Method::PUT, &path, &()).await?;
             println!("{} scaled to {}", info.spec.name, info.spec.replicas);
+        }
+        Cmd::Rebalance { name } => {
+            let path = format!("/v1/services/{}/rebalance", encode(&name));
+            let info: ServiceInfo = client.send_json(hyper::Method::POST, &path, &()).await?;
+            println!("{}: rebalancing ({}/{} running)", info.spec.name, info.running, info.desired);
         }
         Cmd::Update { name, image, max_unavailable } => {
             let mut info: ServiceInfo = client.get(&format!("/v1/services/{}", encode(&name))).await?;

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use shoal_node::NodeError;
+use shoal_node::{ErrorKind, NodeError};
 use shoal_types::ErrorBody;
 
 /// An error answer.
@@ -58,14 +58,15 @@ impl IntoResponse for ApiError {
 
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
-        match e {
-            NodeError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            NodeError::Invalid(m) => ApiError::BadRequest(m),
-            NodeError::Conflict(m) => ApiError::Conflict(m),
-            NodeError::Overlay(e) => ApiError::Unavailable(format!("the agent's overlay is not running: {e}")),
-            NodeError::Content(e) => content_error(e),
-            NodeError::Runtime(e) => runtime_error(e),
-            other => ApiError::Internal(other.to_string()),
+        let msg = e.to_string();
+        match e.kind() {
+            ErrorKind::BadRequest => ApiError::BadRequest(msg),
+            ErrorKind::NotFound => ApiError::NotFound(msg),
+            ErrorKind::Conflict => ApiError::Conflict(msg),
+            ErrorKind::Full => ApiError::Full(msg),
+            ErrorKind::Peers => ApiError::Peers(msg),
+            ErrorKind::Unavailable => ApiError::Unavailable(msg),
+            ErrorKind::Internal => ApiError::Internal(msg),
         }
     }
 }
@@ -85,40 +86,6 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         ApiError::BadRequest(r.body_text())
-    }
-}
-
-fn content_error(e: shoal_blobs::BlobsError) -> ApiError {
-    use shoal_blobs::{BlobsError as B, StoreError as S};
-    let msg = e.to_string();
-    match e {
-        B::NoMatch(_) | B::NoImageHolder(_) | B::Store(S::NotFound { .. } | S::NoImage { .. }) => {
-            ApiError::NotFound(msg)
-        }
-        B::Ambiguous { .. } | B::BadReference(_) | B::NoName | B::Import(_) => ApiError::BadRequest(msg),
-        B::Store(S::DigestMismatch { .. } | S::SizeMismatch { .. }) => ApiError::BadRequest(msg),
-        B::Store(S::InUse { .. }) => ApiError::Conflict(msg),
-        B::Store(S::Full { .. } | S::DiskFull { .. }) => ApiError::Full(msg),
-        B::Transfer { .. } | B::BadImage { .. } => ApiError::Peers(msg),
-        other => ApiError::Internal(other.to_string()),
-    }
-}
-
-fn runtime_error(e: shoal_runtime::RuntimeError) -> ApiError {
-    use shoal_runtime::RuntimeError as R;
-    let msg = e.to_string();
-    match e {
-        R::NotFound(_) => ApiError::NotFound(msg),
-        R::NameInUse(_) | R::Running(_) | R::NotRunning(_) | R::PortInUse { .. } => ApiError::Conflict(msg),
-        R::Ambiguous(_)
-        | R::Parse(_)
-        | R::MemoryTooSmall(_)
-        | R::VolumeMissing(_)
-        | R::ImageConfig { .. }
-        | R::Spec(_)
-        | R::Layer(_)
-        | R::Start(_) => ApiError::BadRequest(msg),
-        other => ApiError::Internal(other.to_string()),
     }
 }
 

@@ -21,7 +21,7 @@ use utoipa::OpenApi;
         crate::v1::containers::wait, crate::v1::containers::logs, crate::v1::containers::stats,
         crate::v1::containers::exec,
         crate::v1::services::list, crate::v1::services::create, crate::v1::services::get, crate::v1::services::update,
-        crate::v1::services::scale, crate::v1::services::replicas, crate::v1::services::remove,
+        crate::v1::services::scale, crate::v1::services::rebalance, crate::v1::services::replicas, crate::v1::services::remove,
         crate::v1::services::logs,
     ),
     components(schemas(
@@ -31,7 +31,7 @@ use utoipa::OpenApi;
         shoal_types::ContainerSpec, shoal_types::ContainerInfo, shoal_types::ContainerState, shoal_types::ContainerStats,
         shoal_types::PortMapping, shoal_types::VolumeMount, shoal_types::RestartPolicy, shoal_types::LogEntry,
         shoal_types::AttachEvent, shoal_types::ExecEvent,
-        shoal_types::ServiceSpec, shoal_types::ServiceInfo, shoal_types::ReplicaInfo, shoal_types::Autoscale,
+        shoal_types::ServiceSpec, shoal_types::ServiceInfo, shoal_types::ReplicaInfo, shoal_types::Autoscale, shoal_types::ServiceMode, shoal_types::Slot,
         shoal_types::ServiceLogLine,
     )),
     tags(

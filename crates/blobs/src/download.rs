@@ -14,6 +14,7 @@
 //!   three times is dropped and not asked again for 30 s. A peer that sends a corrupt piece is
 //!   dropped at once and not asked again for 10 minutes.
 
+use crate::TransferFailure;
 use crate::bitfield::Bitfield;
 use crate::cid::ContentId;
 use crate::ctx::{Ctx, SharedPartial};
@@ -142,7 +143,7 @@ impl Download {
         let _ = self.ctx.overlay.provide(&self.cid.0).await;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let outcome: Result<(), String> = loop {
+        let outcome: Result<(), DownloadError> = loop {
             if self.have().is_full() {
                 break self.finish().await;
             }
@@ -177,7 +178,7 @@ impl Download {
         self.ctx.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.cid);
     }
 
-    fn publish(&self, state: TransferState, error: Option<String>) {
+    fn publish(&self, state: TransferState, error: Option<DownloadError>) {
         let have = self.shared.have.read().unwrap_or_else(|p| p.into_inner()).clone();
         let p = progress_of(&self.cid, &self.manifest, &have, self.fetched, self.peers.len(), self.rate, state, error);
         self.progress.send_replace(p);
@@ -185,7 +186,7 @@ impl Download {
 
     // ---- events ---------------------------------------------------------------------------
 
-    async fn on_event(&mut self, ev: SessionEvent) -> Result<(), String> {
+    async fn on_event(&mut self, ev: SessionEvent) -> Result<(), DownloadError> {
         match ev {
             SessionEvent::Opened { sid, peer, tx } => {
                 self.connecting.remove(&peer);
@@ -268,7 +269,7 @@ impl Download {
         Ok(())
     }
 
-    async fn on_piece(&mut self, sid: u64, index: u32, data: bytes::Bytes) -> Result<(), String> {
+    async fn on_piece(&mut self, sid: u64, index: u32, data: bytes::Bytes) -> Result<(), DownloadError> {
         if let Some(s) = self.peers.get_mut(&sid) {
             if s.asked.remove(&index).is_some() {
                 self.inflight[index as usize] = self.inflight[index as usize].saturating_sub(1);
@@ -286,9 +287,12 @@ impl Download {
         tokio::task::spawn_blocking(move || file.write_all_at(&data, off)).await.map_err(|e| e.to_string())?.map_err(
             |e| {
                 if e.raw_os_error() == Some(28) {
-                    "the disk is full; free space and run the command again to resume".to_string()
+                    DownloadError {
+                        failure: TransferFailure::DiskFull,
+                        message: "the disk is full; free space and run the command again to resume".to_string(),
+                    }
                 } else {
-                    format!("cannot write the download: {e}")
+                    DownloadError::from(format!("cannot write the download: {e}"))
                 }
             },
         )?;
@@ -325,7 +329,7 @@ impl Download {
 
     // ---- periodic work --------------------------------------------------------------------
 
-    fn on_tick(&mut self) -> Result<(), String> {
+    fn on_tick(&mut self) -> Result<(), DownloadError> {
         let now = Instant::now();
         self.banned.retain(|_, until| *until > now);
         // A peer that said "not here" may be starting the same download this very moment (all
@@ -389,11 +393,14 @@ impl Download {
             && self.have().count() == 0
             && now.duration_since(self.started) > NO_HOLDER_TIMEOUT
         {
-            return Err(format!(
-                "no peer holds {} (asked every live peer for {} s)",
-                self.cid,
-                NO_HOLDER_TIMEOUT.as_secs()
-            ));
+            return Err(DownloadError {
+                failure: TransferFailure::NoHolder,
+                message: format!(
+                    "no peer holds {} (asked every live peer for {} s)",
+                    self.cid,
+                    NO_HOLDER_TIMEOUT.as_secs()
+                ),
+            });
         }
         if self.dirty && now.duration_since(self.last_checkpoint) > Duration::from_secs(1) {
             self.spawn_checkpoint();
@@ -526,12 +533,42 @@ impl Download {
         }
     }
 
-    async fn finish(&mut self) -> Result<(), String> {
+    async fn finish(&mut self) -> Result<(), DownloadError> {
         self.checkpoint(false).await;
         let Some(partial) = self.partial.take() else { return Err("download already finished".into()) };
         let store = self.ctx.store.clone();
         let r = tokio::task::spawn_blocking(move || store.finish_partial(partial)).await.map_err(|e| e.to_string())?;
-        r.map(drop).map_err(|e| e.to_string())
+        r.map(drop).map_err(|e| match e {
+            crate::StoreError::DiskFull { .. } => {
+                DownloadError { failure: TransferFailure::DiskFull, message: e.to_string() }
+            }
+            other => other.to_string().into(),
+        })
+    }
+}
+
+/// Why a download stopped: the kind a caller acts on, and the words for the user.
+#[derive(Debug)]
+struct DownloadError {
+    failure: TransferFailure,
+    message: String,
+}
+
+impl From<String> for DownloadError {
+    fn from(message: String) -> Self {
+        DownloadError { failure: TransferFailure::Other, message }
+    }
+}
+
+impl From<&str> for DownloadError {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+impl std::fmt::Display for DownloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -544,7 +581,7 @@ fn progress_of(
     peers: usize,
     rate: f64,
     state: TransferState,
-    error: Option<String>,
+    error: Option<DownloadError>,
 ) -> Progress {
     let have_bytes: u64 = have.ones().map(|i| m.range(i).1 as u64).sum();
     Progress {
@@ -557,7 +594,8 @@ fn progress_of(
         peers,
         rate_bps: rate * 8.0,
         state,
-        error,
+        failure: error.as_ref().map(|e| e.failure),
+        error: error.map(|e| e.message),
         have: have.clone(),
     }
 }

@@ -34,6 +34,7 @@ pub mod store;
 
 pub use cid::ContentId;
 pub use service::{Blobs, BlobsConfig, BlobsError, ImageSummary};
+
 pub use store::{BlobRecord, ImageRecord, StoreError};
 
 use serde::Serialize;
@@ -45,6 +46,20 @@ pub enum TransferState {
     Running,
     Complete,
     Failed,
+}
+
+/// Why a transfer failed, as far as a caller must tell causes apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransferFailure {
+    /// This peer's disk is full (free space, then fetch again: it resumes).
+    DiskFull,
+    /// No live peer holds the content.
+    NoHolder,
+    /// The download stopped before it finished.
+    Interrupted,
+    /// Anything else (the message says what).
+    Other,
 }
 
 /// A download's progress.
@@ -61,5 +76,7 @@ pub struct Progress {
     pub rate_bps: f64,
     pub state: TransferState,
     pub error: Option<String>,
+    /// What kind of failure `error` is, when the transfer failed.
+    pub failure: Option<TransferFailure>,
     pub have: bitfield::Bitfield,
 }

@@ -60,7 +60,7 @@ pub enum BlobsError {
     #[error(transparent)]
     Export(#[from] shoal_image::ExportError),
     #[error("cannot fetch {cid}: {reason}")]
-    Transfer { cid: ContentId, reason: String },
+    Transfer { cid: ContentId, reason: String, failure: crate::TransferFailure },
     #[error("no peer holds image {0}; `shoal image ls` shows what the cluster has")]
     NoImageHolder(String),
     #[error("image {reference} from a peer is inconsistent: {reason}")]
@@ -316,6 +316,7 @@ impl Blobs {
                 rate_bps: 0.0,
                 state: TransferState::Complete,
                 error: None,
+                failure: None,
                 have: crate::bitfield::Bitfield::full(pieces),
             });
             return Ok(rx);
@@ -323,7 +324,11 @@ impl Blobs {
         // The manifest: ours (resuming), or from any holder, checked against the id.
         let (manifest, bytes) = match self.blocking(move |s| s.manifest_bytes(&cid)).await? {
             Some(b) => (
-                PieceManifest::decode_for(&cid, &b).map_err(|e| BlobsError::Transfer { cid, reason: e.to_string() })?,
+                PieceManifest::decode_for(&cid, &b).map_err(|e| BlobsError::Transfer {
+                    cid,
+                    reason: e.to_string(),
+                    failure: crate::TransferFailure::Other,
+                })?,
                 b,
             ),
             None => self.fetch_manifest(cid).await?,
@@ -385,6 +390,7 @@ impl Blobs {
             if give_up {
                 return Err(BlobsError::Transfer {
                     cid,
+                    failure: crate::TransferFailure::NoHolder,
                     reason: format!(
                         "no live peer holds it (asked {} peers); is it shared on a peer that is up?",
                         candidates.len()
@@ -403,14 +409,26 @@ impl Blobs {
             match p.state {
                 TransferState::Complete => return Ok(()),
                 TransferState::Failed => {
-                    return Err(BlobsError::Transfer { cid, reason: p.error.unwrap_or_else(|| "failed".into()) });
+                    return Err(BlobsError::Transfer {
+                        cid,
+                        reason: p.error.unwrap_or_else(|| "failed".into()),
+                        failure: p.failure.unwrap_or(crate::TransferFailure::Other),
+                    });
                 }
                 TransferState::Running => {}
             }
             if rx.changed().await.is_err() {
                 // The download task ended; its last word is in the store.
                 let done = self.blocking(move |s| s.get(&cid)).await?.is_some_and(|r| r.complete);
-                return if done { Ok(()) } else { Err(BlobsError::Transfer { cid, reason: "interrupted".into() }) };
+                return if done {
+                    Ok(())
+                } else {
+                    Err(BlobsError::Transfer {
+                        cid,
+                        reason: "interrupted".into(),
+                        failure: crate::TransferFailure::Interrupted,
+                    })
+                };
             }
         }
     }

@@ -20,18 +20,18 @@ pub(crate) fn has_containers(node_dir: &std::path::Path) -> bool {
     std::fs::read_dir(runtime_root(node_dir).join("containers")).is_ok_and(|mut d| d.next().is_some())
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, NodeError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| NodeError::Invalid(format!("runtime task failed: {e}")))
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, NodeError> {
+    Ok(tokio::task::spawn_blocking(f).await?)
 }
 
 impl Node {
     /// The runtime, opened on first use.
-    pub async fn runtime(&self) -> Result<Runtime, NodeError> {
+    pub(crate) async fn runtime(&self) -> Result<Runtime, NodeError> {
         let cfg = self.config().clone();
+        let node = self.clone();
         self.runtime_cell()
             .get_or_try_init(|| async move {
-                let exe = std::env::current_exe()
-                    .map_err(|e| NodeError::Invalid(format!("cannot find the shoal executable: {e}")))?;
+                let exe = std::env::current_exe().map_err(NodeError::Exe)?;
                 let subnet = shoal_runtime::net::Subnet::parse(&cfg.container_subnet)
                     .map_err(shoal_runtime::RuntimeError::from)?;
                 let rc = RuntimeConfig {
@@ -41,11 +41,28 @@ impl Node {
                     bridge: cfg.bridge.clone(),
                     log_max_bytes: 10 << 20,
                     log_files: 3,
+                    managed_label: Some(shoal_services::LABEL_SERVICE.to_string()),
                 };
-                Ok(blocking(move || Runtime::open(rc)).await??)
+                let rt = blocking(move || Runtime::open(rc)).await??;
+                node.forward_exits(rt.exits());
+                Ok(rt)
             })
             .await
             .cloned()
+    }
+
+    /// Passes the runtime's exit wake-ups on to [`Node::exits`] until the node stops.
+    fn forward_exits(&self, mut from: tokio::sync::watch::Receiver<u64>) {
+        let (to, cancel) = (self.exits_sender().clone(), self.cancel().clone());
+        self.tasks().spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = from.changed() => if changed.is_err() { return },
+                    () = cancel.cancelled() => return,
+                }
+                to.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        });
     }
 
     /// Creates and starts a container; the image is pulled from peers if this peer lacks it.
@@ -55,7 +72,7 @@ impl Node {
 
     /// Like [`Node::run_container`]; with `attach`, also a guard that keeps an auto-remove
     /// container until its output has been read to the end.
-    pub async fn run_container_attached(
+    pub(crate) async fn run_container_attached(
         &self,
         spec: ContainerSpec,
         attach: bool,
@@ -65,55 +82,36 @@ impl Node {
         Ok(blocking(move || rt.create(spec, image, attach)).await??)
     }
 
-    /// Starts `args` inside a running container with piped stdio (`exec`).
-    pub async fn exec_container(&self, key: &str, args: Vec<String>) -> Result<tokio::process::Child, NodeError> {
+    /// Starts `args` inside a running container (`exec`, health checks).
+    pub async fn exec_session(&self, key: &str, args: Vec<String>) -> Result<crate::ExecSession, NodeError> {
         let (rt, key) = (self.runtime().await?, key.to_string());
         let cmd = blocking(move || rt.exec_command(&key, &args)).await??;
-        let mut cmd = tokio::process::Command::from(cmd);
-        cmd.stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        cmd.spawn().map_err(|e| NodeError::Invalid(format!("cannot start exec: {e}")))
-    }
-
-    /// Ends an `exec` that is no longer wanted: kills its helper, the command and everything
-    /// the command started inside the container, then reaps the helper.
-    pub async fn end_exec(child: &mut tokio::process::Child) {
-        if let Some(pid) = child.id() {
-            // Not reaped before the `kill` below, so the pid is still the helper's.
-            let _ = tokio::task::spawn_blocking(move || shoal_runtime::exec::kill_tree(pid)).await;
-        }
-        let _ = child.kill().await;
+        crate::ExecSession::spawn(cmd)
     }
 
     /// A container's log directory and full id.
-    pub async fn container_logs(&self, key: &str) -> Result<(String, std::path::PathBuf), NodeError> {
+    pub(crate) async fn container_logs(&self, key: &str) -> Result<(String, std::path::PathBuf), NodeError> {
         let (rt, key) = (self.runtime().await?, key.to_string());
         Ok(blocking(move || rt.log_dir(&key)).await??)
     }
 
     /// Waits (bounded) until the container's supervisor has finished its teardown.
-    pub async fn wait_shim_gone(&self, id: &str, limit: Duration) -> Result<(), NodeError> {
+    pub(crate) async fn wait_shim_gone(&self, id: &str, limit: Duration) -> Result<(), NodeError> {
         let rt = self.runtime().await?;
-        let mut exits = rt.exits();
+        let mut exits = self.exits();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let (rt2, id2) = (rt.clone(), id.to_string());
             if blocking(move || rt2.shim_gone(&id2)).await? || tokio::time::Instant::now() > deadline {
                 return Ok(());
             }
+            // The shim's exit wakes us; the short timeout covers the teardown after its report.
             let _ = tokio::time::timeout(Duration::from_millis(20), exits.changed()).await;
         }
     }
 
-    /// Changes whenever a container's supervisor exits.
-    pub async fn container_exits(&self) -> Result<tokio::sync::watch::Receiver<u64>, NodeError> {
-        Ok(self.runtime().await?.exits())
-    }
-
     /// Whether the container's run is over (for good).
-    pub async fn container_finished(&self, id: &str) -> Result<bool, NodeError> {
+    pub(crate) async fn container_finished(&self, id: &str) -> Result<bool, NodeError> {
         let (rt, id) = (self.runtime().await?, id.to_string());
         blocking(move || rt.is_finished(&id)).await
     }
@@ -121,9 +119,7 @@ impl Node {
     /// Finds an image here (or pulls it) and lays out what the runtime needs.
     async fn resolve_image(&self, reference: &str) -> Result<ResolvedImage, NodeError> {
         let rec = self.blobs().pull(reference).await.map_err(|e| match e {
-            shoal_blobs::BlobsError::NoImageHolder(_) => NodeError::NotFound {
-                what: format!("image {reference} (on this peer or any other; import it with `shoal image import`)"),
-            },
+            shoal_blobs::BlobsError::NoImageHolder(_) => NodeError::NoImage(reference.to_string()),
             other => NodeError::Content(other),
         })?;
         let store = self.blobs().store();
@@ -134,7 +130,7 @@ impl Node {
                 .map_err(shoal_blobs::BlobsError::from)?
                 .take(8 << 20)
                 .read_to_end(&mut config)
-                .map_err(|e| NodeError::Invalid(format!("cannot read the config of image {}: {e}", rec.reference)))?;
+                .map_err(|source| NodeError::ImageConfig { image: rec.reference.clone(), source })?;
             let layers = rec.layers.iter().map(|l| (l.digest.hex().to_string(), store.blob_path(&l.cid))).collect();
             Ok(ResolvedImage {
                 reference: rec.reference.clone(),
@@ -180,15 +176,17 @@ impl Node {
     }
 
     /// Waits until the container's run is over (for good, not between restarts); its info.
-    pub async fn wait_container(&self, id: &str) -> Result<ContainerInfo, NodeError> {
-        let (rt, id) = (self.runtime().await?, id.to_string());
+    /// Woken by the runtime's exit events, not by polling.
+    pub async fn wait_container(&self, key: &str) -> Result<ContainerInfo, NodeError> {
+        let id = self.container(key).await?.id;
+        let mut exits = self.exits();
         loop {
-            let (rt2, id2) = (rt.clone(), id.clone());
-            if blocking(move || rt2.is_finished(&id2)).await? {
-                let (rt2, id2) = (rt.clone(), id.clone());
-                return Ok(blocking(move || rt2.inspect(&id2)).await??);
+            exits.borrow_and_update();
+            if self.container_finished(&id).await? {
+                return self.container(&id).await;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // A lost wake-up costs at most this long.
+            let _ = tokio::time::timeout(Duration::from_secs(1), exits.changed()).await;
         }
     }
 

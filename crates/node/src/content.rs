@@ -4,7 +4,6 @@ use crate::{Node, NodeError};
 use shoal_blobs::{BlobRecord, ContentId, Progress, TransferState};
 use shoal_types::{ContentInfo, ImageInfo, SharedContent, TransferInfo};
 use std::collections::HashMap;
-use std::path::Path;
 
 fn transfer_info(p: &Progress) -> TransferInfo {
     TransferInfo {
@@ -85,7 +84,7 @@ impl Node {
 
     /// Starts (or joins) fetching a blob; returns its progress.
     pub async fn fetch(&self, text: &str) -> Result<TransferInfo, NodeError> {
-        let cid = text.parse::<ContentId>().map_err(|e| NodeError::Invalid(e.to_string()))?;
+        let cid = text.parse::<ContentId>()?;
         let rx = self.blobs().fetch(cid, None).await?;
         let p = rx.borrow().clone();
         Ok(transfer_info(&p))
@@ -129,8 +128,31 @@ impl Node {
         }
     }
 
-    pub async fn import_image(&self, path: &Path, name: Option<String>) -> Result<ImageInfo, NodeError> {
-        let rec = self.blobs().import_image(path, name).await?;
+    /// A fresh path in the content store's scratch directory (same file system as the store).
+    fn scratch(&self, what: &str) -> std::path::PathBuf {
+        self.blobs().store().dir().join("tmp").join(format!("{what}-{:016x}", rand::random::<u64>()))
+    }
+
+    /// Imports an image archive read from `body` (spooled to the store's disk first).
+    pub async fn import_image(
+        &self,
+        mut body: impl tokio::io::AsyncRead + Unpin,
+        name: Option<String>,
+    ) -> Result<ImageInfo, NodeError> {
+        use tokio::io::AsyncWriteExt;
+        let path = self.scratch("import");
+        let spooled = async {
+            let mut f = tokio::fs::File::create(&path).await?;
+            tokio::io::copy(&mut body, &mut f).await?;
+            f.flush().await
+        }
+        .await;
+        let result = match spooled {
+            Ok(()) => self.blobs().import_image(&path, name).await.map_err(NodeError::from),
+            Err(e) => Err(NodeError::Upload(e)),
+        };
+        let _ = tokio::fs::remove_file(&path).await;
+        let rec = result?;
         Ok(self.image_info(&shoal_blobs::ImageSummary { record: rec, holders: vec!["(self)".into()] }))
     }
 
@@ -145,8 +167,16 @@ impl Node {
         Ok(self.image_info(&shoal_blobs::ImageSummary { record: rec, holders: vec!["(self)".into()] }))
     }
 
-    pub async fn export_image(&self, reference: &str, out: &Path) -> Result<(), NodeError> {
-        Ok(self.blobs().export_image(reference, out).await?)
+    /// The image as an OCI archive: an open file (already unlinked: its space is freed when it
+    /// closes) and its size.
+    pub async fn export_image(&self, reference: &str) -> Result<(tokio::fs::File, u64), NodeError> {
+        let path = self.scratch("export");
+        self.blobs().export_image(reference, &path).await?;
+        let opened = tokio::fs::File::open(&path).await;
+        let _ = tokio::fs::remove_file(&path).await;
+        let file = opened.map_err(|source| shoal_blobs::BlobsError::Io { path, source })?;
+        let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        Ok((file, size))
     }
 
     pub async fn remove_image(&self, reference: &str) -> Result<usize, NodeError> {

@@ -1,32 +1,159 @@
-//! Errors of the agent core, shaped so the API can map each to a status code.
+//! Errors of the agent core, each with the [`ErrorKind`] the API answers it with: what the
+//! user must fix (400), what does not exist (404), what conflicts with the current state
+//! (409), a full disk (507), peers that could not provide something (502), an agent that
+//! cannot serve now (503), and faults of the agent itself (500, the cause only in its log).
 
 use shoal_overlay::{KeyError, OverlayError};
+use shoal_services::ServiceError;
+
+/// How a front end should answer an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is wrong; the message says how to fix it.
+    BadRequest,
+    /// What the request names does not exist.
+    NotFound,
+    /// The request conflicts with the current state.
+    Conflict,
+    /// Out of space.
+    Full,
+    /// Peers could not provide what was needed.
+    Peers,
+    /// The agent cannot serve this now (shutting down, a subsystem stopped).
+    Unavailable,
+    /// A fault of the agent; the message is for its log only.
+    Internal,
+}
 
 /// What went wrong inside the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// The request names something that does not exist
-    #[error("{what} not found")]
-    NotFound { what: String },
-    /// The request conflicts with the current state
-    #[error("{0}")]
-    Conflict(String),
-    /// The request is malformed
-    #[error("{0}")]
-    Invalid(String),
-    /// Key material could not be loaded
+    /// No peer has this id or name.
+    #[error("no peer `{0}`; see `shoal peers`")]
+    NoPeer(String),
+    /// Text that should be a content id is not one.
+    #[error(transparent)]
+    BadContentId(#[from] shoal_blobs::cid::CidError),
+    /// No peer holds the image a container needs.
+    #[error("image {0} is not on this peer or any other; import it with `shoal image import`")]
+    NoImage(String),
+    /// The upload could not be received.
+    #[error("receiving the upload failed: {0}")]
+    Upload(#[source] std::io::Error),
+    /// An image's config could not be read from the store.
+    #[error("cannot read the config of image {image}: {source}")]
+    ImageConfig {
+        /// The image.
+        image: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `shoal` executable (for shims and exec) cannot be found.
+    #[error("cannot find the shoal executable: {0}")]
+    Exe(#[source] std::io::Error),
+    /// The exec helper could not be started.
+    #[error("cannot start the exec helper: {0}")]
+    ExecSpawn(#[source] std::io::Error),
+    /// A stream protocol is registered twice (a bug).
+    #[error("the protocol {0} is already registered")]
+    ProtocolTaken(&'static str),
+    /// A blocking task panicked or was cancelled.
+    #[error("a background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// Key material could not be loaded.
     #[error(transparent)]
     Key(#[from] KeyError),
-    /// The overlay failed or has stopped
+    /// The overlay failed or has stopped.
     #[error(transparent)]
     Overlay(#[from] OverlayError),
-    /// A content operation failed
+    /// A content operation failed.
     #[error(transparent)]
     Content(#[from] shoal_blobs::BlobsError),
-    /// A container operation failed
+    /// A container operation failed.
     #[error(transparent)]
     Runtime(#[from] shoal_runtime::RuntimeError),
-    /// The data dir could not be prepared
+    /// A services operation failed.
+    #[error(transparent)]
+    Services(#[from] ServiceError),
+    /// The data dir could not be prepared.
     #[error("cannot prepare data dir {path}: {source}")]
-    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn disk_full(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT)
+}
+
+impl NodeError {
+    /// How to answer it.
+    pub fn kind(&self) -> ErrorKind {
+        use ErrorKind as K;
+        match self {
+            NodeError::NoPeer(_) | NodeError::NoImage(_) => K::NotFound,
+            NodeError::BadContentId(_) => K::BadRequest,
+            NodeError::Upload(e) if disk_full(e) => K::Full,
+            NodeError::Upload(_) => K::BadRequest,
+            NodeError::Overlay(_) => K::Unavailable,
+            NodeError::Content(e) => content_kind(e),
+            NodeError::Runtime(e) => runtime_kind(e),
+            NodeError::Services(e) => services_kind(e),
+            NodeError::ImageConfig { .. }
+            | NodeError::ProtocolTaken(_)
+            | NodeError::Exe(_)
+            | NodeError::ExecSpawn(_)
+            | NodeError::Task(_)
+            | NodeError::Key(_)
+            | NodeError::DataDir { .. } => K::Internal,
+        }
+    }
+}
+
+fn content_kind(e: &shoal_blobs::BlobsError) -> ErrorKind {
+    use ErrorKind as K;
+    use shoal_blobs::{BlobsError as B, StoreError as S};
+    match e {
+        B::NoMatch(_) | B::NoImageHolder(_) | B::Store(S::NotFound { .. } | S::NoImage { .. }) => K::NotFound,
+        B::Ambiguous { .. } | B::BadReference(_) | B::NoName | B::Import(_) => K::BadRequest,
+        B::Store(S::DigestMismatch { .. } | S::SizeMismatch { .. }) => K::BadRequest,
+        B::Store(S::InUse { .. }) => K::Conflict,
+        B::Store(S::Full { .. } | S::DiskFull { .. }) => K::Full,
+        B::Transfer { failure: shoal_blobs::TransferFailure::DiskFull, .. } => K::Full,
+        B::Transfer { .. } | B::BadImage { .. } => K::Peers,
+        B::Io { source, .. } if disk_full(source) => K::Full,
+        _ => K::Internal,
+    }
+}
+
+fn runtime_kind(e: &shoal_runtime::RuntimeError) -> ErrorKind {
+    use ErrorKind as K;
+    use shoal_runtime::RuntimeError as R;
+    match e {
+        R::NotFound(_) => K::NotFound,
+        R::NameInUse(_) | R::Running(_) | R::NotRunning(_) | R::PortInUse { .. } => K::Conflict,
+        R::Ambiguous(_) | R::Parse(_) | R::MemoryTooSmall(_) | R::VolumeMissing(_) | R::ImageConfig { .. } => {
+            K::BadRequest
+        }
+        R::Spec(_) | R::Start(_) => K::BadRequest,
+        R::Io { source, .. } if disk_full(source) => K::Full,
+        _ => K::Internal,
+    }
+}
+
+fn services_kind(e: &ServiceError) -> ErrorKind {
+    use ErrorKind as K;
+    match e {
+        ServiceError::Spec(_) | ServiceError::NameMismatch { .. } => K::BadRequest,
+        ServiceError::NotFound(_) => K::NotFound,
+        ServiceError::Exists(_) | ServiceError::Global(_) => K::Conflict,
+        ServiceError::Save { .. } if e.is_disk_full() => K::Full,
+        ServiceError::Save { .. } => K::Internal,
+        ServiceError::Stopped => K::Unavailable,
+    }
 }

@@ -5,10 +5,17 @@ use crate::error::NodeError;
 use shoal_overlay::{ClusterKey, LocalInfo, Overlay, OverlayConfig, load_or_create_identity};
 use shoal_types::{AgentStatus, PeerInfo, PeerState, Resources};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+
+/// How long a leaving agent waits for other peers to run its replicas.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the node's own tasks after cancelling them.
+const TASKS_GRACE: Duration = Duration::from_secs(5);
 
 /// A running agent. Cheap to clone.
 #[derive(Clone)]
@@ -22,9 +29,14 @@ struct Inner {
     blobs: shoal_blobs::Blobs,
     overlay_task: Mutex<Option<JoinHandle<()>>>,
     runtime: tokio::sync::OnceCell<shoal_runtime::Runtime>,
-    services: Arc<crate::services::Services>,
-    draining: std::sync::atomic::AtomicBool,
-    published_replicas: Mutex<Option<serde_json::Value>>,
+    /// The services actor (set once at start).
+    services: OnceLock<shoal_services::Services>,
+    services_task: Mutex<Option<JoinHandle<()>>>,
+    /// Bumped whenever a container's supervisor exits (forwarded from the runtime once open).
+    exits: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Cancels the node's own tasks (the state protocol, the exit forwarder).
+    cancel: CancellationToken,
+    tasks: TaskTracker,
     started: Instant,
     capacity: Resources,
 }
@@ -80,7 +92,6 @@ impl Node {
             overlay.clone(),
         )
         .await?;
-        let services = Arc::new(crate::services::Services::open(&cfg.data_dir, &overlay.peer_id().to_string()));
         let node = Node {
             inner: Arc::new(Inner {
                 cfg,
@@ -88,9 +99,11 @@ impl Node {
                 blobs,
                 overlay_task: Mutex::new(Some(task)),
                 runtime: tokio::sync::OnceCell::new(),
-                services,
-                draining: std::sync::atomic::AtomicBool::new(false),
-                published_replicas: Mutex::new(None),
+                services: OnceLock::new(),
+                services_task: Mutex::new(None),
+                exits: Arc::new(tokio::sync::watch::Sender::new(0)),
+                cancel: CancellationToken::new(),
+                tasks: TaskTracker::new(),
                 started: Instant::now(),
                 capacity,
             }),
@@ -101,28 +114,44 @@ impl Node {
         {
             warn!(err = %e, "cannot open the container runtime; containers from before are not supervised");
         }
-        node.start_services()?;
+        let running = shoal_services::Services::spawn(
+            shoal_services::Config {
+                dir: node.inner.cfg.data_dir.clone(),
+                name: node.inner.cfg.name.clone(),
+                tick: Duration::from_millis(500),
+            },
+            crate::services::NodeContainers { node: node.clone() },
+            crate::services::NodeCluster { overlay: node.inner.overlay.clone(), node: node.clone() },
+        );
+        let _ = node.inner.services.set(running.services);
+        *node.inner.services_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(running.task);
+        node.serve_state_protocol()?;
         Ok(node)
     }
 
-    pub(crate) fn services_cell(&self) -> &Arc<crate::services::Services> {
-        &self.inner.services
+    pub(crate) fn services(&self) -> &shoal_services::Services {
+        self.inner.services.get().expect("the services actor is started before the node is handed out")
     }
 
     pub(crate) fn overlay(&self) -> &Overlay {
         &self.inner.overlay
     }
 
-    pub(crate) fn is_draining(&self) -> bool {
-        self.inner.draining.load(std::sync::atomic::Ordering::SeqCst)
+    pub(crate) fn cancel(&self) -> &CancellationToken {
+        &self.inner.cancel
     }
 
-    pub(crate) fn set_draining(&self) {
-        self.inner.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
     }
 
-    pub(crate) fn published_replicas(&self) -> &Mutex<Option<serde_json::Value>> {
-        &self.inner.published_replicas
+    /// Changes whenever a container's supervisor exits.
+    pub fn exits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.exits.subscribe()
+    }
+
+    pub(crate) fn exits_sender(&self) -> &Arc<tokio::sync::watch::Sender<u64>> {
+        &self.inner.exits
     }
 
     pub(crate) fn runtime_cell(&self) -> &tokio::sync::OnceCell<shoal_runtime::Runtime> {
@@ -159,7 +188,7 @@ impl Node {
         let mut named: Vec<&PeerInfo> = peers.iter().filter(|p| p.name == key).collect();
         named.sort_by_key(|p| !p.state.is_active());
         let found = named.first().copied();
-        found.cloned().ok_or_else(|| NodeError::NotFound { what: format!("peer `{key}`") })
+        found.cloned().ok_or_else(|| NodeError::NoPeer(key.to_string()))
     }
 
     /// This agent's status.
@@ -186,10 +215,21 @@ impl Node {
         &self.inner.blobs
     }
 
-    /// Leaves the cluster gracefully and stops the subsystems.
+    /// Leaves the cluster gracefully and stops the subsystems, in order: service replicas are
+    /// handed off (bounded), the services actor and its tasks stop, the node's own tasks stop,
+    /// then content, then the overlay leaves.
     pub async fn shutdown(&self) {
-        // Hand service replicas off before leaving (bounded).
-        self.drain_services(std::time::Duration::from_secs(10)).await;
+        self.services().drain(DRAIN_LIMIT).await;
+        self.services().shutdown().await;
+        let task = self.inner.services_task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(TASKS_GRACE, self.inner.tasks.wait()).await.is_err() {
+            warn!("some of the node's tasks did not stop in time");
+        }
         self.inner.blobs.shutdown();
         if let Err(e) = self.inner.overlay.leave().await {
             warn!(err = %e, "overlay already stopped");

@@ -54,7 +54,7 @@ impl Node {
         lines
             .into_iter()
             .map(|(stream, t, text)| ServiceLogLine {
-                replica: format!("{}.{}", r.service, r.index),
+                replica: r.name(),
                 peer_name: r.peer_name.clone(),
                 container: r.container.clone(),
                 entry: LogEntry { stream, text, time_unix_nanos: t },
@@ -84,8 +84,8 @@ impl Node {
         tail: u32,
         since: &mut std::collections::BTreeMap<String, u64>,
     ) -> Result<Vec<ServiceLogLine>, NodeError> {
-        self.service_spec(service)?;
-        let replicas: Vec<ReplicaInfo> = self.replicas().await?.into_iter().filter(|r| r.service == service).collect();
+        let replicas: Vec<ReplicaInfo> =
+            self.replicas(Some(service)).await?.into_iter().filter(|r| !r.container.is_empty()).collect();
         let fetches = replicas.iter().map(|r| {
             let from = since.get(&r.container).copied().unwrap_or(0);
             async move { self.replica_lines(r, from, tail).await }

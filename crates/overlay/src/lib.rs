@@ -78,6 +78,9 @@ pub struct OverlayStatus {
     pub listen_addrs: Vec<String>,
     pub cluster_size: usize,
     pub known_peers: usize,
+    /// Peers this agent was told to join or remembers from earlier runs (0 for a first, lone
+    /// start): whether there is a cluster out there to hear from before acting.
+    pub remembered_peers: usize,
     pub private_network: bool,
     pub uptime: Duration,
     pub dropped_messages: u64,
@@ -109,6 +112,7 @@ pub struct Overlay {
     tx: mpsc::Sender<Command>,
     peer_id: PeerId,
     streams: libp2p_stream::Control,
+    changes: tokio::sync::watch::Receiver<u64>,
 }
 
 fn is_quic(a: &Multiaddr) -> bool {
@@ -202,6 +206,8 @@ impl Overlay {
         let me = swim::SwimId { peer: peer_id, generation, addrs: advertised(&addrs) };
         let streams = swarm.behaviour().streams.new_control();
         let (tx, rx) = mpsc::channel(64);
+        let changes = std::sync::Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let changes_rx = changes.subscribe();
         let el = EventLoop::new(LoopParts {
             swarm,
             keypair: cfg.keypair,
@@ -216,9 +222,10 @@ impl Overlay {
             private: cfg.cluster_key.is_some(),
             dead_retention: cfg.dead_retention,
             early_events,
+            changes,
         });
         let task = tokio::spawn(el.run());
-        Ok((Overlay { tx, peer_id, streams }, task))
+        Ok((Overlay { tx, peer_id, streams, changes: changes_rx }, task))
     }
 
     /// This peer's id.
@@ -272,9 +279,21 @@ impl Overlay {
         self.ask(|tx| Command::FindProviders(libp2p::kad::RecordKey::new(&key), tx)).await
     }
 
-    /// Publishes one key of this peer's per-peer state (`None` removes it).
+    /// Publishes one key of this peer's per-peer state (`None` removes it); gossiped.
     pub async fn set_ext(&self, key: &str, value: Option<serde_json::Value>) -> Result<(), OverlayError> {
-        self.tx.send(Command::SetExt(key.to_string(), value)).await.map_err(|_| OverlayError::Stopped)
+        self.tx.send(Command::SetExt(vec![(key.to_string(), value)], false)).await.map_err(|_| OverlayError::Stopped)
+    }
+
+    /// Publishes several keys of this peer's per-peer state in one new record and sends it
+    /// straight to live members (up to 16; gossip reaches the rest), for state others act on
+    /// at once (which replicas run here).
+    pub async fn publish_ext(&self, entries: Vec<(String, Option<serde_json::Value>)>) -> Result<(), OverlayError> {
+        self.tx.send(Command::SetExt(entries, true)).await.map_err(|_| OverlayError::Stopped)
+    }
+
+    /// Changes whenever membership or a peer's record changes.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.clone()
     }
 
     /// Leaves the cluster gracefully and stops the overlay.

@@ -5,7 +5,8 @@
 //! driver, the newline is kept so output without one is reproduced exactly; invalid UTF-8 is
 //! replaced). When `container.log` reaches the size limit it becomes `container.log.1`, older
 //! files shift up, and the oldest beyond the count is deleted. [`read_tail`] reads the files
-//! oldest first; [`LogFollower`] tails the current file across rotations.
+//! oldest first; [`LogFollower`] tails the current file across rotations, and [`LogWatch`]
+//! wakes a follower when the directory changes (inotify), so nobody polls the file.
 
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -193,6 +194,49 @@ impl LogFollower {
             if let Ok(l) = serde_json::from_slice::<LogLine>(&line) {
                 out.push(l);
             }
+        }
+    }
+}
+
+/// Wakes when a container's log directory changes: a line was written, a file was rotated.
+pub struct LogWatch {
+    events: Option<inotify::EventStream<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for LogWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogWatch").field("inotify", &self.events.is_some()).finish()
+    }
+}
+
+/// How often a follower looks when inotify is unavailable (the per-user instance limit hit).
+const FALLBACK_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl LogWatch {
+    /// Watches `dir`. Without inotify (its per-user limit reached) it wakes every 50 ms instead.
+    pub fn new(dir: &Path) -> LogWatch {
+        let events = (|| {
+            let ino = inotify::Inotify::init()?;
+            let mask = inotify::WatchMask::MODIFY | inotify::WatchMask::CREATE | inotify::WatchMask::MOVED_TO;
+            ino.watches().add(dir, mask)?;
+            ino.into_event_stream(vec![0u8; 4096])
+        })();
+        if let Err(e) = &events {
+            tracing::debug!(err = %e, dir = %dir.display(), "no inotify for a log follower; polling instead");
+        }
+        LogWatch { events: events.ok() }
+    }
+
+    /// Resolves when the directory may have changed.
+    pub async fn changed(&mut self) {
+        use futures::StreamExt;
+        match self.events.as_mut() {
+            Some(ev) => {
+                if ev.next().await.is_none() {
+                    self.events = None;
+                }
+            }
+            None => tokio::time::sleep(FALLBACK_POLL).await,
         }
     }
 }

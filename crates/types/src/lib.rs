@@ -23,7 +23,7 @@ pub use content::{ContentInfo, ImageInfo, PullRequest, SharedContent, TransferIn
 pub use labels::{LabelError, Labels, parse_label};
 pub use peer::{AgentStatus, PeerInfo, PeerState};
 pub use resources::{Resources, ResourcesError};
-pub use service::{Autoscale, ReplicaInfo, ServiceInfo, ServiceLogLine, ServiceSpec};
+pub use service::{Autoscale, ReplicaInfo, ServiceInfo, ServiceLogLine, ServiceMode, ServiceSpec, Slot};
 
 /// The version of this build, as `shoal status` and peer records report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

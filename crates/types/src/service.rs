@@ -51,6 +51,88 @@ pub struct ServiceSpec {
     /// check (or keep crashing) roll the service back to it.
     #[serde(default)]
     pub previous_image: Option<String>,
+    /// `replicated` (`replicas` copies wherever they fit) or `global` (one on every peer that
+    /// matches the constraints; `replicas` is ignored).
+    #[serde(default)]
+    pub mode: ServiceMode,
+    /// Set by `shoal service rebalance`: while set, replicas move (rolling, within
+    /// `max_unavailable`) toward an even spread; cleared once they are there. (Never skipped
+    /// when serialising: the service map's binary form is positional.)
+    #[serde(default)]
+    pub rebalance: Option<u64>,
+}
+
+/// How many replicas a service runs and where.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    /// `replicas` copies, placed by the scheduler.
+    #[default]
+    Replicated,
+    /// One copy on every peer that matches the constraints (Swarm's `--mode global`, Nomad's
+    /// system jobs, Kubernetes' DaemonSets).
+    Global,
+}
+
+impl std::fmt::Display for ServiceMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServiceMode::Replicated => "replicated",
+            ServiceMode::Global => "global",
+        })
+    }
+}
+
+impl std::str::FromStr for ServiceMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "replicated" => Ok(ServiceMode::Replicated),
+            "global" => Ok(ServiceMode::Global),
+            other => Err(format!("unknown mode {other:?}: use replicated or global")),
+        }
+    }
+}
+
+/// Which replica of a service: its index (replicated services) or the id of the peer it
+/// belongs to (global services). In JSON a number or a string.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum Slot {
+    /// Replica `i` of a replicated service, 0-based.
+    Index(u32),
+    /// The replica of a global service on this peer (its full id).
+    Peer(String),
+}
+
+impl Slot {
+    /// The index, for a replicated service's slot.
+    pub fn index(&self) -> Option<u32> {
+        match self {
+            Slot::Index(i) => Some(*i),
+            Slot::Peer(_) => None,
+        }
+    }
+
+    /// The text a container name and label use: the index, or the peer id's last 8 characters
+    /// (libp2p ids share their first characters).
+    pub fn short(&self) -> String {
+        match self {
+            Slot::Index(i) => i.to_string(),
+            Slot::Peer(p) => p.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Slot::Index(i) => write!(f, "{i}"),
+            Slot::Peer(p) => f.write_str(p),
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -75,15 +157,16 @@ pub struct Autoscale {
 pub struct ReplicaInfo {
     /// Service name.
     pub service: String,
-    /// Replica index, 0-based.
-    pub index: u32,
-    /// Peer id running it.
+    /// Which replica: an index, or for a global service the peer it belongs to.
+    pub slot: Slot,
+    /// Peer id running it (or assigned to run it); empty when no peer can.
     pub peer: String,
     /// Peer name.
     pub peer_name: String,
-    /// Container id.
+    /// Container id (empty before a container exists).
     pub container: String,
-    /// Container state (`running`, `exited`, ...).
+    /// `starting`, `running`, `unhealthy`, `exited`, `failed` (its last start failed),
+    /// `pending` (assigned, not reported yet) or `unplaced` (no peer can run it).
     pub state: String,
     /// Start time, seconds since the epoch.
     pub started_unix: Option<u64>,
@@ -96,6 +179,17 @@ pub struct ReplicaInfo {
     /// CPU it used lately, millicores (for autoscaling).
     #[serde(default)]
     pub cpu_milli: u64,
+    /// Why it is not running, when it is not: the last start's failure, or why no peer can
+    /// run it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ReplicaInfo {
+    /// `web.0`, `agent.Ab3dEfGh`: what `service ps` and container names call it.
+    pub fn name(&self) -> String {
+        format!("{}.{}", self.service, self.slot.short())
+    }
 }
 
 /// A service and how it is doing, for `service ls`.
@@ -108,11 +202,18 @@ pub struct ServiceInfo {
     pub version: String,
     /// Replicas seen running anywhere.
     pub running: u32,
-    /// `running`, `starting`, `degraded` or `unplaceable`.
+    /// Replicas wanted: the replica count, or for a global service the matching peers.
+    #[serde(default)]
+    pub desired: u32,
+    /// `running` (all desired run), `starting`, `degraded` (some run), `failing` (starts fail),
+    /// `unplaceable` (no peer can run some) or `empty` (nothing desired).
     pub state: String,
     /// Why replicas cannot be placed, when they cannot.
     #[serde(default)]
     pub unplaced: Vec<String>,
+    /// Why replicas fail to start, when they do (distinct messages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// One line of a service's output, with the replica it came from (`service logs`).

@@ -3,7 +3,8 @@
 //! An attached run (`POST /v1/containers?attach=true`) answers with newline-delimited JSON
 //! [`AttachEvent`]s: `started`, then each line of output as the shim logs it, then `exited`
 //! with the exit code. `logs?follow=true` streams [`LogEntry`] lines until the container's run
-//! is over. Both poll the log file, starting at 1 ms and backing off to 50 ms while quiet.
+//! is over. The node drives both from log-directory and exit events; each handler only turns
+//! the node's stream into a response.
 
 use crate::AppState;
 use crate::error::{ApiError, ApiJson, ApiQuery};
@@ -12,9 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use shoal_runtime::logs::{LogFollower, read_tail};
 use shoal_types::{AttachEvent, ContainerInfo, ContainerSpec, ContainerStats, ExecEvent, LogEntry};
-use std::time::Duration;
 
 /// `?all=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -89,78 +88,11 @@ pub(crate) async fn run(
     ApiQuery(q): ApiQuery<RunQuery>,
     ApiJson(spec): ApiJson<ContainerSpec>,
 ) -> Result<Response, ApiError> {
-    let (info, guard) = s.node.run_container_attached(spec, q.attach).await?;
     if !q.attach {
+        let info = s.node.run_container(spec).await?;
         return Ok((StatusCode::CREATED, ApiJson(info)).into_response());
     }
-    let (_, dir) = s.node.container_logs(&info.id).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<AttachEvent>(256);
-    let node = s.node.clone();
-    tokio::spawn(async move {
-        let _guard = guard; // dropped last: an auto-remove container goes once we are done
-        let id = info.id.clone();
-        if tx.send(AttachEvent::Started { container: Box::new(info) }).await.is_err() {
-            return;
-        }
-        if !follow(&node, &id, LogFollower::from_start(&dir), |l| AttachEvent::Output(l.into()), &tx).await {
-            return;
-        }
-        let end = match node.container(&id).await {
-            Ok(c) => {
-                // Like `docker run --rm`: answer once the container is gone, not just ended.
-                if c.spec.auto_remove {
-                    let _ = node.wait_shim_gone(&id, Duration::from_secs(10)).await;
-                    if let Err(e) = node.remove_container(&id, true).await {
-                        tracing::debug!(err = %e, "auto-remove after an attached run");
-                    }
-                }
-                AttachEvent::Exited { container: Box::new(c) }
-            }
-            Err(e) => AttachEvent::Error { message: e.to_string() },
-        };
-        let _ = tx.send(end).await;
-    });
-    Ok(ndjson(rx))
-}
-
-/// Sends what the container logs until its run is over; false when the client went away.
-async fn follow<T>(
-    node: &shoal_node::Node,
-    id: &str,
-    mut follower: LogFollower,
-    map: impl Fn(shoal_runtime::logs::LogLine) -> T,
-    tx: &tokio::sync::mpsc::Sender<T>,
-) -> bool {
-    let mut exits = node.container_exits().await.ok();
-    let mut idle = Duration::from_millis(1);
-    loop {
-        let finished = node.container_finished(id).await.unwrap_or(true);
-        let lines = follower.poll();
-        let quiet = lines.is_empty();
-        for l in lines {
-            if tx.send(map(l)).await.is_err() {
-                return false;
-            }
-        }
-        if finished {
-            return true;
-        }
-        idle = if quiet { (idle * 2).min(Duration::from_millis(50)) } else { Duration::from_millis(1) };
-        // Wake on a container exit, or after `idle`; stop when the client has gone.
-        let exit_changed = async {
-            match exits.as_mut() {
-                Some(rx) => {
-                    let _ = rx.changed().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(idle) => {}
-            _ = exit_changed => {}
-            _ = tx.closed() => return false,
-        }
-    }
+    Ok(ndjson(s.node.run_attached(spec).await?))
 }
 
 pub(crate) fn ndjson<T: serde::Serialize + Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> Response {
@@ -224,8 +156,7 @@ pub(crate) async fn wait(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<ApiJson<ContainerInfo>, ApiError> {
-    let info = s.node.container(&id).await?;
-    Ok(ApiJson(s.node.wait_container(&info.id).await?))
+    Ok(ApiJson(s.node.wait_container(&id).await?))
 }
 
 /// The container's output (newline-delimited LogEntry).
@@ -236,31 +167,7 @@ pub(crate) async fn logs(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let (id, dir) = s.node.container_logs(&id).await?;
-    // Follow from the end first, then read what is there: a line written in between may
-    // appear twice, but none is lost.
-    let follower = LogFollower::from_end(&dir);
-    let d2 = dir.clone();
-    let tail = q.tail;
-    let past = tokio::task::spawn_blocking(move || read_tail(&d2, tail))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .unwrap_or_default();
-    let (tx, rx) = tokio::sync::mpsc::channel::<LogEntry>(256);
-    let node = s.node.clone();
-    let keep_following = q.follow;
-    tokio::spawn(async move {
-        for l in past {
-            if tx.send(l.into()).await.is_err() {
-                return;
-            }
-        }
-        if !keep_following {
-            return;
-        }
-        follow(&node, &id, follower, LogEntry::from, &tx).await;
-    });
-    Ok(ndjson(rx))
+    Ok(ndjson(s.node.logs(&id, q.tail, q.follow).await?))
 }
 
 /// `?args=` for exec.
@@ -283,67 +190,14 @@ pub(crate) async fn exec(
     body: Body,
 ) -> Result<Response, ApiError> {
     use futures::TryStreamExt;
-    use tokio::io::AsyncReadExt;
     let args: Vec<String> = serde_json::from_str(&q.args)
         .map_err(|e| ApiError::BadRequest(format!("args must be a JSON array of strings: {e}")))?;
     if args.is_empty() {
         return Err(ApiError::BadRequest("give a command to run".into()));
     }
-    let mut child = s.node.exec_container(&id, args).await?;
-    let (Some(mut stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return Err(ApiError::Internal("exec child without pipes".into()));
-    };
-    tokio::spawn(async move {
-        let mut r = tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
-        let _ = tokio::io::copy(&mut r, &mut stdin).await;
-        // Dropping stdin closes it: the command sees end of input.
-    });
-    let (tx, rx) = tokio::sync::mpsc::channel::<ExecEvent>(256);
-    let pump = |mut r: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-                stream: &'static str,
-                tx: tokio::sync::mpsc::Sender<ExecEvent>| async move {
-        let mut buf = vec![0u8; 32 << 10];
-        loop {
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                    let e = LogEntry { stream: stream.into(), text, time_unix_nanos: 0 };
-                    if tx.send(ExecEvent::Output(e)).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    let out = tokio::spawn(pump(Box::new(stdout), "stdout", tx.clone()));
-    let err = tokio::spawn(pump(Box::new(stderr), "stderr", tx.clone()));
-    tokio::spawn(async move {
-        // The output first (so the exit comes after it), then the exit status; watching all
-        // along for the client going away, however quiet the command is.
-        let finished = tokio::select! {
-            s = async {
-                let _ = out.await;
-                let _ = err.await;
-                child.wait().await
-            } => Some(s),
-            _ = tx.closed() => None,
-        };
-        let Some(status) = finished else {
-            // The client went away: do not leave the command, or what it started, running.
-            shoal_node::Node::end_exec(&mut child).await;
-            return;
-        };
-        let code = match status {
-            Ok(st) => {
-                st.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0))
-            }
-            Err(_) => 255,
-        };
-        let _ = tx.send(ExecEvent::Exit { code }).await;
-    });
-    Ok(ndjson(rx))
+    let mut session = s.node.exec_session(&id, args).await?;
+    session.feed(tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other)));
+    Ok(ndjson(session.events()))
 }
 
 /// CPU, memory and pids of every running container, from its cgroups.

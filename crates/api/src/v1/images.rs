@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use serde::Deserialize;
 use shoal_types::{ImageInfo, PullRequest};
-use tokio::io::AsyncWriteExt;
 
 /// `?name=` or `?reference=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -27,10 +26,6 @@ pub(crate) struct RefQuery {
     reference: String,
 }
 
-fn tmp_path(s: &AppState, what: &str) -> std::path::PathBuf {
-    s.node.blobs().store().dir().join("tmp").join(format!("{what}-{:016x}", rand::random::<u64>()))
-}
-
 /// Imports an image archive sent as the body: `docker save` output, an OCI archive, or a
 /// plain root-filesystem tarball (with `?name=`).
 #[utoipa::path(post, path = "/v1/images/import", tag = "images", params(NameQuery),
@@ -41,23 +36,8 @@ pub(crate) async fn import(
     ApiQuery(q): ApiQuery<NameQuery>,
     body: Body,
 ) -> Result<(StatusCode, ApiJson<ImageInfo>), ApiError> {
-    let path = tmp_path(&s, "import");
-    let spooled = async {
-        let mut f = tokio::fs::File::create(&path).await?;
-        let mut r = tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
-        tokio::io::copy(&mut r, &mut f).await?;
-        f.flush().await
-    }
-    .await;
-    let result = match spooled {
-        Ok(()) => s.node.import_image(&path, q.name).await.map_err(ApiError::from),
-        Err(e) if e.raw_os_error() == Some(28) => {
-            Err(ApiError::Full("the disk is full: cannot receive the archive".into()))
-        }
-        Err(e) => Err(ApiError::BadRequest(format!("receiving the archive failed: {e}"))),
-    };
-    let _ = tokio::fs::remove_file(&path).await;
-    Ok((StatusCode::CREATED, ApiJson(result?)))
+    let body = tokio_util::io::StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    Ok((StatusCode::CREATED, ApiJson(s.node.import_image(body, q.name).await?)))
 }
 
 /// Images on this peer, with the peers that hold each.
@@ -80,12 +60,7 @@ pub(crate) async fn pull(
 #[utoipa::path(get, path = "/v1/images/export", tag = "images", params(RefQuery),
     responses((status = 200, content_type = "application/x-tar"), (status = 404, body = shoal_types::ErrorBody)))]
 pub(crate) async fn export(State(s): State<AppState>, ApiQuery(q): ApiQuery<RefQuery>) -> Result<Response, ApiError> {
-    let path = tmp_path(&s, "export");
-    s.node.export_image(&q.reference, &path).await?;
-    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    // Unlinked now; the open file streams on and its space is freed when it closes.
-    let _ = tokio::fs::remove_file(&path).await;
+    let (file, size) = s.node.export_image(&q.reference).await?;
     let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
     Ok((
         [(header::CONTENT_TYPE, "application/x-tar".to_string()), (header::CONTENT_LENGTH, size.to_string())],

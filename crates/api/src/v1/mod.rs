@@ -41,6 +41,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/services", get(services::list).post(services::create))
         .route("/v1/services/{name}", get(services::get).put(services::update).delete(services::remove))
         .route("/v1/services/{name}/scale", put(services::scale))
+        .route("/v1/services/{name}/rebalance", post(services::rebalance))
         .route("/v1/services/{name}/replicas", get(services::replicas))
         .route("/v1/services/{name}/logs", get(services::logs))
 }

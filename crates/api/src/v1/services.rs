@@ -29,7 +29,7 @@ pub(crate) async fn create(
     State(s): State<AppState>,
     ApiJson(spec): ApiJson<ServiceSpec>,
 ) -> Result<(StatusCode, ApiJson<ServiceInfo>), ApiError> {
-    Ok((StatusCode::CREATED, ApiJson(s.node.put_service(spec, false).await?)))
+    Ok((StatusCode::CREATED, ApiJson(s.node.create_service(spec).await?)))
 }
 
 /// One service.
@@ -47,15 +47,12 @@ pub(crate) async fn update(
     Path(name): Path<String>,
     ApiJson(spec): ApiJson<ServiceSpec>,
 ) -> Result<ApiJson<ServiceInfo>, ApiError> {
-    if spec.name != name {
-        return Err(ApiError::BadRequest(format!("the body names service {}, the path {name}", spec.name)));
-    }
-    Ok(ApiJson(s.node.put_service(spec, true).await?))
+    Ok(ApiJson(s.node.update_service(&name, spec).await?))
 }
 
 /// Changes the replica count.
 #[utoipa::path(put, path = "/v1/services/{name}/scale", tag = "services", params(("name" = String, Path, description = "service name"), ScaleQuery),
-    responses((status = 200, body = ServiceInfo), (status = 404, body = shoal_types::ErrorBody)))]
+    responses((status = 200, body = ServiceInfo), (status = 404, body = shoal_types::ErrorBody), (status = 409, body = shoal_types::ErrorBody)))]
 pub(crate) async fn scale(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -64,15 +61,26 @@ pub(crate) async fn scale(
     Ok(ApiJson(s.node.scale_service(&name, q.replicas).await?))
 }
 
-/// Each replica of a service: where it runs and how it is doing.
+/// Spreads a service's replicas evenly again: one `max_unavailable` batch at a time, each new
+/// copy running before the old one stops.
+#[utoipa::path(post, path = "/v1/services/{name}/rebalance", tag = "services", params(("name" = String, Path, description = "service name")),
+    responses((status = 200, body = ServiceInfo), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn rebalance(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<ApiJson<ServiceInfo>, ApiError> {
+    Ok(ApiJson(s.node.rebalance_service(&name).await?))
+}
+
+/// Each replica of a service: where it runs and how it is doing, and why one does not run
+/// (`error`); replicas not reported yet are `pending`, those no peer can run `unplaced`.
 #[utoipa::path(get, path = "/v1/services/{name}/replicas", tag = "services", params(("name" = String, Path, description = "service name")),
     responses((status = 200, body = [ReplicaInfo]), (status = 404, body = shoal_types::ErrorBody)))]
 pub(crate) async fn replicas(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<ApiJson<Vec<ReplicaInfo>>, ApiError> {
-    s.node.service_spec(&name)?;
-    Ok(ApiJson(s.node.replicas().await?.into_iter().filter(|r| r.service == name).collect()))
+    Ok(ApiJson(s.node.replicas(Some(&name)).await?))
 }
 
 /// Removes a service; every peer stops its replicas.

@@ -6,6 +6,7 @@ use crate::OverlayStatus;
 use crate::record::{self, PeerRecord};
 use crate::wire::{CtlRequest, Frame};
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::OutboundRequestId;
 use libp2p::{Multiaddr, PeerId, kad};
 use shoal_types::{PeerInfo, PeerState};
 use std::collections::HashSet;
@@ -16,6 +17,8 @@ use tracing::{info, warn};
 
 /// How long a graceful leave waits for peers to acknowledge.
 const LEAVE_GRACE: Duration = Duration::from_secs(2);
+/// Members a changed record is sent to straight away (gossip and anti-entropy reach the rest).
+const PUSH_FANOUT: usize = 16;
 
 impl EventLoop {
     pub(super) fn on_command(&mut self, c: Command) {
@@ -40,7 +43,9 @@ impl EventLoop {
                     .view
                     .active()
                     .map(|(p, e)| {
-                        let rec = book.get(p).map(|r| &r.record);
+                        // A record of an earlier generation describes the peer before it
+                        // restarted (its replicas then): not its state now.
+                        let rec = book.get(p).map(|r| &r.record).filter(|r| r.generation == e.generation);
                         Member {
                             peer: *p,
                             addrs: if e.addrs.is_empty() {
@@ -49,6 +54,9 @@ impl EventLoop {
                                 e.addrs.clone()
                             },
                             name: rec.map(|r| r.name.clone()).unwrap_or_default(),
+                            has_record: rec.is_some(),
+                            capacity: rec.map(|r| r.capacity).unwrap_or_default(),
+                            labels: rec.map(|r| r.labels.clone()).unwrap_or_default(),
                             ext: rec.map(|r| r.ext.clone()).unwrap_or_default(),
                         }
                     })
@@ -61,21 +69,27 @@ impl EventLoop {
                 }
             }
             Command::Unprovide(key) => self.swarm.behaviour_mut().kad.stop_providing(&key),
-            Command::SetExt(key, value) => {
-                // A value that would push the signed record over its bound is refused here,
-                // so it cannot freeze every later update of this peer's record.
-                if let Some(v) = &value
-                    && serde_json::to_vec(v).map_or(usize::MAX, |b| b.len()) > MAX_EXT_VALUE
-                {
-                    warn!(%key, "record extension too large; not published");
-                    return;
+            Command::SetExt(entries, push) => {
+                let mut changed = false;
+                for (key, value) in entries {
+                    // A value that would push the signed record over its bound is refused
+                    // here, so it cannot freeze every later update of this peer's record.
+                    if let Some(v) = &value
+                        && serde_json::to_vec(v).map_or(usize::MAX, |b| b.len()) > MAX_EXT_VALUE
+                    {
+                        warn!(%key, "record extension too large; not published");
+                        continue;
+                    }
+                    changed |= match value {
+                        Some(v) => self.local.ext.insert(key, v.clone()).as_ref() != Some(&v),
+                        None => self.local.ext.remove(&key).is_some(),
+                    };
                 }
-                let changed = match value {
-                    Some(v) => self.local.ext.insert(key, v.clone()).as_ref() != Some(&v),
-                    None => self.local.ext.remove(&key).is_some(),
-                };
                 if changed {
                     self.publish_local();
+                    if push {
+                        self.push_local(PUSH_FANOUT);
+                    }
                 }
             }
             Command::FindProviders(key, reply) => {
@@ -105,12 +119,25 @@ impl EventLoop {
         self.leaving =
             Some(Leaving { reply: Some(reply), pending: HashSet::new(), deadline: Instant::now() + LEAVE_GRACE });
         self.publish_local();
+        let pending = self.push_local(64);
+        if let Some(l) = &mut self.leaving {
+            l.pending = pending;
+        }
+        let r = self.foca.leave_cluster(&mut self.rt);
+        self.foca_result(r, None);
+        self.drain();
+    }
+
+    /// Sends our current record straight to up to `fanout` live members (random ones when
+    /// there are more); the requests to wait for.
+    fn push_local(&mut self, fanout: usize) -> HashSet<OutboundRequestId> {
+        use rand::seq::IteratorRandom;
+        let mut pending = HashSet::new();
         let Some(wire) = record::lock(&self.book).get(&self.me.peer).map(|r| r.wire.clone()) else {
-            return;
+            return pending;
         };
         let targets: Vec<(PeerId, Vec<Multiaddr>)> =
-            self.view.active().map(|(p, e)| (*p, e.addrs.clone())).take(64).collect();
-        let mut pending = HashSet::new();
+            self.view.active().map(|(p, e)| (*p, e.addrs.clone())).sample(&mut rand::rng(), fanout);
         for (peer, addrs) in targets {
             let id = self.swarm.behaviour_mut().ctl.send_request_with_addresses(
                 &peer,
@@ -119,12 +146,7 @@ impl EventLoop {
             );
             pending.insert(id);
         }
-        if let Some(l) = &mut self.leaving {
-            l.pending = pending;
-        }
-        let r = self.foca.leave_cluster(&mut self.rt);
-        self.foca_result(r, None);
-        self.drain();
+        pending
     }
 
     fn suspects(&self) -> HashSet<(PeerId, u64)> {
@@ -185,6 +207,7 @@ impl EventLoop {
             listen_addrs: listen,
             cluster_size: 1 + self.view.active().count(),
             known_peers: 1 + self.view.len(),
+            remembered_peers: self.known.len() + self.bootstrap.len(),
             private_network: self.private,
             uptime: self.started.elapsed(),
             dropped_messages: self.dropped + self.rejected.load(Ordering::Relaxed),

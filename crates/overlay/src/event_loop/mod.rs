@@ -1,7 +1,10 @@
 //! The overlay actor: one task owns the libp2p swarm, foca and the record book.
 //!
 //! Messages it takes ([`Command`], from the [`crate::Overlay`] handle): `Peers`, `Status`,
-//! `UpdateLocal` (new capacity/free/labels to publish), `Leave` (graceful shutdown).
+//! `Members`, `UpdateLocal` (new capacity/free/labels to publish), `SetExt` (other subsystems'
+//! per-peer state in our record, optionally pushed to members at once), DHT provider
+//! commands, `Leave` (graceful shutdown). It bumps a watch channel whenever membership or a
+//! record changes, so subsystems react at once instead of polling.
 //!
 //! What it does with the network:
 //! - SWIM: every foca packet goes out as a `/shoal/swim/1` request to the member's addresses;
@@ -67,8 +70,9 @@ pub(crate) enum Command {
     Unprovide(kad::RecordKey),
     /// Who the DHT says holds `key`.
     FindProviders(kad::RecordKey, oneshot::Sender<Vec<PeerId>>),
-    /// Sets one key of this peer's published per-peer state (`None` removes it).
-    SetExt(String, Option<serde_json::Value>),
+    /// Sets keys of this peer's published per-peer state (`None` removes one); with `push`,
+    /// the new record is also sent straight to live members, not only gossiped.
+    SetExt(Vec<(String, Option<serde_json::Value>)>, bool),
 }
 
 /// A live member as other subsystems need it.
@@ -77,6 +81,13 @@ pub struct Member {
     pub peer: PeerId,
     pub addrs: Vec<Multiaddr>,
     pub name: String,
+    /// Whether its signed record for its current generation has arrived (until then name,
+    /// empty, not known to be empty).
+    pub has_record: bool,
+    /// What it offers, from its record.
+    pub capacity: shoal_types::Resources,
+    /// Its labels, from its record.
+    pub labels: shoal_types::Labels,
     /// Per-peer state other subsystems publish in their record (`LocalInfo::ext`).
     pub ext: std::collections::BTreeMap<String, serde_json::Value>,
 }
@@ -128,6 +139,8 @@ pub(crate) struct EventLoop {
     leaving: Option<Leaving>,
     early_events: Vec<SwarmEvent<BehaviourEvent>>,
     provider_queries: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    /// Bumped whenever membership or a record changes ([`crate::Overlay::changes`]).
+    pub(crate) changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Everything [`EventLoop::new`] needs.
@@ -146,6 +159,7 @@ pub(crate) struct LoopParts {
     pub(crate) dead_retention: Duration,
     /// Swarm events that arrived while the overlay was starting.
     pub(crate) early_events: Vec<SwarmEvent<BehaviourEvent>>,
+    pub(crate) changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The `/p2p/<id>` at the end of an address, if any.
@@ -207,6 +221,7 @@ impl EventLoop {
             leaving: None,
             early_events: p.early_events,
             provider_queries: HashMap::new(),
+            changes: p.changes,
         };
         el.publish_local();
         el

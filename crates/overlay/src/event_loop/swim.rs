@@ -14,6 +14,7 @@ use tracing::{debug, error, info, warn};
 
 impl EventLoop {
     pub(super) fn drain(&mut self) {
+        let mut changed_view = false;
         loop {
             let mut progressed = false;
             while let Some((to, data)) = self.rt.to_send() {
@@ -33,16 +34,21 @@ impl EventLoop {
             }
             while let Some(n) = self.rt.to_notify() {
                 progressed = true;
+                changed_view = true;
                 self.on_notification(n);
             }
             let changed = record::lock(&self.book).take_changed();
             for p in changed {
                 progressed = true;
+                changed_view = true;
                 self.on_record_changed(p);
             }
             if !progressed {
                 break;
             }
+        }
+        if changed_view {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 

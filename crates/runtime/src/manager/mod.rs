@@ -47,6 +47,10 @@ pub struct RuntimeConfig {
     pub log_max_bytes: u64,
     /// Log files kept per container.
     pub log_files: u32,
+    /// Containers with this label belong to a layer above (services): when the agent starts
+    /// and finds one whose supervisor died, it is cleaned up and left exited, not restarted by
+    /// its policy; that layer decides whether this peer should still run it.
+    pub managed_label: Option<String>,
 }
 
 /// An image ready to run: what the node found in its content store.

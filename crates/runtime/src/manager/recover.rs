@@ -9,7 +9,8 @@ use std::time::Duration;
 
 impl Runtime {
     /// Finds the containers on disk again (agent start): live shims are left alone; a container
-    /// whose shim died is cleaned up, then restarted if its policy says so or removed if `--rm`.
+    /// whose shim died is cleaned up, then restarted if its policy says so or removed if `--rm`
+    /// (a managed one, see [`crate::RuntimeConfig::managed_label`], is left exited).
     pub(super) fn recover(&self) {
         let root = self.inner.cfg.root.join("containers");
         let Ok(entries) = std::fs::read_dir(&root) else { return };
@@ -49,7 +50,7 @@ impl Runtime {
             let _ = write_json_atomic(&dir.state(), &s, true);
             if meta.spec.auto_remove {
                 self.purge(&meta.id, Some(&meta));
-            } else if !stopped && meta.spec.restart.should_restart(255, s.restarts) {
+            } else if !stopped && !self.is_managed(&meta.spec) && meta.spec.restart.should_restart(255, s.restarts) {
                 let extra = vec!["--restarts".to_string(), (s.restarts + 1).to_string()];
                 if let Err(e) = self.spawn_shim_with(&dir, &extra) {
                     tracing::warn!(?e, id = %meta.id, "cannot restart the container");
@@ -58,6 +59,10 @@ impl Runtime {
         }
         let live: HashSet<String> = self.metas().keys().cloned().collect();
         self.inner.pool.release_all_but(&live);
+    }
+
+    fn is_managed(&self, spec: &shoal_types::ContainerSpec) -> bool {
+        self.inner.cfg.managed_label.as_ref().is_some_and(|l| spec.labels.contains_key(l))
     }
 
     /// Watches recovered shims (not our children) so `--rm` containers are removed when done.

@@ -1,0 +1,415 @@
+//! The actor: its state, its loop, and the commands and task results it takes (rounds are in
+//! [`crate::round`]).
+
+use crate::effects::{Cluster, Containers};
+use crate::error::{EffectError, ServiceError, check_spec};
+use crate::store::{MAX_MAP, Store};
+use crate::view::Snapshot;
+use crate::{Config, view};
+use shoal_scheduler::{Clock, DecodeError, Fault, Health, ReplicaKey, ServiceMap, StartFailure};
+use shoal_types::{ReplicaInfo, ServiceInfo, ServiceSpec};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Shortest time between an event and the round it causes (events come in bursts).
+const DEBOUNCE: Duration = Duration::from_millis(15);
+/// Time between two anti-entropy exchanges.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// Most desired-state pushes in flight.
+const MAX_SYNCS: usize = 64;
+/// How long shutdown waits for the actor's tasks after cancelling them.
+const TASKS_GRACE: Duration = Duration::from_secs(5);
+
+pub(crate) enum Command {
+    Put { spec: Box<ServiceSpec>, create: bool, reply: oneshot::Sender<Result<(), ServiceError>> },
+    Rebalance { name: String, reply: oneshot::Sender<Result<(), ServiceError>> },
+    Remove { name: String, reply: oneshot::Sender<Result<(), ServiceError>> },
+    Spec { name: String, reply: oneshot::Sender<Option<ServiceSpec>> },
+    List { reply: oneshot::Sender<Vec<ServiceInfo>> },
+    Replicas { name: Option<String>, reply: oneshot::Sender<Vec<ReplicaInfo>> },
+    Merge { bytes: Vec<u8>, reply: oneshot::Sender<Result<Option<Vec<u8>>, DecodeError>> },
+    Drain { limit: Duration, reply: oneshot::Sender<()> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// What a task reports when it ends.
+pub(crate) enum Done {
+    Started { key: ReplicaKey, version: String, result: Result<(), Fault>, replaced: Vec<String> },
+    Removed { container: String, result: Result<(), EffectError> },
+    Checked { container: String, ok: bool },
+    Synced { peer: String, answer: Result<Option<Vec<u8>>, EffectError> },
+    Cancelled,
+}
+
+/// A drain in progress.
+pub(crate) struct Drain {
+    pub(crate) deadline: Instant,
+    pub(crate) reply: oneshot::Sender<()>,
+}
+
+/// When the view is trustworthy enough to act on (see [`crate::round`]).
+#[derive(Default)]
+pub(crate) struct Settle {
+    /// Acting.
+    pub(crate) settled: bool,
+    /// Members in the last complete view, and since when that count holds.
+    pub(crate) count: usize,
+    pub(crate) since: Option<Instant>,
+}
+
+pub(crate) struct Actor<C, K> {
+    pub(crate) cfg: Config,
+    pub(crate) me: String,
+    pub(crate) containers: Arc<C>,
+    pub(crate) cluster: Arc<K>,
+    pub(crate) map: ServiceMap,
+    pub(crate) clock: Clock,
+    pub(crate) store: Store,
+    /// Monotonic base of `now_ms`.
+    pub(crate) epoch: Instant,
+    pub(crate) started: Instant,
+    pub(crate) health: BTreeMap<String, Health>,
+    pub(crate) failures: BTreeMap<ReplicaKey, StartFailure>,
+    pub(crate) starting: BTreeSet<ReplicaKey>,
+    pub(crate) stopping: BTreeSet<String>,
+    pub(crate) scaled: BTreeMap<String, u64>,
+    pub(crate) cpu: BTreeMap<String, u64>,
+    pub(crate) cpu_at: Option<Instant>,
+    pub(crate) published: Option<serde_json::Value>,
+    pub(crate) snapshot: Snapshot,
+    /// Other members at the last round (pushes and anti-entropy go to them).
+    pub(crate) members: Vec<String>,
+    pub(crate) settle: Settle,
+    pub(crate) draining: bool,
+    pub(crate) drain: Option<Drain>,
+    pub(crate) tasks: JoinSet<Done>,
+    pub(crate) syncs: usize,
+    /// Cancels every task the actor started.
+    pub(crate) cancel: CancellationToken,
+    /// The next round, when one is due.
+    pub(crate) next_round: Option<Instant>,
+    pub(crate) last_sync: Instant,
+    pub(crate) rng: u64,
+}
+
+impl<C: Containers, K: Cluster> Actor<C, K> {
+    pub(crate) fn new(cfg: Config, containers: C, cluster: K) -> Actor<C, K> {
+        let store = Store::new(&cfg.dir);
+        let me = cluster.me();
+        let now = Instant::now();
+        Actor {
+            map: store.load(),
+            clock: Clock::new(me.clone()),
+            me,
+            store,
+            cfg,
+            containers: Arc::new(containers),
+            cluster: Arc::new(cluster),
+            epoch: now,
+            started: now,
+            health: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            starting: BTreeSet::new(),
+            stopping: BTreeSet::new(),
+            scaled: BTreeMap::new(),
+            cpu: BTreeMap::new(),
+            cpu_at: None,
+            published: None,
+            snapshot: Snapshot::default(),
+            members: Vec::new(),
+            settle: Settle::default(),
+            draining: false,
+            drain: None,
+            tasks: JoinSet::new(),
+            syncs: 0,
+            cancel: CancellationToken::new(),
+            next_round: Some(Instant::now()),
+            last_sync: now,
+            rng: seed(),
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Asks for a round soon (after a short debounce).
+    pub(crate) fn wake(&mut self) {
+        let at = Instant::now() + DEBOUNCE;
+        self.next_round = Some(self.next_round.map_or(at, |t| t.min(at)));
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut changes = self.cluster.changes();
+        let mut exits = self.containers.exits();
+        let mut tick = tokio::time::interval(self.cfg.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown_reply = loop {
+            let due = self.next_round;
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Shutdown { reply }) => break Some(reply),
+                    Some(cmd) => self.command(cmd).await,
+                    None => break None,
+                },
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    match done {
+                        Ok(done) => self.done(done).await,
+                        Err(e) => warn!(err = %e, "a services task failed"),
+                    }
+                }
+                Ok(()) = changes.changed() => self.wake(),
+                Some(()) = exited(&mut exits) => self.wake(),
+                _ = tick.tick() => {
+                    self.next_round = Some(Instant::now());
+                    self.anti_entropy();
+                }
+                () = sleep_until(due) => {
+                    self.next_round = None;
+                    self.round().await;
+                }
+            }
+        };
+        // In order: no more commands, cancel the tasks, wait for them (bounded).
+        drop(rx);
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(TASKS_GRACE, async { while self.tasks.join_next().await.is_some() {} }).await;
+        self.tasks.abort_all();
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Put { spec, create, reply } => {
+                let _ = reply.send(self.put(*spec, create).await);
+            }
+            Command::Rebalance { name, reply } => {
+                let result = match self.map.get(&name).cloned() {
+                    None => Err(ServiceError::NotFound(name)),
+                    Some(mut spec) => {
+                        spec.rebalance = Some(self.now_ms().max(1));
+                        info!(service = %spec.name, "rebalance requested");
+                        self.write(spec).await
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Remove { name, reply } => {
+                let result = if self.map.get(&name).is_none() {
+                    Err(ServiceError::NotFound(name))
+                } else {
+                    let hlc = self.clock.tick(wall_ms());
+                    self.map.remove(&name, hlc);
+                    info!(service = %name, "service removed");
+                    self.changed().await
+                };
+                let _ = reply.send(result);
+            }
+            Command::Spec { name, reply } => {
+                let _ = reply.send(self.map.get(&name).cloned());
+            }
+            Command::List { reply } => {
+                let _ = reply.send(view::services(&self.map, &self.snapshot));
+            }
+            Command::Replicas { name, reply } => {
+                let _ = reply.send(view::replicas(&self.map, &self.snapshot, name.as_deref()));
+            }
+            Command::Merge { bytes, reply } => {
+                let answer = match ServiceMap::decode(&bytes, MAX_MAP) {
+                    Ok(theirs) => {
+                        self.merge(&theirs).await;
+                        Ok((theirs.digest() != self.map.digest()).then(|| self.map.encode()))
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Drain { limit, reply } => {
+                info!(limit = ?limit, "draining: handing replicas to other peers");
+                self.draining = true;
+                self.drain = Some(Drain { deadline: Instant::now() + limit, reply });
+                self.wake();
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    async fn put(&mut self, spec: ServiceSpec, create: bool) -> Result<(), ServiceError> {
+        check_spec(&spec)?;
+        let old = self.map.get(&spec.name).cloned();
+        match (&old, create) {
+            (Some(_), true) => return Err(ServiceError::Exists(spec.name)),
+            (None, false) => return Err(ServiceError::NotFound(spec.name)),
+            _ => {}
+        }
+        let spec = with_previous(old.as_ref(), spec);
+        info!(service = %spec.name, mode = %spec.mode, replicas = spec.replicas, image = %spec.image, "service declared");
+        self.write(spec).await
+    }
+
+    /// Writes `spec` as the service's newest version, saves and pushes it.
+    pub(crate) async fn write(&mut self, spec: ServiceSpec) -> Result<(), ServiceError> {
+        let hlc = self.clock.tick(wall_ms());
+        self.map.put(spec, hlc);
+        self.changed().await
+    }
+
+    /// After a local change: save (before anyone hears of it), push, plan.
+    async fn changed(&mut self) -> Result<(), ServiceError> {
+        let saved = self.store.save(self.map.encode()).await;
+        if let Err(e) = &saved {
+            warn!(err = %e, "cannot save the services");
+        }
+        self.push_all();
+        self.wake();
+        saved
+    }
+
+    async fn merge(&mut self, theirs: &ServiceMap) {
+        if let Some(v) = theirs.max_version() {
+            self.clock.observe(v);
+        }
+        if self.map.merge(theirs) {
+            if let Err(e) = self.store.save(self.map.encode()).await {
+                warn!(err = %e, "cannot save the services");
+            }
+            self.wake();
+        }
+    }
+
+    /// Sends the map to every member we know of (bounded; anti-entropy covers the rest).
+    fn push_all(&mut self) {
+        let members = self.members.clone();
+        for peer in members {
+            self.sync_with(peer);
+        }
+    }
+
+    /// Every [`SYNC_EVERY`], a push-pull with one random member.
+    fn anti_entropy(&mut self) {
+        if self.members.is_empty() || self.last_sync.elapsed() < SYNC_EVERY {
+            return;
+        }
+        self.last_sync = Instant::now();
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let peer = self.members[(self.rng % self.members.len() as u64) as usize].clone();
+        self.sync_with(peer);
+    }
+
+    fn sync_with(&mut self, peer: String) {
+        if self.syncs >= MAX_SYNCS {
+            return;
+        }
+        self.syncs += 1;
+        let (cluster, map, cancel) = (self.cluster.clone(), self.map.encode(), self.cancel.clone());
+        self.tasks.spawn(async move {
+            tokio::select! {
+                answer = cluster.sync(&peer, map) => Done::Synced { peer, answer },
+                () = cancel.cancelled() => Done::Cancelled,
+            }
+        });
+    }
+
+    async fn done(&mut self, done: Done) {
+        match done {
+            Done::Started { key, version, result, replaced } => {
+                self.starting.remove(&key);
+                for id in replaced {
+                    self.stopping.remove(&id);
+                }
+                match result {
+                    Ok(()) => {
+                        self.failures.remove(&key);
+                    }
+                    Err(fault) => {
+                        warn!(service = %key.0, slot = %key.1, err = %fault.message, "cannot start a replica");
+                        let count = self.failures.get(&key).filter(|f| f.version == version).map_or(1, |f| f.count + 1);
+                        let at_ms = self.now_ms();
+                        self.failures.insert(key, StartFailure { version, count, at_ms, fault });
+                    }
+                }
+            }
+            Done::Removed { container, result } => {
+                self.stopping.remove(&container);
+                if let Err(e) = result {
+                    warn!(%container, err = %e, "cannot stop a replica");
+                }
+            }
+            Done::Checked { container, ok } => {
+                if let Some(h) = self.health.get_mut(&container) {
+                    h.running = false;
+                    h.passed |= ok;
+                    h.fails = if ok { 0 } else { h.fails + 1 };
+                    if h.fails == shoal_scheduler::plan::UNHEALTHY_AFTER {
+                        warn!(%container, "replica failed its health check {} times in a row", h.fails);
+                    }
+                }
+            }
+            Done::Synced { peer, answer } => {
+                self.syncs = self.syncs.saturating_sub(1);
+                match answer {
+                    Ok(Some(bytes)) => match ServiceMap::decode(&bytes, MAX_MAP) {
+                        Ok(theirs) => self.merge(&theirs).await,
+                        Err(e) => debug!(%peer, err = %e, "a peer answered with a service map that does not decode"),
+                    },
+                    Ok(None) => {}
+                    Err(e) => debug!(%peer, err = %e, "desired-state exchange failed"),
+                }
+                return;
+            }
+            Done::Cancelled => return,
+        }
+        self.wake();
+    }
+}
+
+/// For `update`: remembers the image being replaced so a failing update can roll back, and
+/// keeps a rebalance in progress.
+fn with_previous(old: Option<&ServiceSpec>, mut new: ServiceSpec) -> ServiceSpec {
+    if let Some(old) = old {
+        if old.image != new.image {
+            info!(service = %new.name, from = %old.image, to = %new.image, "rolling update");
+            new.previous_image = Some(old.image.clone());
+        } else {
+            new.previous_image = old.previous_image.clone();
+        }
+        new.rebalance = new.rebalance.or(old.rebalance);
+    }
+    new
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when a container exits (never when the runtime cannot tell).
+async fn exited(exits: &mut Option<watch::Receiver<u64>>) -> Option<()> {
+    match exits {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) fn wall_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(wall_ms());
+    h.finish() | 1
+}
