@@ -72,11 +72,13 @@ pub enum BlobsError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("internal task failed: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
+    #[error("the content protocol is already registered")]
+    ProtocolTaken,
 }
 
 fn task_err(e: tokio::task::JoinError) -> BlobsError {
-    BlobsError::Task(e.to_string())
+    BlobsError::Task(e)
 }
 
 /// An image with the peers that hold it.
@@ -139,10 +141,8 @@ impl Blobs {
             }
         });
         // Control streams.
-        let mut incoming = overlay
-            .streams()
-            .accept(crate::proto::BLOB_PROTOCOL)
-            .map_err(|_| BlobsError::Task("the content protocol is already registered".into()))?;
+        let mut incoming =
+            overlay.streams().accept(crate::proto::BLOB_PROTOCOL).map_err(|_| BlobsError::ProtocolTaken)?;
         let c = ctx.clone();
         tokio::spawn(async move {
             loop {

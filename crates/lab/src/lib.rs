@@ -60,9 +60,33 @@ pub enum LabError {
     /// The agent of a peer already runs
     #[error("peer {index}'s agent is already running (pid {pid})")]
     AlreadyRunning { index: usize, pid: i32 },
-    /// A bad option
-    #[error("{0}")]
-    Invalid(String),
+    /// A subnet that does not parse.
+    #[error("`{0}` is not a subnet: use e.g. {DEFAULT_SUBNET}")]
+    BadSubnet(String),
+    /// A subnet prefix out of range.
+    #[error("subnet prefix /{0} is out of range: use /8 to /28")]
+    PrefixOutOfRange(u8),
+    /// A subnet too small for the peers.
+    #[error("subnet /{prefix} is too small for {peers} peers")]
+    SubnetTooSmall { prefix: u8, peers: usize },
+    /// A lab name that breaks the rule.
+    #[error("lab name `{0}`: use 1-24 of a-z, 0-9 and -")]
+    BadName(String),
+    /// A peer count out of range.
+    #[error("--peers {0}: use 1 to 250")]
+    BadPeerCount(usize),
+    /// A `--peer-memory` that does not parse.
+    #[error("--peer-memory: {0}")]
+    BadPeerMemory(#[from] shoal_types::ByteSizeError),
+    /// A `--peer-cpus` that does not parse.
+    #[error("--peer-cpus: {0}")]
+    BadPeerCpus(#[from] shoal_types::ResourcesError),
+    /// A partition naming a peer twice.
+    #[error("peer {0} is in two groups")]
+    InTwoGroups(usize),
+    /// Processes that survive SIGKILL.
+    #[error("processes {pids:?} of lab `{name}` would not die")]
+    Unkillable { pids: Vec<i32>, name: String },
     /// A file could not be read or written
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -99,12 +123,12 @@ const FIRST_HOST: u32 = 10;
 
 /// Parses `a.b.c.d/n`.
 pub fn parse_subnet(s: &str) -> Result<(Ipv4Addr, u8), LabError> {
-    let bad = || LabError::Invalid(format!("`{s}` is not a subnet: use e.g. {DEFAULT_SUBNET}"));
+    let bad = || LabError::BadSubnet(s.to_string());
     let (ip, len) = s.split_once('/').ok_or_else(bad)?;
     let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
     let len: u8 = len.parse().map_err(|_| bad())?;
     if !(8..=28).contains(&len) {
-        return Err(LabError::Invalid(format!("subnet prefix /{len} is out of range: use /8 to /28")));
+        return Err(LabError::PrefixOutOfRange(len));
     }
     let mask = u32::MAX << (32 - len);
     Ok((Ipv4Addr::from(u32::from(ip) & mask), len))
@@ -114,7 +138,7 @@ fn peer_ip(subnet: (Ipv4Addr, u8), i: usize) -> Result<Ipv4Addr, LabError> {
     let hosts = (1u64 << (32 - subnet.1)) - 1;
     let host = u64::from(FIRST_HOST) + i as u64;
     if host >= hosts {
-        return Err(LabError::Invalid(format!("subnet /{} is too small for {} peers", subnet.1, i + 1)));
+        return Err(LabError::SubnetTooSmall { prefix: subnet.1, peers: i + 1 });
     }
     Ok(Ipv4Addr::from(u32::from(subnet.0) + host as u32))
 }
@@ -125,7 +149,7 @@ pub fn validate_name(name: &str) -> Result<(), LabError> {
         && name.len() <= 24
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !name.starts_with('-');
-    if ok { Ok(()) } else { Err(LabError::Invalid(format!("lab name `{name}`: use 1-24 of a-z, 0-9 and -"))) }
+    if ok { Ok(()) } else { Err(LabError::BadName(name.to_string())) }
 }
 
 fn is_root() -> bool {
@@ -160,7 +184,7 @@ impl Lab {
         }
         validate_name(&o.name)?;
         if o.peers == 0 || o.peers > 250 {
-            return Err(LabError::Invalid(format!("--peers {}: use 1 to 250", o.peers)));
+            return Err(LabError::BadPeerCount(o.peers));
         }
         for i in 0..o.peers {
             peer_ip(o.subnet, i)?;
@@ -209,13 +233,8 @@ impl Lab {
         if o.link.needs_netem() {
             net::probe_netem(&o.name)?;
         }
-        let memory = o
-            .peer_memory
-            .parse::<shoal_types::ByteSize>()
-            .map_err(|e| LabError::Invalid(format!("--peer-memory: {e}")))?
-            .0;
-        let millicpus = shoal_types::Resources::parse_cpus(&o.peer_cpus)
-            .map_err(|e| LabError::Invalid(format!("--peer-cpus: {e}")))?;
+        let memory = o.peer_memory.parse::<shoal_types::ByteSize>()?.0;
+        let millicpus = shoal_types::Resources::parse_cpus(&o.peer_cpus)?;
         let mut peers = Vec::new();
         for i in 0..o.peers {
             let ip = peer_ip(o.subnet, i)?;
@@ -408,7 +427,7 @@ impl Lab {
             for &i in g {
                 self.check_index(i)?;
                 if !seen.insert(i) {
-                    return Err(LabError::Invalid(format!("peer {i} is in two groups")));
+                    return Err(LabError::InTwoGroups(i));
                 }
             }
         }
@@ -487,7 +506,7 @@ impl Lab {
             }
             killed.extend(pids.iter().copied());
             if Instant::now() > deadline {
-                return Err(LabError::Invalid(format!("processes {pids:?} of lab `{name}` would not die")));
+                return Err(LabError::Unkillable { pids: pids.iter().copied().collect(), name: name.to_string() });
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -134,13 +134,17 @@ fn content_kind(e: &shoal_blobs::BlobsError) -> ErrorKind {
 fn runtime_kind(e: &shoal_runtime::RuntimeError) -> ErrorKind {
     use ErrorKind as K;
     use shoal_runtime::RuntimeError as R;
+    use shoal_runtime::state::StartFailure;
     match e {
         R::NotFound(_) => K::NotFound,
         R::NameInUse(_) | R::Running(_) | R::NotRunning(_) | R::PortInUse { .. } => K::Conflict,
         R::Ambiguous(_) | R::Parse(_) | R::MemoryTooSmall(_) | R::VolumeMissing(_) | R::ImageConfig { .. } => {
             K::BadRequest
         }
-        R::Spec(_) | R::Start(_) => K::BadRequest,
+        R::Spec(_) | R::BadSignal(_) => K::BadRequest,
+        R::Start { failure: StartFailure::Command, .. } => K::BadRequest,
+        R::Start { failure: StartFailure::Port, .. } => K::Conflict,
+        R::Start { failure: StartFailure::Setup, .. } => K::Internal,
         R::Io { source, .. } if disk_full(source) => K::Full,
         _ => K::Internal,
     }
@@ -155,5 +159,43 @@ fn services_kind(e: &ServiceError) -> ErrorKind {
         ServiceError::Save { .. } if e.is_disk_full() => K::Full,
         ServiceError::Save { .. } => K::Internal,
         ServiceError::Stopped => K::Unavailable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_blobs::{BlobsError, TransferFailure};
+    use shoal_runtime::RuntimeError;
+    use shoal_runtime::state::StartFailure;
+
+    #[tokio::test]
+    async fn each_error_gets_the_answer_its_cause_deserves() {
+        let join = tokio::spawn(async { panic!("boom") }).await.expect_err("a panicked task");
+        assert_eq!(NodeError::Task(join).kind(), ErrorKind::Internal, "a failed task is the agent's fault");
+        let spawn = std::io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(NodeError::ExecSpawn(spawn).kind(), ErrorKind::Internal);
+        let cid = "b3:00".parse::<shoal_blobs::ContentId>().expect_err("not an id");
+        assert_eq!(NodeError::BadContentId(cid).kind(), ErrorKind::BadRequest);
+        let full = BlobsError::Transfer {
+            cid: shoal_blobs::ContentId([0; 32]),
+            reason: "disk".into(),
+            failure: TransferFailure::DiskFull,
+        };
+        assert_eq!(NodeError::Content(full).kind(), ErrorKind::Full, "a full disk during a download is 507");
+        let gone = BlobsError::Transfer {
+            cid: shoal_blobs::ContentId([0; 32]),
+            reason: "x".into(),
+            failure: TransferFailure::NoHolder,
+        };
+        assert_eq!(NodeError::Content(gone).kind(), ErrorKind::Peers);
+        let start = |failure| NodeError::Runtime(RuntimeError::Start { message: "m".into(), failure });
+        assert_eq!(start(StartFailure::Setup).kind(), ErrorKind::Internal, "a failed mount is not the user's");
+        assert_eq!(start(StartFailure::Command).kind(), ErrorKind::BadRequest);
+        assert_eq!(start(StartFailure::Port).kind(), ErrorKind::Conflict);
+        let disk = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(NodeError::Upload(disk).kind(), ErrorKind::Full);
+        assert_eq!(NodeError::Services(ServiceError::Exists("web".into())).kind(), ErrorKind::Conflict);
+        assert_eq!(NodeError::Services(ServiceError::Stopped).kind(), ErrorKind::Unavailable);
     }
 }

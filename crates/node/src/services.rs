@@ -14,6 +14,7 @@
 use crate::{ErrorKind, Node, NodeError};
 use shoal_overlay::Overlay;
 use shoal_overlay::libp2p::{PeerId, StreamProtocol};
+use shoal_runtime::state::StartFailure;
 use shoal_scheduler::{Fault, PeerView};
 use shoal_services::{Cluster, ClusterView, Containers, EffectError, LABEL_SERVICE, Member, reports};
 use shoal_types::{ContainerInfo, ContainerSpec, ReplicaInfo, ServiceInfo, ServiceSpec};
@@ -63,6 +64,7 @@ fn fault(e: &NodeError) -> Fault {
         NodeError::Runtime(r) if matches!(e.kind(), ErrorKind::BadRequest) => {
             matches!(r, shoal_runtime::RuntimeError::VolumeMissing(_))
         }
+        NodeError::Runtime(shoal_runtime::RuntimeError::Start { failure: StartFailure::Port, .. }) => true,
         _ => true,
     };
     Fault { local, message: e.to_string() }

@@ -22,7 +22,7 @@
 //!
 //! Every change is written to `state.json` (atomically); the agent only reads it.
 
-use crate::state::{ContainerDir, ContainerMeta, Phase, ShimState, now_unix, write_json_atomic};
+use crate::state::{ContainerDir, ContainerMeta, Phase, ShimState, StartFailure, now_unix, write_json_atomic};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -80,6 +80,7 @@ pub fn run(dir: &Path, args: ShimArgs) -> ! {
             let mut s = ShimState::new(std::process::id());
             s.phase = Phase::Failed;
             s.error = Some(format!("cannot read {}: {e}", dir.meta().display()));
+            s.failure = Some(StartFailure::Setup);
             let _ = write_json_atomic(&dir.state(), &s, false);
             std::process::exit(1);
         }
@@ -96,11 +97,12 @@ pub fn run(dir: &Path, args: ShimArgs) -> ! {
 
     let started = match start(&shared, &meta) {
         Ok(s) => s,
-        Err(msg) => {
+        Err((kind, msg)) => {
             teardown(&shared.dir, &meta);
             shared.update(|s| {
                 s.phase = Phase::Failed;
                 s.error = Some(msg);
+                s.failure = Some(kind);
                 s.pid = None;
             });
             std::process::exit(1);
@@ -198,34 +200,36 @@ struct Started {
     listeners: Vec<(std::net::TcpListener, u16)>,
 }
 
-/// Everything up to a running init. Errors are messages for the user.
-fn start(shared: &Shared, meta: &ContainerMeta) -> Result<Started, String> {
+/// Everything up to a running init. Errors are messages for the user, with whose fault it is.
+fn start(shared: &Shared, meta: &ContainerMeta) -> Result<Started, (StartFailure, String)> {
+    let setup = |msg: String| (StartFailure::Setup, msg);
     let dir = &shared.dir;
     for d in [dir.rootfs(), dir.upper(), dir.work(), dir.logs(), dir.bundle()] {
-        std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        std::fs::create_dir_all(&d).map_err(|e| setup(format!("cannot create {}: {e}", d.display())))?;
     }
     if !is_mounted(&dir.rootfs()) {
         crate::layers::mount_overlay(&dir.rootfs(), &meta.lowers, Some((&dir.upper(), &dir.work())))
-            .map_err(|e| format!("cannot mount the container's root filesystem: {e}"))?;
+            .map_err(|e| setup(format!("cannot mount the container's root filesystem: {e}")))?;
     }
     // Published ports first: a port in use is the user's most likely mistake.
     let mut listeners = Vec::new();
     for p in &meta.spec.ports {
         let l = std::net::TcpListener::bind(("0.0.0.0", p.host_port)).map_err(|e| {
-            format!(
+            let msg = format!(
                 "cannot publish port {}: {e}; pick another host port with -p HOST:{}",
                 p.host_port, p.container_port
-            )
+            );
+            (StartFailure::Port, msg)
         })?;
         listeners.push((l, p.container_port));
     }
     if let Some(net) = &meta.net
         && !crate::net::exists(net)
     {
-        crate::net::setup(net).map_err(|e| format!("cannot set up the container's network: {e}"))?;
+        crate::net::setup(net).map_err(|e| setup(format!("cannot set up the container's network: {e}")))?;
     }
     let image: oci_spec::image::ImageConfiguration = crate::state::read_json(&dir.0.join("image-config.json"))
-        .map_err(|e| format!("cannot read the image config: {e}"))?;
+        .map_err(|e| setup(format!("cannot read the image config: {e}")))?;
     let netns = meta.net.as_ref().map(|n| PathBuf::from("/run/netns").join(&n.netns));
     let etc = crate::spec::EtcFiles {
         hosts: dir.etc().join("hosts"),
@@ -242,12 +246,12 @@ fn start(shared: &Shared, meta: &ContainerMeta) -> Result<Started, String> {
         cgroups_path: &meta.cgroups_path,
         etc_files: Some(etc),
     })
-    .map_err(|e| e.to_string())?;
-    spec.save(dir.bundle().join("config.json")).map_err(|e| format!("cannot write the OCI spec: {e}"))?;
+    .map_err(|e| (StartFailure::Command, e.to_string()))?;
+    spec.save(dir.bundle().join("config.json")).map_err(|e| setup(format!("cannot write the OCI spec: {e}")))?;
 
-    let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-    let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let (out_r, out_w) = nix::unistd::pipe().map_err(|e| setup(format!("pipe: {e}")))?;
+    let (err_r, err_w) = nix::unistd::pipe().map_err(|e| setup(format!("pipe: {e}")))?;
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| setup(format!("/dev/null: {e}")))?;
     // A previous run's libcontainer state (a crash between start and delete) would make
     // `build` fail with "container already exists".
     let _ = std::fs::remove_dir_all(dir.youki().join(&meta.id));
@@ -256,7 +260,7 @@ fn start(shared: &Shared, meta: &ContainerMeta) -> Result<Started, String> {
         libcontainer::syscall::syscall::SyscallType::default(),
     )
     .with_root_path(dir.youki())
-    .map_err(|e| format!("libcontainer root: {e}"))?
+    .map_err(|e| setup(format!("libcontainer root: {e}")))?
     .with_stdin(OwnedFd::from(devnull))
     .with_stdout(out_w)
     .with_stderr(err_w)
@@ -270,12 +274,13 @@ fn start(shared: &Shared, meta: &ContainerMeta) -> Result<Started, String> {
         let _ = container.delete(true);
         return Err(msg);
     }
-    let pid = container.pid().ok_or("libcontainer started the container but reports no pid")?;
+    let pid = container.pid().ok_or_else(|| setup("libcontainer started the container but reports no pid".into()))?;
     Ok(Started { pid, stdout: out_r, stderr: err_r, listeners })
 }
 
-/// libcontainer's errors name their layer, not the user's mistake; add what to do.
-fn describe_start_error(e: &libcontainer::error::LibcontainerError, meta: &ContainerMeta) -> String {
+/// libcontainer's errors name their layer, not the user's mistake; add what to do, and say
+/// whose it is.
+fn describe_start_error(e: &libcontainer::error::LibcontainerError, meta: &ContainerMeta) -> (StartFailure, String) {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -285,13 +290,14 @@ fn describe_start_error(e: &libcontainer::error::LibcontainerError, meta: &Conta
     }
     let lower = text.to_lowercase();
     if lower.contains("executable") || lower.contains("no such file") && lower.contains("exec") {
-        return format!(
+        let msg = format!(
             "command {:?} not found in image {}: check the command, or the image's PATH ({text})",
             meta.command.first().map(String::as_str).unwrap_or(""),
             meta.image
         );
+        return (StartFailure::Command, msg);
     }
-    format!("cannot start the container: {text}")
+    (StartFailure::Setup, format!("cannot start the container: {text}"))
 }
 
 /// Waits for `pid` (reaping any other child the subreaper inherits meanwhile).

@@ -114,6 +114,22 @@ pub struct ShimState {
     pub stopped: bool,
     /// Why it failed to start.
     pub error: Option<String>,
+    /// Whose the failure to start is (absent in states written before this field existed).
+    #[serde(default)]
+    pub failure: Option<StartFailure>,
+}
+
+/// What kind of failure stopped a container from starting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFailure {
+    /// The container as asked cannot run: its command is missing, its spec is invalid.
+    Command,
+    /// A published port is taken on this host.
+    Port,
+    /// The host could not set it up (mount, network, cgroups, libcontainer): not the user's
+    /// doing.
+    Setup,
 }
 
 impl ShimState {
@@ -131,6 +147,7 @@ impl ShimState {
             restarts: 0,
             stopped: false,
             error: None,
+            failure: None,
         }
     }
 

@@ -127,7 +127,10 @@ pub fn decide(
         let settled = placed.all(|(slot, owner)| {
             let copies: Vec<&&Report> =
                 reports.iter().filter(|r| &r.slot == slot && r.state != ReplicaState::Failed).collect();
-            let old_enough = copies.first().is_some_and(|c| c.started_unix.unwrap_or(0) + MONITOR_SECS <= now.unix);
+            // Only an update needs its replicas to have run a while (to roll back a new version
+            // that crashes soon after starting); a rebalance is over once the copies are there.
+            let monitor = if spec.previous_image.is_some() { MONITOR_SECS } else { 0 };
+            let old_enough = copies.first().is_some_and(|c| c.started_unix.unwrap_or(0) + monitor <= now.unix);
             copies.len() == 1 && copies[0].peer == owner && copies[0].serves(&current) && old_enough
         });
         if settled {

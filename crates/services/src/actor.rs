@@ -168,7 +168,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
                 Some(()) = exited(&mut exits) => self.wake(),
                 _ = tick.tick() => {
                     self.next_round = Some(Instant::now());
-                    self.anti_entropy();
+                    self.anti_entropy().await;
                 }
                 () = sleep_until(due) => {
                     self.next_round = None;
@@ -268,9 +268,20 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
         if let Err(e) = &saved {
             warn!(err = %e, "cannot save the services");
         }
+        self.refresh_members().await;
         self.push_all();
         self.wake();
         saved
+    }
+
+    /// Learns the current members (rounds do it too, but an idle agent skips its rounds).
+    async fn refresh_members(&mut self) {
+        match self.cluster.view().await {
+            Ok(view) => {
+                self.members = view.members.into_iter().map(|m| m.view.id).filter(|id| *id != self.me).collect();
+            }
+            Err(e) => debug!(err = %e, "cannot read the cluster view"),
+        }
     }
 
     async fn merge(&mut self, theirs: &ServiceMap) {
@@ -294,11 +305,15 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
     }
 
     /// Every [`SYNC_EVERY`], a push-pull with one random member.
-    fn anti_entropy(&mut self) {
-        if self.members.is_empty() || self.last_sync.elapsed() < SYNC_EVERY {
+    async fn anti_entropy(&mut self) {
+        if self.last_sync.elapsed() < SYNC_EVERY {
             return;
         }
         self.last_sync = Instant::now();
+        self.refresh_members().await;
+        if self.members.is_empty() {
+            return;
+        }
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;

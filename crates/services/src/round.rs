@@ -4,8 +4,9 @@
 //! stops, starts and rewrites only when the view is complete (every live member's record has
 //! arrived: without it, that member's replicas look unheld and would be started twice) and
 //! settled: after the agent starts, once the set of members has been the same for
-//! [`SETTLE_FOR`] (the rest of the cluster is still being learnt), or after [`SETTLE_MAX`], or
-//! at once when this peer has never met another.
+//! [`SETTLE_FOR`] with at least one other member (the rest of the cluster is still being
+//! learnt), or after [`SETTLE_MAX`], or at once when this peer has never met another and has
+//! nothing declared.
 
 use crate::actor::{Actor, Done, wall_ms};
 use crate::effects::{Cluster, ClusterView, Containers};
@@ -169,7 +170,11 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             self.settle.since = Some(now);
         }
         let stable = self.settle.since.is_some_and(|t| now - t >= SETTLE_FOR);
-        if view.known == 0 || (complete && stable) || self.started.elapsed() >= SETTLE_MAX {
+        // Alone and with nothing declared: a new cluster, nothing to wait for. A peer that
+        // restarts with services on disk but remembers no other peer (the first peer of a
+        // cluster, say) waits for the others to find it, up to SETTLE_MAX.
+        let lonely = view.known == 0 && self.map.is_empty();
+        if lonely || (complete && stable && view.members.len() > 1) || self.started.elapsed() >= SETTLE_MAX {
             info!(members = view.members.len(), "services: the cluster view has settled; acting on it");
             self.settle.settled = true;
         }

@@ -124,6 +124,19 @@ impl TestLab {
         }
     }
 
+    /// The agent logs of peers `0..n` (warnings and services' decisions), for a failing test's
+    /// output.
+    pub fn agent_logs(&self, n: usize) -> String {
+        let mut out = String::new();
+        for i in 0..n {
+            let text = String::from_utf8_lossy(&self.cli(&["logs", &i.to_string()]).stdout).into_owned();
+            for l in text.lines().filter(|l| l.contains("WARN") || l.contains("services") || l.contains("swim")) {
+                out.push_str(&format!("peer {i}: {l}\n"));
+            }
+        }
+        out
+    }
+
     pub fn down(&self) -> Output {
         self.cli(&["down"])
     }

@@ -146,9 +146,10 @@ impl Runtime {
         loop {
             match dir.read_state() {
                 Ok(s) if s.phase == Phase::Failed => {
-                    let msg = s.error.unwrap_or_else(|| "the container failed to start".into());
+                    let message = s.error.unwrap_or_else(|| "the container failed to start".into());
+                    let failure = s.failure.unwrap_or(crate::state::StartFailure::Setup);
                     self.purge(&id, Some(&meta));
-                    return Err(RuntimeError::Start(msg));
+                    return Err(RuntimeError::Start { message, failure });
                 }
                 Ok(s) if s.phase != Phase::Starting => break,
                 _ => {}

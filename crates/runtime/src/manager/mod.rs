@@ -124,9 +124,20 @@ pub enum RuntimeError {
     /// cgroups.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
-    /// The shim could not start the container; its message.
-    #[error("{0}")]
-    Start(String),
+    /// The shim could not start the container: its message and whose fault it is.
+    #[error("{message}")]
+    Start {
+        /// What went wrong, for the user.
+        message: String,
+        /// Whose it is.
+        failure: crate::state::StartFailure,
+    },
+    /// A signal name or number that does not exist.
+    #[error("unknown signal {0}; use a name like TERM or a number like 15")]
+    BadSignal(String),
+    /// The container's supervisor refused a control request.
+    #[error("the container's supervisor refused: {0}")]
+    Control(String),
     /// The shim did not report in time.
     #[error("the container's supervisor did not report within {0:?}; see the agent log")]
     StartTimeout(Duration),

@@ -19,7 +19,7 @@ impl Runtime {
         let id = self.resolve(key)?;
         let sig = signal.unwrap_or("KILL");
         if crate::shim::parse_signal(sig).is_none() {
-            return Err(RuntimeError::Start(format!("unknown signal {sig}; use a name like TERM or a number like 15")));
+            return Err(RuntimeError::BadSignal(sig.to_string()));
         }
         self.control(&id, &format!("kill {sig}"))?;
         if matches!(crate::shim::parse_signal(sig), Some(nix::sys::signal::Signal::SIGKILL)) {
@@ -43,7 +43,7 @@ impl Runtime {
         let mut reply = String::new();
         let _ = conn.take(256).read_to_string(&mut reply);
         match reply.strip_prefix("error: ") {
-            Some(e) => Err(RuntimeError::Start(e.trim().to_string())),
+            Some(e) => Err(RuntimeError::Control(e.trim().to_string())),
             None => Ok(()),
         }
     }
