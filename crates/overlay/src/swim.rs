@@ -103,7 +103,9 @@ pub fn swim_config(n: usize, t: &SwimTuning) -> Config {
             frequency: t.announce_to_dead_every,
             num_members: nz(2),
         }),
-        periodic_gossip: Some(PeriodicParams { frequency: Duration::from_millis(200), num_members: nz(3) }),
+        // Only sent when there is something new; faster spreading of a suspicion or a death
+        // shortens failover (every survivor starts its own suspicion timer sooner).
+        periodic_gossip: Some(PeriodicParams { frequency: Duration::from_millis(100), num_members: nz(3) }),
     }
 }
 

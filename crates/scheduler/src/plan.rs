@@ -339,7 +339,13 @@ fn own_reports(input: &Input<'_>, versions: &BTreeMap<&str, String>) -> Vec<Repo
             }
         })
         .collect();
-    let has_container: BTreeSet<(&str, &Slot)> = input.local.iter().map(|c| (c.service.as_str(), &c.slot)).collect();
+    // A slot being started is reported as starting, whatever half-made container it has.
+    let has_container: BTreeSet<(&str, &Slot)> = input
+        .local
+        .iter()
+        .filter(|c| !input.starting.contains(&(c.service.clone(), c.slot.clone())))
+        .map(|c| (c.service.as_str(), &c.slot))
+        .collect();
     let bare = |service: &str, slot: &Slot| !has_container.contains(&(service, slot));
     for (service, slot) in input.starting.iter().filter(|(s, i)| bare(s, i)) {
         let Some(version) = versions.get(service.as_str()) else { continue };

@@ -121,6 +121,11 @@ impl Report {
             && self.fault.as_ref().is_some_and(|f| f.local)
     }
 
+    /// A claim not yet backed by a container that ran: a start in progress, or one that failed.
+    pub fn is_tentative(&self) -> bool {
+        matches!(self.state, ReplicaState::Starting | ReplicaState::Failed)
+    }
+
     /// Running at `version`: what rolling updates and handoffs wait for.
     pub fn serves(&self, version: &str) -> bool {
         self.state == ReplicaState::Running && self.version == version

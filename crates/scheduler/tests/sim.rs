@@ -311,3 +311,16 @@ fn random_churn_always_converges() {
         settle(&mut sim, &format!("seed {seed}"));
     }
 }
+
+#[test]
+fn a_new_service_starts_each_replica_exactly_once() {
+    for seed in 30..36 {
+        // Reports travel slower than a round: a peer plans again before it hears of the others' starts.
+        let mut sim = Sim::new(SimConfig { gossip_ms: (300, 700), start_ms: (300, 900), ..cfg(seed) }, roomy(8));
+        sim.put((seed % 8) as usize, svc("burst", 30));
+        settle(&mut sim, "create");
+        assert_eq!(placement(&sim).len(), 30);
+        let s = sim.stats();
+        assert_eq!((s.starts, s.duplicates), (30, 0), "seed {seed}: every replica started once: {s:?}");
+    }
+}

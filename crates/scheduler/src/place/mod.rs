@@ -11,7 +11,9 @@
 //!
 //! 1. **Held replicas stay** (stickiness). A replica that a peer reports ([`Report::holds`]) stays
 //!    on that peer if the peer is alive, not draining, matches the service's constraints and
-//!    still has room (services by name, replicas by slot). A replica reported by several peers
+//!    still has room (services by name, replicas by slot). One whose only holder is still
+//!    starting it (or failing to) keeps that holder too, but is placed in step 3 at its index,
+//!    so that a start cannot change where the other fresh replicas go. A replica reported by several peers
 //!    (each side of a healed partition ran one; a rebalance started a new copy) is decided after
 //!    all singly-held ones, for the best holder: current version, then a live state, then the
 //!    better spread (fewest replicas of the service on the peer and in its spread group), then
@@ -286,6 +288,8 @@ pub fn place<'a>(
                     let Some(list) = by_replica.get(&(name, Slot::Index(index))) else { continue };
                     let mut holders = list.iter().filter(|(i, r)| r.holds() && pool.is_eligible(*i));
                     match (holders.next(), holders.next()) {
+                        // A start in progress (or failing) is placed with the fresh replicas.
+                        (Some(&(_, r)), None) if r.is_tentative() => {}
                         (Some(&(peer, _)), None) if placer.free[peer].fits(&needs) => {
                             placer.take(name, Slot::Index(index), peer, needs, pool, tally);
                         }
@@ -348,7 +352,15 @@ pub fn place<'a>(
                 .map(|l| l.iter().filter(|(_, r)| r.avoids()).map(|(i, _)| *i).collect())
                 .unwrap_or_default()
         };
-        placer.place_fresh(name, spec, pool, tally, avoided);
+        let pinned = |index: u32| -> Option<usize> {
+            let list = by_replica.get(&(name, Slot::Index(index)))?;
+            let mut holders = list.iter().filter(|(i, r)| r.holds() && pool.is_eligible(*i));
+            match (holders.next(), holders.next()) {
+                (Some(&(peer, r)), None) if r.is_tentative() => Some(peer),
+                _ => None,
+            }
+        };
+        placer.place_fresh(name, spec, pool, tally, avoided, pinned);
     }
 
     // 4. Rebalance on request.

@@ -168,7 +168,10 @@ impl<'p> Placer<'p> {
     }
 
     /// Places the replicas of `name` that nothing holds yet (see the module docs); `avoided`
-    /// gives, per index, the peers that keep failing to start it.
+    /// gives, per index, the peers that keep failing to start it, and `pinned` the peer whose
+    /// start of it is in progress: that peer keeps it, at its index in this pass, so the other
+    /// fresh replicas get the owners they had before any start (what peers that have not heard
+    /// of the start yet compute).
     pub(super) fn place_fresh(
         &mut self,
         name: &str,
@@ -176,6 +179,7 @@ impl<'p> Placer<'p> {
         pool: &Pool,
         tally: &mut Tally,
         avoided: impl Fn(u32) -> Vec<usize>,
+        pinned: impl Fn(u32) -> Option<usize>,
     ) {
         let needs = super::needs(spec);
         let mut exhausted: Option<Unplaced> = None;
@@ -189,6 +193,10 @@ impl<'p> Placer<'p> {
             }
             if let Some(why) = &exhausted {
                 self.out.unplaced.insert(key_pair, why.clone());
+                continue;
+            }
+            if let Some(peer) = pinned(index).filter(|&p| self.free[p].fits(&needs)) {
+                self.take(name, Slot::Index(index), peer, needs, pool, tally);
                 continue;
             }
             let key = replica_key(name, index);

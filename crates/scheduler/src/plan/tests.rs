@@ -337,3 +337,15 @@ fn global_replicas_run_here_and_a_mode_change_stops_the_old_kind() {
     let p = c.run();
     assert_eq!(p.stops[0].reason, StopReason::ModeChanged);
 }
+
+#[test]
+fn a_start_in_progress_is_reported_as_starting_even_with_its_half_made_container() {
+    let mut c = Case::new(&[web(1)], &["me"]);
+    let v = c.v();
+    c.starting.insert(("web".to_string(), Slot::Index(0)));
+    c.local = vec![local("half", 0, &v, ContainerState::Exited)];
+    let p = c.run();
+    assert_eq!(p.reports.len(), 1);
+    assert_eq!((p.reports[0].state, p.reports[0].container.as_str()), (ReplicaState::Starting, ""));
+    assert!(p.stops.is_empty() && p.starts.is_empty(), "the start owns the slot: {p:?}");
+}

@@ -310,6 +310,8 @@ impl Sim {
         p.alive = false;
         p.incarnation += 1;
         p.starting.clear();
+        // Starts in progress die with the agent (the runtime cleans their containers up).
+        p.containers.retain(|_, c| c.running);
         for j in 0..self.peers.len() {
             if j != i && self.peers[j].alive {
                 let d = self.delay(self.cfg.detect_ms);
@@ -645,7 +647,19 @@ impl Sim {
             }
             for start in &plan.starts {
                 let key = (start.service.clone(), start.slot.clone());
-                self.peers[i].starting.insert(key.clone());
+                // Like the runtime, a start makes its container at once (created, not running).
+                let p = &mut self.peers[i];
+                p.starting.insert(key.clone());
+                p.next_container += 1;
+                let id = format!("{}-{}", p.view.id, p.next_container);
+                let half = Container {
+                    service: key.0.clone(),
+                    slot: key.1.clone(),
+                    version: start.version.clone(),
+                    running: false,
+                    started_secs: 0,
+                };
+                p.containers.insert(id, half);
                 let d = self.delay(self.cfg.start_ms);
                 let incarnation = self.peers[i].incarnation;
                 self.schedule(d, Event::StartDone { peer: i, incarnation, key, version: start.version.clone() });
@@ -677,17 +691,20 @@ impl Sim {
         }
         p.starting.remove(&key);
         p.dirty = true;
+        let half = p.containers.iter().find(|(_, c)| !c.running && c.service == key.0 && c.slot == key.1);
+        let Some(id) = half.map(|(id, _)| id.clone()) else { return };
         if p.broken {
+            p.containers.remove(&id);
             let count = p.failures.get(&key).filter(|f| f.version == version).map_or(1, |f| f.count + 1);
             let fault = crate::report::Fault { local: true, message: "port in use on this peer".into() };
             p.failures.insert(key, StartFailure { version, count, at_ms: now, fault });
             return;
         }
         p.failures.remove(&key);
-        p.next_container += 1;
-        let id = format!("{}-{}", p.view.id, p.next_container);
-        p.containers
-            .insert(id, Container { service: key.0, slot: key.1, version, running: true, started_secs: now / 1000 });
+        if let Some(c) = p.containers.get_mut(&id) {
+            c.running = true;
+            c.started_secs = now / 1000;
+        }
         self.stats.starts += 1;
     }
 }
