@@ -90,7 +90,6 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             self.cpu = self.containers.cpu().await.into_iter().map(|(id, m)| (id, (m + 25) / 50 * 50)).collect();
         }
         let local: Vec<LocalReplica> = containers.iter().filter_map(|c| replica_of(c, &self.cpu)).collect();
-        self.forget(&local);
         let peers: Vec<PeerView> = view
             .members
             .iter()
@@ -106,6 +105,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             .flat_map(|m| m.reports.as_ref().map(|v| reports::decode(v, &m.view.id)).unwrap_or_default())
             .collect();
         self.members = view.members.iter().map(|m| m.view.id.clone()).filter(|id| *id != self.me).collect();
+        self.forget(&local, &theirs);
         let acting = self.settled(&view);
         let refs: Vec<&Report> = theirs.iter().collect();
         let plan = plan::plan(&self.input(&peers, &refs, &local));
@@ -181,12 +181,17 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
         self.settle.settled && complete
     }
 
-    /// Forgets health, failures and autoscale marks of what no longer exists.
-    fn forget(&mut self, local: &[LocalReplica]) {
+    /// Forgets health, failures and autoscale marks of what no longer exists, and the failed
+    /// starts of replicas that another peer runs now (their reason no longer applies).
+    fn forget(&mut self, local: &[LocalReplica], theirs: &[Report]) {
         let live: BTreeSet<&str> = local.iter().map(|c| c.container.as_str()).collect();
         self.health.retain(|c, _| live.contains(c.as_str()));
         let map = &self.map;
-        self.failures.retain(|(s, _), f| map.get(s).is_some_and(|spec| plan::spec_version(spec) == f.version));
+        let served =
+            |s: &str, slot: &Slot, v: &str| theirs.iter().any(|r| r.service == s && &r.slot == slot && r.serves(v));
+        self.failures.retain(|(s, slot), f| {
+            map.get(s).is_some_and(|spec| plan::spec_version(spec) == f.version) && !served(s, slot, &f.version)
+        });
         self.scaled.retain(|s, _| map.get(s).is_some());
     }
 
