@@ -28,7 +28,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 /// The format byte that starts [`ServiceMap::encode`]'s output.
-pub const WIRE_FORMAT: u8 = 2;
+pub const WIRE_FORMAT: u8 = 3;
 
 /// One service name's register: the latest version and the spec it set, or `None` once removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -58,16 +58,70 @@ pub struct ContainerSpec {
     /// Free-form labels (services mark their replicas with them).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// `bridge` (an address on the cluster network) or `none` (loopback only).
+    #[serde(default)]
+    pub network: NetworkMode,
 }
 
-/// `-p [IP:]HOST:CONTAINER[/tcp]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a container is networked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// An address on this peer's bridge, routed to every container of the cluster.
+    #[default]
+    Bridge,
+    /// Its own network namespace with loopback only.
+    None,
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "bridge" => Ok(NetworkMode::Bridge),
+            "none" => Ok(NetworkMode::None),
+            other => Err(format!("unknown network {other:?}: use bridge or none")),
+        }
+    }
+}
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// `-p [IP:]HOST:CONTAINER[/tcp|/udp]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PortMapping {
-    /// Port on the host (every host address).
+    /// Port on the host.
     pub host_port: u16,
     /// Port inside the container.
     pub container_port: u16,
+    /// The host address to answer on (every address, 127.0.0.1 included, when absent).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "127.0.0.1"))]
+    pub host_ip: Option<std::net::Ipv4Addr>,
+    /// TCP or UDP.
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 /// `-v /host:/container[:ro]`.
@@ -115,8 +169,10 @@ impl RestartPolicy {
 /// Why a CLI short form was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecParseError {
-    /// `-p {0}`: expected HOST:CONTAINER with ports 1-65535 (like -p 8080:80)
-    #[error("-p {0}: expected HOST:CONTAINER with ports 1-65535, like -p 8080:80")]
+    /// `-p {0}`: expected [IP:]HOST:CONTAINER[/udp] with ports 1-65535 (like -p 8080:80)
+    #[error(
+        "-p {0}: expected [IP:]HOST:CONTAINER[/tcp|/udp] with ports 1-65535, like -p 8080:80 or -p 127.0.0.1:53:53/udp"
+    )]
     Port(String),
     /// `-v {0}`: expected /host/path:/container/path[:ro|:rw], both absolute
     #[error("-v {0}: expected /host/path:/container/path[:ro|:rw], both absolute")]
@@ -133,13 +189,37 @@ pub enum SpecParseError {
 }
 
 impl PortMapping {
-    /// Parses `HOST:CONTAINER` (an optional `/tcp` suffix is accepted).
+    /// A TCP mapping on every host address.
+    pub fn tcp(host_port: u16, container_port: u16) -> PortMapping {
+        PortMapping { host_port, container_port, host_ip: None, protocol: Protocol::Tcp }
+    }
+
+    /// Parses `[IP:]HOST:CONTAINER[/tcp|/udp]`.
     pub fn parse(text: &str) -> Result<PortMapping, SpecParseError> {
         let err = || SpecParseError::Port(text.to_string());
-        let body = text.strip_suffix("/tcp").unwrap_or(text);
-        let (host, container) = body.split_once(':').ok_or_else(err)?;
+        let (body, protocol) = match text.rsplit_once('/') {
+            Some((b, "tcp")) => (b, Protocol::Tcp),
+            Some((b, "udp")) => (b, Protocol::Udp),
+            Some(_) => return Err(err()),
+            None => (text, Protocol::Tcp),
+        };
         let port = |s: &str| s.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(err);
-        Ok(PortMapping { host_port: port(host)?, container_port: port(container)? })
+        let parts: Vec<&str> = body.split(':').collect();
+        let (host_ip, host, container) = match parts.as_slice() {
+            [h, c] => (None, *h, *c),
+            [ip, h, c] => (Some(ip.parse::<std::net::Ipv4Addr>().map_err(|_| err())?), *h, *c),
+            _ => return Err(err()),
+        };
+        Ok(PortMapping { host_port: port(host)?, container_port: port(container)?, host_ip, protocol })
+    }
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        write!(f, "{}:{}/{}", self.host_port, self.container_port, self.protocol)
     }
 }
 
@@ -334,9 +414,16 @@ mod tests {
 
     #[test]
     fn parses_short_forms() {
-        assert_eq!(PortMapping::parse("8080:80"), Ok(PortMapping { host_port: 8080, container_port: 80 }));
+        assert_eq!(PortMapping::parse("8080:80"), Ok(PortMapping::tcp(8080, 80)));
+        let udp = PortMapping::parse("127.0.0.1:5353:53/udp").unwrap();
+        assert_eq!(
+            (udp.host_ip, udp.host_port, udp.container_port, udp.protocol),
+            (Some([127, 0, 0, 1].into()), 5353, 53, Protocol::Udp)
+        );
+        assert_eq!(udp.to_string(), "127.0.0.1:5353:53/udp");
+        assert!(PortMapping::parse("1.2.3:80:80").is_err() && PortMapping::parse("80:80/sctp").is_err());
         assert_eq!(PortMapping::parse("8080:80/tcp").map(|p| p.container_port), Ok(80));
-        for bad in ["80", "0:80", "a:b", "70000:80", "8080:80/udp"] {
+        for bad in ["80", "0:80", "a:b", "70000:80", "8080:80/sctp", "1.2.3.4:0:80"] {
             assert!(PortMapping::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(

@@ -9,6 +9,7 @@ pub mod bytesize;
 pub mod container;
 pub mod content;
 pub mod labels;
+pub mod network;
 pub mod peer;
 pub mod rate;
 pub mod resources;
@@ -16,11 +17,12 @@ pub mod service;
 
 pub use bytesize::{ByteSize, ByteSizeError};
 pub use container::{
-    AttachEvent, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, ExecEvent, LogEntry, PortMapping,
-    RestartPolicy, SpecParseError, VolumeMount,
+    AttachEvent, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, ExecEvent, LogEntry, NetworkMode,
+    PortMapping, Protocol, RestartPolicy, SpecParseError, VolumeMount,
 };
 pub use content::{ContentInfo, ImageInfo, PullRequest, SharedContent, TransferInfo};
 pub use labels::{LabelError, Labels, parse_label};
+pub use network::{NetworkInfo, NetworkPeer, ServiceAddress};
 pub use peer::{AgentStatus, PeerInfo, PeerState};
 pub use resources::{Resources, ResourcesError};
 pub use service::{Autoscale, ReplicaInfo, ServiceInfo, ServiceLogLine, ServiceMode, ServiceSpec, Slot};

@@ -29,7 +29,8 @@ pub struct ServiceSpec {
     /// Memory per replica in bytes (also its cgroup limit); 0 = none reserved.
     #[serde(default)]
     pub memory_bytes: u64,
-    /// Published ports (each replica on its peer).
+    /// Published ports: every peer answers on `host_port` (the routing mesh) and balances
+    /// over the replicas' `container_port`.
     #[serde(default)]
     pub ports: Vec<crate::PortMapping>,
     /// Only peers whose labels have all these `key=value` pairs.
@@ -60,6 +61,11 @@ pub struct ServiceSpec {
     /// when serialising: the service map's binary form is positional.)
     #[serde(default)]
     pub rebalance: Option<u64>,
+    /// The service's virtual address (chosen when it is created, kept by updates; `NAME`
+    /// resolves to it in every container).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "198.18.240.7"))]
+    pub vip: Option<std::net::Ipv4Addr>,
 }
 
 /// How many replicas a service runs and where.
