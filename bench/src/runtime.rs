@@ -268,6 +268,7 @@ fn probe_net() -> shoal_runtime::state::NetMeta {
         bridge: BRIDGE.into(),
         netns: PROBE_NS.into(),
         veth: PROBE_VETH.into(),
+        mtu: None,
     }
 }
 

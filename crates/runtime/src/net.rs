@@ -1,8 +1,7 @@
 //! Container networking on one peer: a bridge, an address per container, a veth pair each.
 //!
-//! The agent keeps one bridge (`shoal0` by default) whose address is the first of the
-//! container subnet (default `198.19.0.0/24`, inside 198.18.0.0/15, which RFC 2544 reserves for
-//! benchmarking, so no real network a host sits on uses it; configurable). Each container gets
+//! The agent keeps one bridge (`shoal0` by default) whose address is the first of this peer's
+//! container subnet (claimed from the cluster pool, see `shoal_net::ipam`). Each container gets
 //! a named network namespace `/run/netns/shoal-<id12>`, a veth pair whose host end (`shv<id12>`)
 //! is enslaved to the bridge and whose other end is the container's `eth0`, loopback up, and a
 //! default route via the bridge. Containers on one peer reach each other through the bridge.
@@ -20,8 +19,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The default container subnet.
-pub const DEFAULT_SUBNET: &str = "198.19.0.0/24";
 /// The default bridge name.
 pub const DEFAULT_BRIDGE: &str = "shoal0";
 
@@ -107,25 +104,19 @@ impl std::fmt::Display for Subnet {
 #[derive(Debug, Clone)]
 pub struct Pool {
     dir: PathBuf,
-    subnet: Subnet,
 }
 
 impl Pool {
     /// Opens the pool under `root/net/ips`.
-    pub fn open(root: &Path, subnet: Subnet) -> Result<Pool, NetError> {
+    pub fn open(root: &Path) -> Result<Pool, NetError> {
         let dir = root.join("net").join("ips");
         std::fs::create_dir_all(&dir).map_err(|source| NetError::Pool { path: dir.clone(), source })?;
-        Ok(Pool { dir, subnet })
+        Ok(Pool { dir })
     }
 
-    /// The subnet.
-    pub fn subnet(&self) -> Subnet {
-        self.subnet
-    }
-
-    /// Takes a free address for container `id`.
-    pub fn allocate(&self, id: &str) -> Result<Ipv4Addr, NetError> {
-        for ip in self.subnet.container_addrs() {
+    /// Takes a free address of `subnet` for container `id`.
+    pub fn allocate(&self, subnet: Subnet, id: &str) -> Result<Ipv4Addr, NetError> {
+        for ip in subnet.container_addrs() {
             let path = self.dir.join(ip.to_string());
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut f) => {
@@ -136,7 +127,7 @@ impl Pool {
                 Err(source) => return Err(NetError::Pool { path, source }),
             }
         }
-        Err(NetError::PoolExhausted(self.subnet.to_string()))
+        Err(NetError::PoolExhausted(subnet.to_string()))
     }
 
     /// Gives an address back (only if `id` holds it).
@@ -208,6 +199,17 @@ pub fn ensure_bridge(name: &str, subnet: Subnet) -> Result<(), NetError> {
     let addr = format!("{}/{}", subnet.gateway(), subnet.prefix);
     let _ = ip(&["addr", "replace", &addr, "dev", name], None);
     ip(&["link", "set", name, "up"], None)
+}
+
+/// Moves the bridge from `old` to `new`: the new gateway address is added first, then the old
+/// one removed (containers already on `old` lose their gateway, and keep their address).
+pub fn readdress_bridge(name: &str, old: Subnet, new: Subnet) -> Result<(), NetError> {
+    ensure_bridge(name, new)?;
+    if old != new {
+        let addr = format!("{}/{}", old.gateway(), old.prefix);
+        let _ = ip(&["addr", "del", &addr, "dev", name], None);
+    }
+    Ok(())
 }
 
 /// Names for container `id`'s netns and host veth end.
@@ -306,10 +308,16 @@ fn configure(net: &crate::state::NetMeta, bridge: u32) -> Result<(), NetError> {
     rt.spawn(conn);
     let ns = std::fs::File::open(&path).map_err(|e| failed(path.display(), e))?;
     rt.block_on(async {
-        let peer = LinkMessageBuilder::<LinkUnspec>::new().name("eth0".into()).setns_by_fd(ns.as_raw_fd()).build();
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name("eth0".into())
+            .mtu(net.mtu.unwrap_or(1500))
+            .setns_by_fd(ns.as_raw_fd())
+            .build();
+        let mtu = net.mtu.unwrap_or(1500);
         let veth = LinkVeth::new(&net.veth, "eth0")
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .controller(bridge)
+            .mtu(mtu)
             .up()
             .build();
         host.link().add(veth).execute().await.map_err(|e| failed(format!("create veth {}", net.veth), e))?;
@@ -379,21 +387,21 @@ mod tests {
     fn pool_never_hands_out_twice_and_persists() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Subnet::parse("10.99.0.0/29").expect("parse");
-        let pool = Pool::open(dir.path(), s).expect("pool");
-        let a = pool.allocate("a").expect("a");
-        let b = pool.allocate("b").expect("b");
+        let pool = Pool::open(dir.path()).expect("pool");
+        let a = pool.allocate(s, "a").expect("a");
+        let b = pool.allocate(s, "b").expect("b");
         assert_ne!(a, b);
-        let again = Pool::open(dir.path(), s).expect("reopen");
+        let again = Pool::open(dir.path()).expect("reopen");
         let mut rest = Vec::new();
-        while let Ok(ip) = again.allocate("c") {
+        while let Ok(ip) = again.allocate(s, "c") {
             rest.push(ip);
         }
         assert_eq!(rest.len(), 3, "8 addresses minus net, gw, bcast, a, b");
-        assert!(matches!(again.allocate("d"), Err(NetError::PoolExhausted(_))));
+        assert!(matches!(again.allocate(s, "d"), Err(NetError::PoolExhausted(_))));
         again.release(a, "not-a");
-        assert!(again.allocate("d").is_err(), "only the holder releases");
+        assert!(again.allocate(s, "d").is_err(), "only the holder releases");
         again.release(a, "a");
-        assert_eq!(again.allocate("d").ok(), Some(a));
+        assert_eq!(again.allocate(s, "d").ok(), Some(a));
         again.release_all_but(&["d".to_string()].into_iter().collect());
         assert_eq!(std::fs::read_dir(dir.path().join("net/ips")).expect("dir").count(), 1);
     }
@@ -406,6 +414,7 @@ mod tests {
             bridge: bridge.into(),
             netns: format!("shoal-ut{tag}{}", std::process::id()),
             veth: format!("shvut{tag}{}", std::process::id() % 100_000),
+            mtu: Some(1420),
         }
     }
 
@@ -421,6 +430,7 @@ mod tests {
         let inside = Command::new("ip").args(["-n", &net.netns, "-o", "addr", "show", "dev", "eth0"]).output();
         let route = Command::new("ip").args(["-n", &net.netns, "route", "show", "default"]).output();
         let lo = Command::new("ip").args(["-n", &net.netns, "-o", "link", "show", "dev", "lo"]).output();
+        let lo_mtu = Command::new("ip").args(["-n", &net.netns, "-o", "link", "show", "dev", "eth0"]).output();
         let on_bridge = Path::new("/sys/class/net").join(&bridge).join("brif").join(&net.veth).exists();
         teardown(&net);
         let gone = !exists(&net);
@@ -436,6 +446,7 @@ mod tests {
         let text =
             |o: std::io::Result<std::process::Output>| String::from_utf8_lossy(&o.expect("ip").stdout).into_owned();
         assert!(text(inside).contains("198.19.251.2/24"), "address inside");
+        assert!(text(lo_mtu).contains("mtu 1420"), "the transport's MTU inside");
         assert!(text(route).contains("via 198.19.251.1"), "default route");
         assert!(text(lo).contains("UP"), "loopback up");
         assert!(on_bridge, "host end on the bridge");

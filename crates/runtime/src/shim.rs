@@ -197,7 +197,7 @@ struct Started {
     pid: Pid,
     stdout: OwnedFd,
     stderr: OwnedFd,
-    listeners: Vec<(std::net::TcpListener, u16)>,
+    listeners: Vec<(crate::proxy::Listener, u16)>,
 }
 
 /// Everything up to a running init. Errors are messages for the user, with whose fault it is.
@@ -214,11 +214,8 @@ fn start(shared: &Shared, meta: &ContainerMeta) -> Result<Started, (StartFailure
     // Published ports first: a port in use is the user's most likely mistake.
     let mut listeners = Vec::new();
     for p in &meta.spec.ports {
-        let l = std::net::TcpListener::bind(("0.0.0.0", p.host_port)).map_err(|e| {
-            let msg = format!(
-                "cannot publish port {}: {e}; pick another host port with -p HOST:{}",
-                p.host_port, p.container_port
-            );
+        let l = crate::proxy::bind(p).map_err(|e| {
+            let msg = format!("cannot publish port {p}: {e}; pick another host port with -p HOST:{}", p.container_port);
             (StartFailure::Port, msg)
         })?;
         listeners.push((l, p.container_port));

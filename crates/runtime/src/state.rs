@@ -71,6 +71,9 @@ pub struct NetMeta {
     pub netns: String,
     /// Host end of the veth pair.
     pub veth: String,
+    /// MTU of both ends (the cluster transport's; 1500 when absent, as written by older agents).
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 /// Where the container is in its life, as the shim reports it.

@@ -50,9 +50,12 @@ impl Runtime {
         if live.iter().any(|m| m.name == name) {
             return Err(RuntimeError::NameInUse(name));
         }
+        if spec.network == shoal_types::NetworkMode::None && !spec.ports.is_empty() {
+            return Err(RuntimeError::PortsWithoutNetwork);
+        }
         for p in &spec.ports {
             let by = live.iter().find(|m| {
-                m.spec.ports.iter().any(|q| q.host_port == p.host_port)
+                m.spec.ports.iter().any(|q| crate::proxy::clash(p, q))
                     && self.dir(&m.id).read_state().is_ok_and(|s| s.shim_alive())
             });
             if let Some(m) = by {
@@ -62,7 +65,7 @@ impl Runtime {
                     by: format!(" by container {}", m.name),
                 });
             }
-            if std::net::TcpListener::bind(("0.0.0.0", p.host_port)).is_err() {
+            if crate::proxy::bind(p).is_err() {
                 return Err(RuntimeError::PortInUse {
                     port: p.host_port,
                     container: p.container_port,
@@ -78,16 +81,22 @@ impl Runtime {
         let dir = self.dir(&id);
         let made = (|| -> Result<ContainerMeta, RuntimeError> {
             std::fs::create_dir_all(dir.etc()).map_err(io(&dir.etc()))?;
-            let ip = self.inner.pool.allocate(&id)?;
-            let subnet = self.inner.cfg.subnet;
-            let (netns, veth) = crate::net::names(&id);
-            let net = NetMeta {
-                ip,
-                prefix: subnet.prefix,
-                gateway: subnet.gateway(),
-                bridge: self.inner.cfg.bridge.clone(),
-                netns,
-                veth,
+            let net = match spec.network {
+                shoal_types::NetworkMode::None => None,
+                shoal_types::NetworkMode::Bridge => {
+                    let subnet = self.subnet();
+                    let ip = self.inner.pool.allocate(subnet, &id)?;
+                    let (netns, veth) = crate::net::names(&id);
+                    Some(NetMeta {
+                        ip,
+                        prefix: subnet.prefix,
+                        gateway: subnet.gateway(),
+                        bridge: self.inner.cfg.bridge.clone(),
+                        netns,
+                        veth,
+                        mtu: Some(self.inner.cfg.mtu),
+                    })
+                }
             };
             let meta = ContainerMeta {
                 id: id.clone(),
@@ -98,12 +107,12 @@ impl Runtime {
                 spec: ContainerSpec { name: Some(name.clone()), ..spec },
                 created_unix: now_unix(),
                 lowers,
-                net: Some(net),
+                net,
                 cgroups_path: self.inner.cgroup_parent.join(&id),
                 log_max_bytes: self.inner.cfg.log_max_bytes,
                 log_files: self.inner.cfg.log_files,
             };
-            write_etc(&dir, &meta)?;
+            write_etc(&dir, &meta, self.inner.cfg.dns)?;
             let cfg_path = dir.path().join("image-config.json");
             std::fs::write(&cfg_path, &image.config).map_err(io(&cfg_path))?;
             write_json_atomic(&dir.meta(), &meta, true).map_err(io(&dir.meta()))?;
@@ -192,25 +201,44 @@ impl Runtime {
 }
 
 /// Writes /etc/hosts, /etc/hostname and /etc/resolv.conf for the container.
-fn write_etc(dir: &ContainerDir, meta: &ContainerMeta) -> Result<(), RuntimeError> {
+fn write_etc(dir: &ContainerDir, meta: &ContainerMeta, dns: Option<std::net::Ipv4Addr>) -> Result<(), RuntimeError> {
     let etc = dir.etc();
     let ip = meta.net.as_ref().map(|n| n.ip.to_string());
     let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if let Some(ip) = &ip {
         hosts.push_str(&format!("{ip}\t{}\n", meta.name));
     }
-    let resolv = std::fs::read_to_string("/etc/resolv.conf")
-        .ok()
-        .map(|r| {
-            // A loopback resolver on the host is unreachable from the container's namespace.
-            r.lines().filter(|l| !l.trim_start().starts_with("nameserver 127.")).collect::<Vec<_>>().join("\n") + "\n"
-        })
-        .unwrap_or_default();
+    let resolv =
+        resolv_conf(std::fs::read_to_string("/etc/resolv.conf").ok().as_deref(), dns.filter(|_| meta.net.is_some()));
     for (name, body) in [("hosts", hosts), ("hostname", format!("{}\n", meta.name)), ("resolv.conf", resolv)] {
         let p = etc.join(name);
         std::fs::write(&p, body).map_err(io(&p))?;
     }
     Ok(())
+}
+
+/// A container's resolv.conf: the agent's resolver when there is one (it answers the cluster's
+/// names and forwards the rest to the host's resolvers), else the host's resolvers minus
+/// loopback ones (unreachable from the container's namespace). The host's search domains stay.
+fn resolv_conf(host: Option<&str>, agent: Option<std::net::Ipv4Addr>) -> String {
+    let host = host.unwrap_or_default();
+    let mut out: Vec<String> = host
+        .lines()
+        .filter(|l| {
+            let l = l.trim_start();
+            match agent {
+                Some(_) => !l.starts_with("nameserver") && !l.starts_with("options"),
+                None => !l.starts_with("nameserver 127."),
+            }
+        })
+        .map(str::to_string)
+        .collect();
+    if let Some(ip) = agent {
+        out.push(format!("nameserver {ip}"));
+        // Service names are single labels: look them up as they are, before the search list.
+        out.push("options ndots:0".into());
+    }
+    out.join("\n") + "\n"
 }
 
 fn random_id() -> String {
@@ -251,5 +279,14 @@ mod tests {
             assert!(shoal_types::container::check_name(&n).is_ok(), "{image} -> {n}");
         }
         assert_ne!(random_id(), random_id());
+    }
+
+    #[test]
+    fn resolv_conf_points_at_the_agent_and_keeps_search_domains() {
+        let host = "search lab.example\nnameserver 127.0.0.53\nnameserver 10.0.0.1\noptions edns0\n";
+        let agent = resolv_conf(Some(host), Some([198, 19, 3, 1].into()));
+        assert_eq!(agent, "search lab.example\nnameserver 198.19.3.1\noptions ndots:0\n");
+        let plain = resolv_conf(Some(host), None);
+        assert_eq!(plain, "search lab.example\nnameserver 10.0.0.1\noptions edns0\n");
     }
 }

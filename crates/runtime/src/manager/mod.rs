@@ -39,8 +39,14 @@ pub struct RuntimeConfig {
     pub root: PathBuf,
     /// The `shoal` executable (started as `shoal __shim DIR`).
     pub exe: PathBuf,
-    /// Container subnet.
+    /// Container subnet (this peer's claim; see [`Runtime::set_subnet`]).
     pub subnet: crate::net::Subnet,
+    /// MTU of containers' interfaces: the cluster transport's, so nothing is fragmented or
+    /// black-holed on the way to another peer.
+    pub mtu: u32,
+    /// The resolver containers use (the agent's DNS on the bridge address); the host's
+    /// resolvers when absent.
+    pub dns: Option<std::net::Ipv4Addr>,
     /// Bridge name.
     pub bridge: String,
     /// Rotate container logs at this size.
@@ -93,6 +99,9 @@ pub enum RuntimeError {
     /// A volume whose host path does not exist.
     #[error("-v {0}: the host path does not exist; create it first")]
     VolumeMissing(String),
+    /// `-p` on a container without a network.
+    #[error("a container with --network none has no address to publish ports to; drop -p or use --network bridge")]
+    PortsWithoutNetwork,
     /// A host port taken.
     #[error("port {port} on this host is already in use{by}; pick another host port with -p OTHER:{container}")]
     PortInUse {
@@ -167,6 +176,8 @@ struct Inner {
     cfg: RuntimeConfig,
     layers: crate::layers::LayerStore,
     pool: crate::net::Pool,
+    /// The subnet new containers get addresses from.
+    subnet: Mutex<crate::net::Subnet>,
     cgroup_parent: PathBuf,
     metas: Mutex<HashMap<String, ContainerMeta>>,
     /// Attached clients per container: an auto-remove container waits for them to read its end.
@@ -189,11 +200,12 @@ impl Runtime {
         // Container directories a crash left half deleted (see `discard_dir`).
         let _ = std::fs::remove_dir_all(cfg.root.join("trash"));
         let layers = crate::layers::LayerStore::open(&cfg.root.join("layers"))?;
-        let pool = crate::net::Pool::open(&cfg.root, cfg.subnet)?;
+        let pool = crate::net::Pool::open(&cfg.root)?;
         crate::net::ensure_bridge(&cfg.bridge, cfg.subnet)?;
         let cgroup_parent = crate::cgroup::containers_parent()?;
         let rt = Runtime {
             inner: Arc::new(Inner {
+                subnet: Mutex::new(cfg.subnet),
                 cfg,
                 layers,
                 pool,
@@ -209,6 +221,20 @@ impl Runtime {
         rt.recover();
         rt.spawn_watcher();
         Ok(rt)
+    }
+
+    /// The subnet new containers get addresses from.
+    pub fn subnet(&self) -> crate::net::Subnet {
+        *self.inner.subnet.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the bridge and new containers to `subnet` (this peer lost its claim to another).
+    /// Containers already running keep their addresses.
+    pub fn set_subnet(&self, subnet: crate::net::Subnet) -> Result<(), RuntimeError> {
+        let _guard = self.inner.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        crate::net::readdress_bridge(&self.inner.cfg.bridge, self.subnet(), subnet)?;
+        *self.inner.subnet.lock().unwrap_or_else(|e| e.into_inner()) = subnet;
+        Ok(())
     }
 
     fn dir(&self, id: &str) -> ContainerDir {
