@@ -105,6 +105,12 @@ impl ClusterKey {
         self.0.fingerprint().to_string()
     }
 
+    /// A 32-byte secret for another use of the key (`context` names the use), so a leak of
+    /// one derived secret reveals neither the key nor the others.
+    pub fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, self.to_file_text().as_bytes())
+    }
+
     pub(crate) fn psk(self) -> PreSharedKey {
         self.0
     }
@@ -132,6 +138,14 @@ mod tests {
         fs::write(&path, b"garbage").unwrap();
         let err = load_or_create_identity(&path).unwrap_err();
         assert!(err.to_string().contains("move it away"), "{err}");
+    }
+
+    #[test]
+    fn derived_secrets_depend_on_key_and_context() {
+        let (a, b) = (ClusterKey::generate(), ClusterKey::generate());
+        assert_eq!(a.derive("x"), ClusterKey::parse(&a.to_file_text()).unwrap().derive("x"));
+        assert_ne!(a.derive("x"), a.derive("y"));
+        assert_ne!(a.derive("x"), b.derive("x"));
     }
 
     #[test]

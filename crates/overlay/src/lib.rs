@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use event_loop::Member;
+pub use event_loop::{Member, Published};
 pub use keys::{ClusterKey, KeyError, load_or_create_identity};
 pub use libp2p;
 pub use libp2p_stream;
@@ -262,6 +262,12 @@ impl Overlay {
     /// Live members (this peer excluded) with their addresses.
     pub async fn members(&self) -> Result<Vec<Member>, OverlayError> {
         self.ask(Command::Members).await
+    }
+
+    /// The value of `ext` key `key` in every record this peer holds (live peers' and, until
+    /// they are pruned, dead ones'), this peer's own excluded.
+    pub async fn published(&self, key: &str) -> Result<Vec<Published>, OverlayError> {
+        self.ask(|tx| Command::Published(key.to_string(), tx)).await
     }
 
     /// Announces in the DHT that this peer holds `key`.

@@ -1,7 +1,7 @@
 //! Commands from the [`crate::Overlay`] handle: queries (peers, status, members, DHT
 //! providers), updates of our own record, and the graceful leave.
 
-use super::{Command, EventLoop, Leaving, MAX_EXT_VALUE, Member};
+use super::{Command, EventLoop, Leaving, MAX_EXT_VALUE, Member, Published};
 use crate::OverlayStatus;
 use crate::record::{self, PeerRecord};
 use crate::wire::{CtlRequest, Frame};
@@ -62,6 +62,20 @@ impl EventLoop {
                     })
                     .collect();
                 let _ = reply.send(members);
+            }
+            Command::Published(key, reply) => {
+                let book = record::lock(&self.book);
+                let found = book
+                    .records()
+                    .filter_map(|r| {
+                        let value = r.record.ext.get(&key)?.clone();
+                        let peer = r.record.peer;
+                        let live = self.view.get(&peer).is_some_and(|e| e.up && e.generation == r.record.generation);
+                        Some(Published { peer, live, value })
+                    })
+                    .filter(|p| p.peer != *self.swarm.local_peer_id())
+                    .collect();
+                let _ = reply.send(found);
             }
             Command::Provide(key) => {
                 if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key) {

@@ -64,6 +64,8 @@ pub(crate) enum Command {
     Leave(oneshot::Sender<()>),
     /// Live members with their addresses (this peer excluded).
     Members(oneshot::Sender<Vec<Member>>),
+    /// One `ext` key of every record this peer holds, live or not (this peer excluded).
+    Published(String, oneshot::Sender<Vec<Published>>),
     /// Announce in the DHT that we hold `key`.
     Provide(kad::RecordKey),
     /// Stop announcing `key`.
@@ -90,6 +92,15 @@ pub struct Member {
     pub labels: shoal_types::Labels,
     /// Per-peer state other subsystems publish in their record (`LocalInfo::ext`).
     pub ext: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// One peer's value of an `ext` key, whatever the peer's state.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub peer: PeerId,
+    /// SWIM considers the peer active and the record is of its current generation.
+    pub live: bool,
+    pub value: serde_json::Value,
 }
 
 struct Leaving {
