@@ -1,0 +1,239 @@
+//! The data-path threads of the encrypted transport (see [`super`]).
+
+use super::udp::{MAX_GSO_BYTES, MAX_GSO_SEGMENTS, cmsg_buffer, recv_segments, send_segments};
+use super::{Shared, WgPeer};
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tun_rs::{GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+/// Room for one encrypted packet: the MTU, WireGuard's 32 bytes and padding to 16.
+const SLOT: usize = 1500 + 32 + 16;
+
+/// Datagrams of one GSO send being built: all to one endpoint, all `seg` bytes but the last.
+struct Run {
+    to: Option<SocketAddrV4>,
+    start: usize,
+    end: usize,
+    seg: usize,
+    count: usize,
+    closed: bool,
+}
+
+impl Run {
+    fn new(at: usize) -> Run {
+        Run { to: None, start: at, end: at, seg: 0, count: 0, closed: false }
+    }
+
+    /// Whether a datagram of `len` bytes to `to` can join.
+    fn takes(&self, to: SocketAddrV4, len: usize) -> bool {
+        self.to == Some(to)
+            && !self.closed
+            && len <= self.seg
+            && self.count < MAX_GSO_SEGMENTS
+            && self.end - self.start + len <= MAX_GSO_BYTES
+    }
+}
+
+fn flush(shared: &Shared, out: &[u8], run: &Run) {
+    if let Some(to) = run.to
+        && run.count > 0
+        && let Err(e) = send_segments(&shared.udp, &out[run.start..run.end], run.seg, to)
+    {
+        tracing::trace!(err = %e, %to, "cannot send encrypted packets");
+    }
+}
+
+/// TUN → peers: read a batch, encrypt each packet for the peer owning its destination into one
+/// buffer, and send each run of packets to one peer with one GSO `sendmsg`.
+pub(super) fn tx(shared: Arc<Shared>) {
+    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
+    let mut bufs = vec![vec![0u8; SLOT]; IDEAL_BATCH_SIZE];
+    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut out = vec![0u8; IDEAL_BATCH_SIZE * SLOT];
+    while !shared.stop.load(Ordering::Relaxed) {
+        let n = match shared.tun.recv_multiple_intr(&mut original, &mut bufs, &mut sizes, 0, &shared.stop_tun) {
+            Ok(n) => n,
+            Err(e) => {
+                if !shared.stop.load(Ordering::Relaxed) {
+                    tracing::debug!(err = %e, "reading the TUN device failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+        };
+        let table = shared.peers.read().unwrap_or_else(|e| e.into_inner());
+        let mut run = Run::new(0);
+        for (buf, size) in bufs.iter().zip(&sizes).take(n) {
+            let pkt = &buf[..*size];
+            if pkt.len() < 20 || pkt[0] >> 4 != 4 {
+                continue;
+            }
+            let dst = std::net::Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+            let Some(peer) = table.for_destination(dst) else { continue };
+            let to = peer.endpoint();
+            let at = run.end;
+            let (len, data) = {
+                let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
+                match tunn.encapsulate(pkt, &mut out[at..at + SLOT]) {
+                    TunnResult::WriteToNetwork(p) => (p.len(), p.first() == Some(&4)),
+                    _ => continue,
+                }
+            };
+            if !data {
+                // A handshake initiation (the packet waits in the session's queue): alone, now.
+                let _ = shared.udp.send_to(&out[at..at + len], to);
+                continue;
+            }
+            peer.tx.fetch_add(pkt.len() as u64, Ordering::Relaxed);
+            if run.takes(to, len) {
+                run.end += len;
+                run.count += 1;
+                run.closed = len < run.seg;
+            } else {
+                flush(&shared, &out, &run);
+                // Start the new run where this datagram is (moved to the front is not needed:
+                // runs are contiguous slices of `out`).
+                run = Run { to: Some(to), start: at, end: at + len, seg: len, count: 1, closed: false };
+            }
+        }
+        flush(&shared, &out, &run);
+    }
+}
+
+/// Peers → TUN: receive coalesced datagrams, decrypt each with its peer's session, keep only
+/// packets whose source is in that peer's subnet, and write them to the TUN coalesced.
+pub(super) fn rx(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; 65_535];
+    let mut cmsg = cmsg_buffer();
+    let mut reply = vec![0u8; SLOT];
+    let mut outs: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + SLOT)).collect();
+    let mut gro = GROTable::default();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let (n, from, seg) = match recv_segments(&shared.udp, &mut buf, &mut cmsg) {
+            Ok(x) => x,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) => {
+                tracing::trace!(err = %e, "receiving encrypted packets failed");
+                continue;
+            }
+        };
+        let mut k = 0;
+        {
+            let table = shared.peers.read().unwrap_or_else(|e| e.into_inner());
+            for dgram in buf[..n].chunks(seg.max(1)) {
+                let Some(peer) = peer_of(&shared, &table, dgram, from, &mut reply) else { continue };
+                let out = &mut outs[k];
+                out.clear();
+                out.resize(VIRTIO_NET_HDR_LEN + SLOT, 0);
+                let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
+                match tunn.decapsulate(Some(from.ip()), dgram, &mut out[VIRTIO_NET_HDR_LEN..]) {
+                    TunnResult::WriteToTunnelV4(p, src) => {
+                        let len = p.len();
+                        if peer.subnet.contains(src) && len > 0 {
+                            out.truncate(VIRTIO_NET_HDR_LEN + len);
+                            peer.rx.fetch_add(len as u64, Ordering::Relaxed);
+                            k += 1;
+                        } else if len > 0 {
+                            tracing::debug!(peer = peer.label(), %src, "dropped a packet from outside the peer's subnet");
+                        }
+                    }
+                    TunnResult::WriteToNetwork(p) => {
+                        // A handshake response or cookie; then the packets that waited for it.
+                        let _ = shared.udp.send_to(p, from);
+                        drain_queue(&shared, &mut tunn, peer.endpoint(), &mut reply);
+                    }
+                    _ => {}
+                }
+                drop(tunn);
+                if k == outs.len() {
+                    write_tun(&shared, &mut gro, &mut outs[..k]);
+                    k = 0;
+                }
+            }
+        }
+        if k > 0 {
+            write_tun(&shared, &mut gro, &mut outs[..k]);
+        }
+    }
+}
+
+fn write_tun(shared: &Shared, gro: &mut GROTable, bufs: &mut [Vec<u8>]) {
+    if let Err(e) = shared.tun.send_multiple(gro, bufs, VIRTIO_NET_HDR_LEN) {
+        tracing::trace!(err = %e, "writing to the TUN device failed");
+    }
+}
+
+/// Sends what a session queued while its handshake was in flight.
+fn drain_queue(shared: &Shared, tunn: &mut Tunn, to: SocketAddrV4, buf: &mut [u8]) {
+    for _ in 0..512 {
+        match tunn.decapsulate(None, &[], buf) {
+            TunnResult::WriteToNetwork(p) => {
+                let _ = shared.udp.send_to(p, to);
+            }
+            _ => return,
+        }
+    }
+}
+
+/// The peer a datagram belongs to: by receiver index, or for a handshake initiation by the
+/// initiator's static key (after the MAC check and the rate limit: the key is found with a
+/// Diffie-Hellman, which must not be free to ask for).
+fn peer_of(
+    shared: &Shared,
+    table: &super::Table,
+    dgram: &[u8],
+    from: SocketAddr,
+    reply: &mut [u8],
+) -> Option<Arc<WgPeer>> {
+    match dgram.first()? {
+        1 => {
+            let packet = match shared.limiter.verify_packet(Some(from.ip()), dgram, reply) {
+                Ok(p) => p,
+                Err(TunnResult::WriteToNetwork(cookie)) => {
+                    let _ = shared.udp.send_to(cookie, from);
+                    return None;
+                }
+                Err(_) => return None,
+            };
+            let Packet::HandshakeInit(init) = packet else { return None };
+            let half = parse_handshake_anon(&shared.private, &shared.public, &init).ok()?;
+            let peer = table.by_key.get(&half.peer_static_public).cloned();
+            if peer.is_none() {
+                tracing::debug!(%from, "a handshake from a key no member published");
+            }
+            peer
+        }
+        2..=4 if dgram.len() >= 8 => {
+            let idx = u32::from_le_bytes([dgram[4], dgram[5], dgram[6], dgram[7]]);
+            table.by_index.get(&(idx >> 8)).cloned()
+        }
+        _ => None,
+    }
+}
+
+/// Runs every session's timers: handshake retries, rekeys, keepalives; and the handshake rate
+/// limiter's window.
+pub(super) fn timers(shared: Arc<Shared>) {
+    let mut buf = vec![0u8; SLOT];
+    let mut last_reset = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last_reset.elapsed() >= Duration::from_secs(1) {
+            shared.limiter.reset_count();
+            last_reset = Instant::now();
+        }
+        let peers: Vec<Arc<WgPeer>> =
+            shared.peers.read().unwrap_or_else(|e| e.into_inner()).by_key.values().cloned().collect();
+        for p in peers {
+            let to = p.endpoint();
+            let mut tunn = p.tunn.lock().unwrap_or_else(|e| e.into_inner());
+            if let TunnResult::WriteToNetwork(pkt) = tunn.update_timers(&mut buf) {
+                let _ = shared.udp.send_to(pkt, to);
+            }
+        }
+    }
+}
