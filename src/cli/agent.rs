@@ -69,9 +69,28 @@ pub(crate) struct Args {
     /// Where peers connect to fetch content [default: the listen IP, port + 1].
     #[arg(long, value_name = "HOST:PORT")]
     data_listen: Option<String>,
-    /// Subnet of this peer's container bridge [default: 198.19.0.0/24].
+    /// Fix this peer's container subnet instead of claiming one from --cluster-subnet.
     #[arg(long, value_name = "CIDR")]
     container_subnet: Option<String>,
+    /// The pool every peer claims its container subnet from [default: 198.19.0.0/16].
+    #[arg(long, value_name = "CIDR")]
+    cluster_subnet: Option<String>,
+    /// Prefix length of one peer's subnet [default: 24, 254 containers].
+    #[arg(long, value_name = "BITS")]
+    subnet_size: Option<u8>,
+    /// The pool of services' virtual addresses [default: 198.18.240.0/20].
+    #[arg(long, value_name = "CIDR")]
+    service_subnet: Option<String>,
+    /// How container traffic crosses between peers: encrypted (userspace WireGuard; the
+    /// default with a cluster key), vxlan (kernel, plaintext, trusted networks only) or local.
+    #[arg(long, value_name = "TRANSPORT")]
+    network_transport: Option<String>,
+    /// UDP port of the encrypted transport [default: 51820].
+    #[arg(long, value_name = "PORT")]
+    wg_port: Option<u16>,
+    /// UDP port of the VXLAN transport [default: 4789].
+    #[arg(long, value_name = "PORT")]
+    vxlan_port: Option<u16>,
     /// Name of this peer's container bridge [default: shoal0].
     #[arg(long, value_name = "NAME")]
     bridge: Option<String>,
@@ -122,6 +141,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             download_limit: args.download_limit,
             data_listen: args.data_listen,
             container_subnet: args.container_subnet,
+            cluster_subnet: args.cluster_subnet,
+            subnet_size: args.subnet_size,
+            service_subnet: args.service_subnet,
+            network_transport: args.network_transport,
+            wg_port: args.wg_port,
+            vxlan_port: args.vxlan_port,
             bridge: args.bridge,
         },
     )?;

@@ -122,6 +122,7 @@ impl ServiceDecl {
             max_unavailable: self.max_unavailable,
             autoscale,
             previous_image: None,
+            vip: None,
         })
     }
 }
@@ -134,7 +135,7 @@ fn diff(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
     if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
         for (k, vb) in b {
             // The autoscaler owns the replica count of an autoscaled service.
-            if k == "previous_image" || k == "rebalance" || (k == "replicas" && new.autoscale.is_some()) {
+            if k == "previous_image" || k == "rebalance" || k == "vip" || (k == "replicas" && new.autoscale.is_some()) {
                 continue;
             }
             let va = a.get(k).cloned().unwrap_or_default();

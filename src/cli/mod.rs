@@ -10,6 +10,7 @@ mod keygen;
 mod lab;
 mod lifecycle;
 mod logs;
+mod network;
 mod output;
 mod peers;
 mod progress;
@@ -47,6 +48,9 @@ enum Command {
     Peers(peers::Args),
     /// Show this agent: id, name, version, addresses, cluster size.
     Status(status::Args),
+    /// Show the cluster network: this peer's subnet and transport, routes to the other peers,
+    /// service addresses.
+    Network(network::Args),
     /// Store a file and serve it to the cluster; prints its content id.
     Share(share::Args),
     /// Fetch content from the peers that hold it.
@@ -145,6 +149,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen(args) => keygen::run(args),
         Command::Peers(args) => peers::run(args, &client(addr)?).await,
         Command::Status(args) => status::run(args, &client(addr)?).await,
+        Command::Network(args) => network::run(args, &client(addr)?).await,
         Command::Lab(args) => lab::run(args).await,
         Command::Share(args) => share::run(args, &client(addr)?).await,
         Command::Get(args) => get::run(args, &client(addr)?).await,

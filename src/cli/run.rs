@@ -32,9 +32,12 @@ pub(crate) struct Args {
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
-    /// Publish a port: HOST:CONTAINER (repeatable).
-    #[arg(short, long = "publish", value_name = "HOST:CONTAINER")]
+    /// Publish a port: [IP:]HOST:CONTAINER[/udp] (repeatable; every host address when no IP).
+    #[arg(short, long = "publish", value_name = "[IP:]HOST:CONTAINER[/udp]")]
     publish: Vec<String>,
+    /// `bridge` (an address on the cluster network, the default) or `none` (loopback only).
+    #[arg(long, default_value = "bridge")]
+    network: shoal_types::NetworkMode,
     /// Bind mount: /host/dir:/dir[:ro] (repeatable).
     #[arg(short, long = "volume", value_name = "HOST:CONTAINER[:ro]")]
     volume: Vec<String>,
@@ -77,6 +80,9 @@ fn spec(a: Args) -> anyhow::Result<(ContainerSpec, bool)> {
         shoal_types::container::check_name(n)?;
     }
     let ports = a.publish.iter().map(|p| PortMapping::parse(p)).collect::<Result<Vec<_>, _>>()?;
+    if a.network == shoal_types::NetworkMode::None && !ports.is_empty() {
+        anyhow::bail!("--network none has no network to publish a port from: drop -p or --network none");
+    }
     let volumes = a.volume.iter().map(|v| VolumeMount::parse(v)).collect::<Result<Vec<_>, _>>()?;
     let restart = RestartPolicy::parse(&a.restart)?;
     let entrypoint = a.entrypoint.map(|e| if e.is_empty() { Vec::new() } else { vec![e] });
@@ -98,6 +104,7 @@ fn spec(a: Args) -> anyhow::Result<(ContainerSpec, bool)> {
             workdir: a.workdir,
             auto_remove: a.rm,
             labels: Default::default(),
+            network: a.network,
         },
         a.detach,
     ))

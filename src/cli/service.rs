@@ -33,8 +33,8 @@ struct CreateArgs {
     /// Memory reserved and enforced per replica, e.g. 128m.
     #[arg(long)]
     memory: Option<String>,
-    /// Publish a port on each replica's peer: HOST:CONTAINER.
-    #[arg(short, long = "publish")]
+    /// Publish a port on every peer (the routing mesh): HOST:CONTAINER[/udp].
+    #[arg(short, long = "publish", value_name = "HOST:CONTAINER[/udp]")]
     publish: Vec<String>,
     /// Environment variable KEY=VALUE.
     #[arg(short, long = "env")]
@@ -122,6 +122,7 @@ fn spec(a: CreateArgs) -> anyhow::Result<ServiceSpec> {
         shoal_types::container::check_env(e)?;
     }
     Ok(ServiceSpec {
+        vip: None,
         name: a.name,
         image: a.image,
         replicas: if a.mode == ServiceMode::Global { 0 } else { a.replicas.unwrap_or(1) },

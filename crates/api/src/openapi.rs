@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(title = "Shoal agent API", description = "Every Shoal agent serves this API on its unix socket (root only) and, with --api-listen, on TCP behind a bearer token."),
     paths(
-        crate::v1::get_status, crate::v1::list_peers, crate::v1::get_peer,
+        crate::v1::get_status, crate::v1::list_peers, crate::v1::get_peer, crate::v1::get_network,
         crate::v1::content::share, crate::v1::content::list, crate::v1::content::read, crate::v1::content::fetch,
         crate::v1::content::progress, crate::v1::content::transfers, crate::v1::content::remove,
         crate::v1::content::pin, crate::v1::content::unpin,
@@ -32,7 +32,8 @@ use utoipa::OpenApi;
         shoal_types::PortMapping, shoal_types::VolumeMount, shoal_types::RestartPolicy, shoal_types::LogEntry,
         shoal_types::AttachEvent, shoal_types::ExecEvent,
         shoal_types::ServiceSpec, shoal_types::ServiceInfo, shoal_types::ReplicaInfo, shoal_types::Autoscale, shoal_types::ServiceMode, shoal_types::Slot,
-        shoal_types::ServiceLogLine,
+        shoal_types::ServiceLogLine, shoal_types::NetworkInfo, shoal_types::NetworkPeer, shoal_types::ServiceAddress,
+        shoal_types::NetworkMode, shoal_types::Protocol,
     )),
     tags(
         (name = "agent", description = "This agent"), (name = "cluster", description = "Membership"),

@@ -48,11 +48,16 @@ pub enum ConfigError {
     /// The bridge name is not a valid interface name
     #[error("`{value}` is not a valid interface name for --bridge (1-15 letters, digits, '-', '_')")]
     BadBridge { value: String },
+    /// A network setting is malformed
+    #[error("{what}: {source}")]
+    BadNetwork { what: &'static str, source: shoal_net::ipam::IpamError },
+    /// An unknown transport
+    #[error("`{value}` is not a transport for --network-transport: use encrypted, vxlan or local")]
+    BadTransport { value: String },
+    /// The pools overlap
+    #[error("--cluster-subnet {pool} and --service-subnet {vips} overlap; give them disjoint ranges")]
+    PoolsOverlap { pool: String, vips: String },
 }
-
-/// The default container subnet: inside 198.18.0.0/15, which RFC 2544 reserves for
-/// benchmarking, so no network a host sits on is likely to use it.
-pub const DEFAULT_SUBNET: &str = "198.19.0.0/24";
 
 fn valid_subnet(text: &str) -> bool {
     text.split_once('/').is_some_and(|(ip, p)| {
@@ -114,6 +119,12 @@ pub struct FileConfig {
     pub data_listen: Option<String>,
     pub container_subnet: Option<String>,
     pub bridge: Option<String>,
+    pub cluster_subnet: Option<String>,
+    pub subnet_size: Option<u8>,
+    pub service_subnet: Option<String>,
+    pub network_transport: Option<String>,
+    pub wg_port: Option<u16>,
+    pub vxlan_port: Option<u16>,
     pub swim: Option<SwimFile>,
 }
 
@@ -147,6 +158,12 @@ pub struct Overrides {
     pub data_listen: Option<String>,
     pub container_subnet: Option<String>,
     pub bridge: Option<String>,
+    pub cluster_subnet: Option<String>,
+    pub subnet_size: Option<u8>,
+    pub service_subnet: Option<String>,
+    pub network_transport: Option<String>,
+    pub wg_port: Option<u16>,
+    pub vxlan_port: Option<u16>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -175,10 +192,13 @@ pub struct AgentConfig {
     pub download_limit: Option<u64>,
     /// Where the content data channel listens.
     pub data_listen: SocketAddr,
-    /// Subnet of this peer's container bridge, e.g. `198.19.0.0/24`.
-    pub container_subnet: String,
+    /// This peer's container subnet when fixed by `--container-subnet` (no claim, no cluster
+    /// routes to it unless the transport is local).
+    pub container_subnet: Option<String>,
     /// Name of this peer's container bridge.
     pub bridge: String,
+    /// The cluster network's settings.
+    pub network: shoal_net::NetSettings,
 }
 
 /// The data dir used when none is given: `/var/lib/shoal` for root, else under the user's
@@ -312,10 +332,37 @@ impl AgentConfig {
             Some(v) => v.parse::<SocketAddr>().map_err(|_| ConfigError::BadDataListen { value: v.clone() })?,
             None => default_data_listen(&listen),
         };
-        let container_subnet = o.container_subnet.or(file.container_subnet).unwrap_or_else(|| DEFAULT_SUBNET.into());
-        if !valid_subnet(&container_subnet) {
-            return Err(ConfigError::BadSubnet { value: container_subnet });
+        let container_subnet = o.container_subnet.or(file.container_subnet);
+        if let Some(s) = &container_subnet
+            && !valid_subnet(s)
+        {
+            return Err(ConfigError::BadSubnet { value: s.clone() });
         }
+        let net_err = |what| move |source| ConfigError::BadNetwork { what, source };
+        let pool_text =
+            o.cluster_subnet.or(file.cluster_subnet).unwrap_or_else(|| shoal_net::ipam::DEFAULT_POOL.into());
+        let pool_net = shoal_net::ipam::Subnet::parse(&pool_text).map_err(net_err("--cluster-subnet"))?;
+        let size = o.subnet_size.or(file.subnet_size).unwrap_or(shoal_net::ipam::DEFAULT_PEER_PREFIX);
+        let pool = shoal_net::ipam::Pool::new(pool_net, size).map_err(net_err("--subnet-size"))?;
+        let vip_text =
+            o.service_subnet.or(file.service_subnet).unwrap_or_else(|| shoal_net::ipam::DEFAULT_VIP_POOL.into());
+        let vips = shoal_net::ipam::Subnet::parse(&vip_text).map_err(net_err("--service-subnet"))?;
+        if vips.overlaps(&pool_net) {
+            return Err(ConfigError::PoolsOverlap { pool: pool_text, vips: vip_text });
+        }
+        let has_key = o.cluster_key.is_some() || file.cluster_key.is_some();
+        let transport = match o.network_transport.or(file.network_transport) {
+            Some(t) => t.parse::<shoal_net::Transport>().map_err(|_| ConfigError::BadTransport { value: t })?,
+            None if has_key => shoal_net::Transport::Encrypted,
+            None => shoal_net::Transport::Vxlan,
+        };
+        let network = shoal_net::NetSettings {
+            pool,
+            vips,
+            transport,
+            wg_port: o.wg_port.or(file.wg_port).unwrap_or(shoal_net::DEFAULT_WG_PORT),
+            vxlan_port: o.vxlan_port.or(file.vxlan_port).unwrap_or(shoal_net::DEFAULT_VXLAN_PORT),
+        };
         let bridge = o.bridge.or(file.bridge).unwrap_or_else(|| "shoal0".into());
         if bridge.is_empty()
             || bridge.len() > 15
@@ -326,6 +373,7 @@ impl AgentConfig {
         Ok(AgentConfig {
             container_subnet,
             bridge,
+            network,
             store_quota,
             upload_limit,
             download_limit,

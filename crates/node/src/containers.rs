@@ -32,12 +32,15 @@ impl Node {
         self.runtime_cell()
             .get_or_try_init(|| async move {
                 let exe = std::env::current_exe().map_err(NodeError::Exe)?;
-                let subnet = shoal_runtime::net::Subnet::parse(&cfg.container_subnet)
+                let claimed = node.claimed_subnet().await?;
+                let subnet = shoal_runtime::net::Subnet::parse(&claimed.to_string())
                     .map_err(shoal_runtime::RuntimeError::from)?;
                 let rc = RuntimeConfig {
                     root: runtime_root(&cfg.data_dir),
                     exe,
                     subnet,
+                    mtu: cfg.network.transport.mtu(),
+                    dns: Some(claimed.gateway()),
                     bridge: cfg.bridge.clone(),
                     log_max_bytes: 10 << 20,
                     log_files: 3,
@@ -79,7 +82,9 @@ impl Node {
     ) -> Result<(ContainerInfo, Option<AttachGuard>), NodeError> {
         let rt = self.runtime().await?;
         let image = self.resolve_image(&spec.image).await?;
-        Ok(blocking(move || rt.create(spec, image, attach)).await??)
+        let made = blocking(move || rt.create(spec, image, attach)).await?;
+        self.kick_network();
+        Ok(made?)
     }
 
     /// Starts `args` inside a running container (`exec`, health checks).
@@ -169,10 +174,19 @@ impl Node {
         Ok(blocking(move || rt.kill(&key, signal.as_deref())).await??)
     }
 
-    /// `rm [-f]`.
+    /// `rm [-f]`; the container's connection tracking goes with it.
     pub async fn remove_container(&self, key: &str, force: bool) -> Result<(), NodeError> {
         let (rt, key) = (self.runtime().await?, key.to_string());
-        Ok(blocking(move || rt.remove(&key, force)).await??)
+        let ip = {
+            let (rt, key) = (rt.clone(), key.clone());
+            blocking(move || rt.inspect(&key)).await?.ok().and_then(|c| c.ip?.parse::<std::net::Ipv4Addr>().ok())
+        };
+        blocking(move || rt.remove(&key, force)).await??;
+        if let Some(ip) = ip {
+            self.net().network.forget(ip).await;
+        }
+        self.kick_network();
+        Ok(())
     }
 
     /// Waits until the container's run is over (for good, not between restarts); its info.

@@ -76,6 +76,14 @@ pub enum NodeError {
     /// A services operation failed.
     #[error(transparent)]
     Services(#[from] ServiceError),
+    /// The cluster network could not start.
+    #[error(transparent)]
+    Network(#[from] shoal_net::NetworkError),
+    /// No subnet claimed yet.
+    #[error(
+        "this peer has no container subnet yet (it claims one once it has heard from the cluster); try again in a few seconds, and see `shoal network`"
+    )]
+    NetworkNotReady,
     /// The data dir could not be prepared.
     #[error("cannot prepare data dir {path}: {source}")]
     DataDir {
@@ -100,7 +108,7 @@ impl NodeError {
             NodeError::BadContentId(_) => K::BadRequest,
             NodeError::Upload(e) if disk_full(e) => K::Full,
             NodeError::Upload(_) => K::BadRequest,
-            NodeError::Overlay(_) => K::Unavailable,
+            NodeError::Overlay(_) | NodeError::NetworkNotReady => K::Unavailable,
             NodeError::Content(e) => content_kind(e),
             NodeError::Runtime(e) => runtime_kind(e),
             NodeError::Services(e) => services_kind(e),
@@ -110,6 +118,7 @@ impl NodeError {
             | NodeError::ExecSpawn(_)
             | NodeError::Task(_)
             | NodeError::Key(_)
+            | NodeError::Network(_)
             | NodeError::DataDir { .. } => K::Internal,
         }
     }
@@ -138,9 +147,12 @@ fn runtime_kind(e: &shoal_runtime::RuntimeError) -> ErrorKind {
     match e {
         R::NotFound(_) => K::NotFound,
         R::NameInUse(_) | R::Running(_) | R::NotRunning(_) | R::PortInUse { .. } => K::Conflict,
-        R::Ambiguous(_) | R::Parse(_) | R::MemoryTooSmall(_) | R::VolumeMissing(_) | R::ImageConfig { .. } => {
-            K::BadRequest
-        }
+        R::Ambiguous(_)
+        | R::Parse(_)
+        | R::MemoryTooSmall(_)
+        | R::VolumeMissing(_)
+        | R::ImageConfig { .. }
+        | R::PortsWithoutNetwork => K::BadRequest,
         R::Spec(_) | R::BadSignal(_) => K::BadRequest,
         R::Start { failure: StartFailure::Command, .. } => K::BadRequest,
         R::Start { failure: StartFailure::Port, .. } => K::Conflict,
@@ -155,7 +167,7 @@ fn services_kind(e: &ServiceError) -> ErrorKind {
     match e {
         ServiceError::Spec(_) | ServiceError::NameMismatch { .. } => K::BadRequest,
         ServiceError::NotFound(_) => K::NotFound,
-        ServiceError::Exists(_) | ServiceError::Global(_) => K::Conflict,
+        ServiceError::Exists(_) | ServiceError::Global(_) | ServiceError::PortTaken { .. } => K::Conflict,
         ServiceError::Save { .. } if e.is_disk_full() => K::Full,
         ServiceError::Save { .. } => K::Internal,
         ServiceError::Stopped => K::Unavailable,

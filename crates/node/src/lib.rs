@@ -1,8 +1,9 @@
 //! The Shoal agent's core: configuration and the operations every front end calls.
 //!
 //! [`Node::start`] prepares the data dir, loads keys, measures this machine's capacity and
-//! starts the subsystems: the overlay, content, the services actor and the `/shoal/state/1`
-//! protocol (the container runtime opens on first use). [`Node`] is a cheap handle whose typed
+//! starts the subsystems: the overlay, content, the services actor, the cluster network (the
+//! subnet claim and the network actor, [`network`]) and the `/shoal/state/1` protocol (the
+//! container runtime opens once the subnet is claimed). [`Node`] is a cheap handle whose typed
 //! async methods are the whole command surface of the agent: the HTTP API turns each request
 //! into one call and never reaches past it; the core never sees HTTP. Every error carries the
 //! [`ErrorKind`] a front end answers it with.
@@ -13,6 +14,7 @@ mod containers;
 mod content;
 mod error;
 mod exec;
+mod network;
 mod node;
 pub mod resources;
 mod service_logs;

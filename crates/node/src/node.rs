@@ -32,6 +32,9 @@ struct Inner {
     /// The services actor (set once at start).
     services: OnceLock<shoal_services::Services>,
     services_task: Mutex<Option<JoinHandle<()>>>,
+    /// The cluster network (set once at start).
+    net: OnceLock<crate::network::NetParts>,
+    net_task: Mutex<Option<JoinHandle<()>>>,
     /// Bumped whenever a container's supervisor exits (forwarded from the runtime once open).
     exits: Arc<tokio::sync::watch::Sender<u64>>,
     /// Cancels the node's own tasks (the state protocol, the exit forwarder).
@@ -79,6 +82,7 @@ impl Node {
             dead_retention: cfg.dead_retention,
         })
         .await?;
+        let psk = cluster_key.map(|k| k.derive(crate::network::PSK_CONTEXT));
         let corrupt_uploads = std::env::var("SHOAL_TEST_CORRUPT_UPLOADS").is_ok_and(|v| v == "1");
         let blobs = shoal_blobs::Blobs::start(
             shoal_blobs::BlobsConfig {
@@ -101,6 +105,8 @@ impl Node {
                 runtime: tokio::sync::OnceCell::new(),
                 services: OnceLock::new(),
                 services_task: Mutex::new(None),
+                net: OnceLock::new(),
+                net_task: Mutex::new(None),
                 exits: Arc::new(tokio::sync::watch::Sender::new(0)),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -108,12 +114,22 @@ impl Node {
                 capacity,
             }),
         };
-        // Containers from before a restart: find them again now, not at the first request.
-        if crate::containers::has_containers(&node.inner.cfg.data_dir)
-            && let Err(e) = node.runtime().await
-        {
-            warn!(err = %e, "cannot open the container runtime; containers from before are not supervised");
-        }
+        let upstreams =
+            std::fs::read_to_string("/etc/resolv.conf").map(|t| shoal_net::dns::host_resolvers(&t)).unwrap_or_default();
+        let (network, net_task) = shoal_net::Network::start(shoal_net::NetworkConfig {
+            settings: node.inner.cfg.network.clone(),
+            bridge: node.inner.cfg.bridge.clone(),
+            me: node.inner.overlay.peer_id().to_string(),
+            state_dir: node.inner.cfg.data_dir.clone(),
+            psk,
+            upstreams,
+        })?;
+        let _ = node.inner.net.set(crate::network::NetParts {
+            network,
+            claim: tokio::sync::watch::Sender::new(None),
+            kick: tokio::sync::Notify::new(),
+        });
+        *node.inner.net_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(net_task);
         let running = shoal_services::Services::spawn(
             shoal_services::Config {
                 dir: node.inner.cfg.data_dir.clone(),
@@ -125,12 +141,24 @@ impl Node {
         );
         let _ = node.inner.services.set(running.services);
         *node.inner.services_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(running.task);
+        node.inner.tasks.spawn(node.clone().run_network());
+        // Containers from before a restart: find them again now, not at the first request
+        // (their subnet is the saved claim, so this does not wait for the cluster).
+        if crate::containers::has_containers(&node.inner.cfg.data_dir)
+            && let Err(e) = node.runtime().await
+        {
+            warn!(err = %e, "cannot open the container runtime; containers from before are not supervised");
+        }
         node.serve_state_protocol()?;
         Ok(node)
     }
 
     pub(crate) fn services(&self) -> &shoal_services::Services {
         self.inner.services.get().expect("the services actor is started before the node is handed out")
+    }
+
+    pub(crate) fn net_parts(&self) -> &crate::network::NetParts {
+        self.inner.net.get().expect("the network is started before the node is handed out")
     }
 
     pub(crate) fn overlay(&self) -> &Overlay {
@@ -229,6 +257,14 @@ impl Node {
         self.inner.tasks.close();
         if tokio::time::timeout(TASKS_GRACE, self.inner.tasks.wait()).await.is_err() {
             warn!("some of the node's tasks did not stop in time");
+        }
+        // With containers still running the network stays for them and the next agent; with
+        // none, nothing of it is left behind.
+        let keep = self.containers(true).await.is_ok_and(|c| !c.is_empty());
+        self.net().network.shutdown(!keep).await;
+        let task = self.inner.net_task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
         }
         self.inner.blobs.shutdown();
         if let Err(e) = self.inner.overlay.leave().await {

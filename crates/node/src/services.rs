@@ -262,7 +262,8 @@ impl Node {
     }
 
     /// Declares a new service.
-    pub async fn create_service(&self, spec: ServiceSpec) -> Result<ServiceInfo, NodeError> {
+    pub async fn create_service(&self, mut spec: ServiceSpec) -> Result<ServiceInfo, NodeError> {
+        spec.vip = self.pick_vip(&spec.name).await?;
         Ok(self.services().create(spec).await?)
     }
 

@@ -96,10 +96,17 @@ pub(crate) struct Actor<C, K> {
     pub(crate) next_round: Option<Instant>,
     pub(crate) last_sync: Instant,
     pub(crate) rng: u64,
+    /// Every service's address, ports and running replicas, for the network.
+    pub(crate) endpoints: tokio::sync::watch::Sender<std::sync::Arc<Vec<crate::Endpoints>>>,
 }
 
 impl<C: Containers, K: Cluster> Actor<C, K> {
-    pub(crate) fn new(cfg: Config, containers: C, cluster: K) -> Actor<C, K> {
+    pub(crate) fn new(
+        cfg: Config,
+        containers: C,
+        cluster: K,
+        endpoints: tokio::sync::watch::Sender<std::sync::Arc<Vec<crate::Endpoints>>>,
+    ) -> Actor<C, K> {
         let store = Store::new(&cfg.dir);
         let me = cluster.me();
         let now = Instant::now();
@@ -128,6 +135,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             drain: None,
             tasks: JoinSet::new(),
             syncs: 0,
+            endpoints,
             cancel: CancellationToken::new(),
             next_round: Some(Instant::now()),
             last_sync: now,
@@ -249,6 +257,18 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             (Some(_), true) => return Err(ServiceError::Exists(spec.name)),
             (None, false) => return Err(ServiceError::NotFound(spec.name)),
             _ => {}
+        }
+        for port in &spec.ports {
+            let taken = self.map.live().find(|(name, other, _)| {
+                *name != spec.name
+                    && other.ports.iter().any(|q| (q.protocol, q.host_port) == (port.protocol, port.host_port))
+            });
+            if let Some((name, _, _)) = taken {
+                return Err(ServiceError::PortTaken {
+                    port: format!("{}/{}", port.host_port, port.protocol),
+                    by: name.to_string(),
+                });
+            }
         }
         let spec = with_previous(old.as_ref(), spec);
         info!(service = %spec.name, mode = %spec.mode, replicas = spec.replicas, image = %spec.image, "service declared");
@@ -399,6 +419,8 @@ fn with_previous(old: Option<&ServiceSpec>, mut new: ServiceSpec) -> ServiceSpec
             new.previous_image = old.previous_image.clone();
         }
         new.rebalance = new.rebalance.or(old.rebalance);
+        // The address is the service's for life: a changed spec keeps it.
+        new.vip = old.vip.or(new.vip);
     }
     new
 }

@@ -38,6 +38,14 @@ pub enum SpecError {
     /// A memory limit below what a container needs.
     #[error("--memory is below the minimum of 6 MiB")]
     MemoryTooSmall,
+    /// A published port bound to one address.
+    #[error(
+        "-p {0}: a service's published port answers on every peer's addresses; drop the address (IP:) or use `shoal run` for one peer"
+    )]
+    PortAddress(String),
+    /// The same host port twice.
+    #[error("-p {0}: the host port is published twice")]
+    PortTwice(String),
 }
 
 /// Why a services request failed.
@@ -52,6 +60,14 @@ pub enum ServiceError {
     /// The service exists already (409).
     #[error("service {0} exists; change it with `shoal service update` or `shoal service scale`")]
     Exists(String),
+    /// Another service publishes the port (409).
+    #[error("port {port} is already published by service {by}; pick another host port")]
+    PortTaken {
+        /// The port, `8080/tcp`.
+        port: String,
+        /// The service that has it.
+        by: String,
+    },
     /// A global service has no replica count (409).
     #[error("service {0} is global: it runs one replica on every matching peer and has no replica count to scale")]
     Global(String),
@@ -132,6 +148,14 @@ pub fn check_spec(spec: &shoal_types::ServiceSpec) -> Result<(), SpecError> {
     if spec.memory_bytes != 0 && spec.memory_bytes < 6 << 20 {
         return Err(SpecError::MemoryTooSmall);
     }
+    for (i, p) in spec.ports.iter().enumerate() {
+        if p.host_ip.is_some() {
+            return Err(SpecError::PortAddress(p.to_string()));
+        }
+        if spec.ports[..i].iter().any(|q| (q.protocol, q.host_port) == (p.protocol, p.host_port)) {
+            return Err(SpecError::PortTwice(p.to_string()));
+        }
+    }
     Ok(())
 }
 
@@ -153,7 +177,16 @@ mod tests {
         assert!(matches!(check_spec(&many), Err(SpecError::TooManyReplicas { .. })));
         let env = ServiceSpec { env: vec!["=x".into()], ..ok.clone() };
         assert!(matches!(check_spec(&env), Err(SpecError::Env(_))));
-        let mem = ServiceSpec { memory_bytes: 1 << 20, ..ok };
+        let mem = ServiceSpec { memory_bytes: 1 << 20, ..ok.clone() };
         assert_eq!(check_spec(&mem), Err(SpecError::MemoryTooSmall));
+        let bound = shoal_types::PortMapping::parse("127.0.0.1:8080:80").unwrap();
+        assert!(matches!(
+            check_spec(&ServiceSpec { ports: vec![bound], ..ok.clone() }),
+            Err(SpecError::PortAddress(_))
+        ));
+        let p = shoal_types::PortMapping::tcp(8080, 80);
+        let udp = shoal_types::PortMapping { protocol: shoal_types::Protocol::Udp, ..p };
+        assert!(matches!(check_spec(&ServiceSpec { ports: vec![p, p], ..ok.clone() }), Err(SpecError::PortTwice(_))));
+        assert_eq!(check_spec(&ServiceSpec { ports: vec![p, udp], ..ok }), Ok(()), "the same number over TCP and UDP");
     }
 }

@@ -75,10 +75,25 @@ pub struct Config {
     pub tick: Duration,
 }
 
+/// One service as the network needs it: its address, its published ports and where its
+/// running (and healthy) replicas are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Service name.
+    pub name: String,
+    /// Its virtual address.
+    pub vip: Option<std::net::Ipv4Addr>,
+    /// Its published ports.
+    pub ports: Vec<shoal_types::PortMapping>,
+    /// Addresses of its running replicas on live peers, sorted.
+    pub backends: Vec<std::net::Ipv4Addr>,
+}
+
 /// Handle to the services actor. Cheap to clone.
 #[derive(Clone)]
 pub struct Services {
     tx: mpsc::Sender<actor::Command>,
+    endpoints: tokio::sync::watch::Receiver<std::sync::Arc<Vec<Endpoints>>>,
 }
 
 /// The running actor: its handle and its task.
@@ -93,8 +108,16 @@ impl Services {
     /// Loads the saved desired state and starts the actor.
     pub fn spawn<C: Containers, K: Cluster>(cfg: Config, containers: C, cluster: K) -> Running {
         let (tx, rx) = mpsc::channel(64);
-        let task = tokio::spawn(actor::Actor::new(cfg, containers, cluster).run(rx));
-        Running { services: Services { tx }, task }
+        let (endpoints_tx, endpoints) = tokio::sync::watch::channel(std::sync::Arc::new(Vec::new()));
+        let task = tokio::spawn(actor::Actor::new(cfg, containers, cluster, endpoints_tx).run(rx));
+        Running { services: Services { tx, endpoints }, task }
+    }
+
+    /// Every service's address, ports and running replicas; changes when any of it does
+    /// (after the round that saw it, so within a round of a replica starting, failing its
+    /// health check or its peer dying).
+    pub fn endpoints(&self) -> tokio::sync::watch::Receiver<std::sync::Arc<Vec<Endpoints>>> {
+        self.endpoints.clone()
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> actor::Command) -> Result<T, ServiceError> {

@@ -62,7 +62,8 @@ pub(crate) fn container_spec(spec: &ServiceSpec, slot: &Slot, version: &str) -> 
         env: spec.env.clone(),
         cpus_milli: spec.cpus_milli,
         memory_bytes: spec.memory_bytes,
-        ports: spec.ports.clone(),
+        // Published ports are the routing mesh's (every peer, kernel NAT), not the replica's.
+        ports: Vec::new(),
         restart: RestartPolicy::Always,
         labels,
         ..Default::default()
@@ -78,6 +79,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
         // Nothing declared, nothing running, nothing (left) to publish: keep an idle agent idle.
         let nothing_published = self.published.as_ref().is_none_or(|v| *v == serde_json::json!([[], false]));
         if self.map.is_empty() && containers.is_empty() && nothing_published && self.drain.is_none() {
+            self.publish_endpoints();
             return;
         }
         let view = match self.cluster.view().await {
@@ -138,7 +140,37 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             names: view.members.iter().map(|m| (m.view.id.clone(), m.name.clone())).collect(),
             reports: all,
         };
+        self.publish_endpoints();
         self.finish_drain(&local).await;
+    }
+
+    /// Tells the network each service's running replicas (only when something changed).
+    pub(crate) fn publish_endpoints(&self) {
+        let mut by_service: BTreeMap<&str, Vec<std::net::Ipv4Addr>> = BTreeMap::new();
+        for r in &self.snapshot.reports {
+            if r.state == shoal_scheduler::ReplicaState::Running
+                && let Some(ip) = r.ip.as_deref().and_then(|ip| ip.parse().ok())
+            {
+                by_service.entry(r.service.as_str()).or_default().push(ip);
+            }
+        }
+        let all: Vec<crate::Endpoints> = self
+            .map
+            .live()
+            .map(|(name, spec, _)| {
+                let mut backends = by_service.remove(name).unwrap_or_default();
+                backends.sort();
+                backends.dedup();
+                crate::Endpoints { name: name.to_string(), vip: spec.vip, ports: spec.ports.clone(), backends }
+            })
+            .collect();
+        self.endpoints.send_if_modified(|old| {
+            if **old == all {
+                return false;
+            }
+            *old = std::sync::Arc::new(all);
+            true
+        });
     }
 
     /// What the planner knows now, from this actor's state and a round's view.

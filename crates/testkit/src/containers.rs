@@ -71,7 +71,19 @@ impl ContainerHost {
         let subnet = format!("198.19.{n}.0/24");
         let mut spec = AgentSpec::new(name);
         spec.log_level = "info,shoal_runtime=debug".into();
-        spec.extra = vec!["--bridge".into(), bridge.clone(), "--container-subnet".into(), subnet.clone()];
+        // Agents of parallel tests share the host's network namespace: each has its own bridge
+        // and subnet, and no transport between peers (their bridges are routed by this kernel).
+        spec.extra = vec![
+            "--bridge".into(),
+            bridge.clone(),
+            "--container-subnet".into(),
+            subnet.clone(),
+            "--network-transport".into(),
+            "local".into(),
+        ];
+        // A table a killed run left.
+        let table = format!("shoal_{bridge}");
+        let _ = Command::new("nft").args(["delete", "table", "inet", &table]).output();
         let mut agent = Agent::start(root.path(), spec)?;
         agent.ready().await?;
         let host = ContainerHost { agent, root, bridge, subnet, slot };
@@ -284,6 +296,7 @@ impl Drop for ContainerHost {
         }
         self.delete_our_netns();
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).output();
+        let _ = Command::new("nft").args(["delete", "table", "inet", &format!("shoal_{}", self.bridge)]).output();
         let _ = std::fs::remove_file(&self.slot);
     }
 }

@@ -3,6 +3,7 @@
 pub(crate) mod containers;
 pub(crate) mod content;
 pub(crate) mod images;
+mod network;
 mod peers;
 pub(crate) mod services;
 mod status;
@@ -11,6 +12,7 @@ use crate::AppState;
 use axum::Router;
 use axum::routing::{get, post, put};
 
+pub(crate) use network::__path_get_network;
 pub(crate) use peers::__path_get_peer;
 pub(crate) use peers::__path_list_peers;
 pub(crate) use status::__path_get_status;
@@ -20,6 +22,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/status", get(status::get_status))
         .route("/v1/peers", get(peers::list_peers))
         .route("/v1/peers/{id}", get(peers::get_peer))
+        .route("/v1/network", get(network::get_network))
         .route("/v1/content", get(content::list).post(content::share))
         .route("/v1/content/{id}", get(content::read).delete(content::remove))
         .route("/v1/content/{id}/fetch", post(content::fetch))
