@@ -10,9 +10,9 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'insta
 # Build: a C compiler for crates with C parts (gcc is on the machine), pkg-config.
 # iproute2: the lab and container networking. skopeo: the image tests check exported archives.
 # libseccomp-dev: the container runtime's seccomp filters. busybox-static: the test images.
-# nftables, conntrack: the cluster network (service addresses, routing mesh, NAT).
-# tcpdump: the network tests check that the encrypted transport carries no plaintext.
-for p in pkg-config iproute2 skopeo libseccomp-dev busybox-static nftables conntrack tcpdump; do
+# nftables, conntrack: the cluster network (service addresses, routing mesh, NAT);
+# tcpdump, iputils-ping: the network tests (what the lab switch sees, DF probes).
+for p in pkg-config iproute2 skopeo libseccomp-dev busybox-static nftables conntrack tcpdump iputils-ping; do
   pkg_installed "$p" || need_pkgs+=("$p")
 done
 

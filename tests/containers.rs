@@ -195,6 +195,53 @@ async fn ports_and_container_to_container() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn udp_ports_host_addresses_and_network_none() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let echo = shoal_testkit::images::udp_echo_layer(scratch.path())?;
+    let h = ContainerHost::start_with_image("rt-net2", &[echo], ContainerHost::default_config()).await?;
+
+    // A published UDP port: datagrams reach the container and its answers come back.
+    let uport = free_port();
+    h.ok(&["run", "-d", "--name", "echo", "-p", &format!("{uport}:7/udp"), "busybox:test", "udp-echo", "7"])?;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let mut answer = None;
+    let mut buf = [0u8; 64];
+    for _ in 0..30 {
+        sock.send_to(b"ping over udp", ("127.0.0.1", uport))?;
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            answer = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    assert_eq!(answer.as_deref(), Some(&b"ping over udp"[..]), "the UDP port echoes");
+
+    // `-p IP:HOST:CONTAINER` answers on that address only.
+    let tport = free_port();
+    let publish = format!("127.0.0.1:{tport}:8080");
+    let serve = "echo local > /tmp/index.html; exec httpd -f -p 8080 -h /tmp";
+    h.ok(&["run", "-d", "--name", "local", "-p", &publish, "busybox:test", "sh", "-c", serve])?;
+    http_get(tport)?;
+    let gateway: std::net::Ipv4Addr = format!("{}1", h.subnet.trim_end_matches("0/24")).parse()?;
+    let other = std::net::TcpStream::connect_timeout(&(gateway, tport).into(), Duration::from_secs(1));
+    assert!(other.is_err(), "port {tport} bound to 127.0.0.1 also answers on {gateway}");
+    let ps = h.ok(&["ps"])?;
+    assert!(ps.contains(&format!("127.0.0.1:{tport}->8080/tcp")), "ps shows the host address: {ps}");
+    assert!(ps.contains(&format!("0.0.0.0:{uport}->7/udp")), "ps shows the protocol: {ps}");
+
+    // `--network none`: loopback only; and no port can be published without a network.
+    let dev = h.ok(&["run", "--rm", "--network", "none", "busybox:test", "cat", "/proc/net/dev"])?;
+    assert!(dev.contains("lo:") && !dev.contains("eth0"), "{dev}");
+    let out = h.shoal(&["run", "--rm", "--network", "none", "-p", "1:1", "busybox:test", "true"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains("network"), "{}", text(&out.stderr));
+
+    h.ok(&["rm", "-f", "echo", "local"])?;
+    assert!(h.leftovers().is_empty(), "left over: {:?}", h.leftovers());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn survives_agent_sigkill_and_stops_gracefully() -> anyhow::Result<()> {
     let mut h = ContainerHost::start("rt-restart").await?;
     let ticker = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done";

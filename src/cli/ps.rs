@@ -46,8 +46,7 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
         if cmd.chars().count() > 30 {
             cmd = cmd.chars().take(29).collect::<String>() + "…";
         }
-        let ports: Vec<String> =
-            c.spec.ports.iter().map(|p| format!("0.0.0.0:{}->{}/tcp", p.host_port, p.container_port)).collect();
+        let ports: Vec<String> = c.spec.ports.iter().map(|p| p.docker_style()).collect();
         t.row(vec![
             c.id.chars().take(12).collect(),
             c.name.clone(),

@@ -147,3 +147,34 @@ pub fn write_busybox_image(path: &Path, tag: &str, extra: &[Vec<u8>], config: se
         .expect("json")
     });
 }
+
+/// The source of `udp-echo PORT`: answers every datagram on PORT with its own bytes.
+const UDP_ECHO: &str = r#"
+fn main() {
+    let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).expect("udp-echo PORT");
+    let s = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+    let mut buf = [0u8; 65536];
+    loop {
+        if let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    }
+}
+"#;
+
+/// A layer holding `/bin/udp-echo`, a static UDP echo server (busybox has none), compiled here
+/// with the toolchain that builds the tests.
+pub fn udp_echo_layer(scratch: &Path) -> anyhow::Result<Vec<u8>> {
+    let src = scratch.join("udp-echo.rs");
+    let bin = scratch.join("udp-echo");
+    std::fs::write(&src, UDP_ECHO)?;
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = std::process::Command::new(rustc)
+        .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "compiling udp-echo: {}", String::from_utf8_lossy(&out.stderr));
+    let data = std::fs::read(&bin)?;
+    Ok(layer(&[("bin/udp-echo", &data)]))
+}

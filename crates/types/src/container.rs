@@ -214,6 +214,14 @@ impl PortMapping {
     }
 }
 
+impl PortMapping {
+    /// As `docker ps` shows it: `0.0.0.0:8080->80/tcp`.
+    pub fn docker_style(&self) -> String {
+        let ip = self.host_ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+        format!("{ip}:{}->{}/{}", self.host_port, self.container_port, self.protocol)
+    }
+}
+
 impl std::fmt::Display for PortMapping {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if let Some(ip) = self.host_ip {

@@ -146,6 +146,9 @@ pub(super) fn rx(shared: Arc<Shared>) {
                         let _ = shared.udp.send_to(p, from);
                         drain_queue(&shared, &mut tunn, peer.endpoint(), &mut reply);
                     }
+                    TunnResult::Err(e) => {
+                        tracing::debug!(peer = peer.label(), %from, kind = dgram[0], err = ?e, "dropped a datagram");
+                    }
                     _ => {}
                 }
                 drop(tunn);
@@ -207,8 +210,11 @@ fn peer_of(
             }
             peer
         }
-        2..=4 if dgram.len() >= 8 => {
-            let idx = u32::from_le_bytes([dgram[4], dgram[5], dgram[6], dgram[7]]);
+        // The receiver index (ours): after the sender's in a handshake response, first in a
+        // cookie reply or a data packet.
+        kind @ 2..=4 => {
+            let at = if *kind == 2 { 8 } else { 4 };
+            let idx = u32::from_le_bytes(dgram.get(at..at + 4)?.try_into().ok()?);
             table.by_index.get(&(idx >> 8)).cloned()
         }
         _ => None,
