@@ -128,10 +128,10 @@ async fn scenario(transport: &str) -> anyhow::Result<()> {
 
     // Every container reaches every other, by address and by name.
     for i in 0..PEERS {
-        for j in 0..PEERS {
+        for (j, their_ip) in ips.iter().enumerate() {
             let (me, them) = (format!("c{i}"), format!("c{j}"));
             let want = format!("c{j}\n");
-            let by_ip = format!("http://{}/", ips[j]);
+            let by_ip = format!("http://{their_ip}/");
             eventually(Duration::from_secs(15), &format!("{me} reaches {them} at {by_ip}"), || async {
                 (get(&lab, i, &me, &by_ip).as_deref() == Some(want.as_str())).then_some(())
             })
@@ -169,10 +169,10 @@ async fn scenario(transport: &str) -> anyhow::Result<()> {
 
     // The routing mesh: every peer answers on its own address and on 127.0.0.1, with or
     // without a replica.
-    for k in 0..PEERS {
+    for (k, &addr) in peer_ip.iter().enumerate() {
         let from = lab.netns((k + 1) % PEERS);
         eventually(Duration::from_secs(10), &format!("peer {k}:8080 answers"), || async {
-            http_from(&from, peer_ip[k], 8080).ok().filter(|b| names.contains(b))
+            http_from(&from, addr, 8080).ok().filter(|b| names.contains(b))
         })
         .await?;
         let body = http_from(&lab.netns(k), Ipv4Addr::LOCALHOST, 8080)?;
