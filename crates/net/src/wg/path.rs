@@ -104,62 +104,68 @@ pub(super) fn tx(shared: Arc<Shared>) {
     }
 }
 
-/// Peers → TUN: receive coalesced datagrams, decrypt each with its peer's session, keep only
-/// packets whose source is in that peer's subnet, and write them to the TUN coalesced.
+/// Peers → TUN: receive datagrams (coalesced by UDP GRO where the NIC does GRO; else drained
+/// one by one without blocking until the batch is full or the socket empty), decrypt each with
+/// its peer's session, keep only packets whose source is in that peer's subnet, and write the
+/// batch to the TUN coalesced into TCP super-packets: the kernel then walks its stack (bridge,
+/// veth, conntrack, TCP) once per super-packet rather than once per packet.
 pub(super) fn rx(shared: Arc<Shared>) {
     let mut buf = vec![0u8; 65_535];
     let mut cmsg = cmsg_buffer();
     let mut reply = vec![0u8; SLOT];
-    let mut outs: Vec<Vec<u8>> = (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + SLOT)).collect();
+    // Room to coalesce a whole super-packet into each buffer: the GRO table will not grow one.
+    let mut outs: Vec<Vec<u8>> =
+        (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(2 * VIRTIO_NET_HDR_LEN + 65_535)).collect();
     let mut gro = GROTable::default();
+    let mut k = 0;
     while !shared.stop.load(Ordering::Relaxed) {
-        let (n, from, seg) = match recv_segments(&shared.udp, &mut buf, &mut cmsg) {
+        let (n, from, seg) = match recv_segments(&shared.udp, &mut buf, &mut cmsg, k == 0) {
             Ok(x) => x,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if k > 0 {
+                    write_tun(&shared, &mut gro, &mut outs[..k]);
+                    k = 0;
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::trace!(err = %e, "receiving encrypted packets failed");
                 continue;
             }
         };
-        let mut k = 0;
-        {
-            let table = shared.peers.read().unwrap_or_else(|e| e.into_inner());
-            for dgram in buf[..n].chunks(seg.max(1)) {
-                let Some(peer) = peer_of(&shared, &table, dgram, from, &mut reply) else { continue };
-                let out = &mut outs[k];
-                out.clear();
-                out.resize(VIRTIO_NET_HDR_LEN + SLOT, 0);
-                let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
-                match tunn.decapsulate(Some(from.ip()), dgram, &mut out[VIRTIO_NET_HDR_LEN..]) {
-                    TunnResult::WriteToTunnelV4(p, src) => {
-                        let len = p.len();
-                        if peer.subnet.contains(src) && len > 0 {
-                            out.truncate(VIRTIO_NET_HDR_LEN + len);
-                            peer.rx.fetch_add(len as u64, Ordering::Relaxed);
-                            k += 1;
-                        } else if len > 0 {
-                            tracing::debug!(peer = peer.label(), %src, "dropped a packet from outside the peer's subnet");
-                        }
+        let table = shared.peers.read().unwrap_or_else(|e| e.into_inner());
+        for dgram in buf[..n].chunks(seg.max(1)) {
+            let Some(peer) = peer_of(&shared, &table, dgram, from, &mut reply) else { continue };
+            let out = &mut outs[k];
+            out.clear();
+            out.resize(VIRTIO_NET_HDR_LEN + SLOT, 0);
+            let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
+            match tunn.decapsulate(Some(from.ip()), dgram, &mut out[VIRTIO_NET_HDR_LEN..]) {
+                TunnResult::WriteToTunnelV4(p, src) => {
+                    let len = p.len();
+                    if peer.subnet.contains(src) && len > 0 {
+                        out.truncate(VIRTIO_NET_HDR_LEN + len);
+                        peer.rx.fetch_add(len as u64, Ordering::Relaxed);
+                        k += 1;
+                    } else if len > 0 {
+                        tracing::debug!(peer = peer.label(), %src, "dropped a packet from outside the peer's subnet");
                     }
-                    TunnResult::WriteToNetwork(p) => {
-                        // A handshake response or cookie; then the packets that waited for it.
-                        let _ = shared.udp.send_to(p, from);
-                        drain_queue(&shared, &mut tunn, peer.endpoint(), &mut reply);
-                    }
-                    TunnResult::Err(e) => {
-                        tracing::debug!(peer = peer.label(), %from, kind = dgram[0], err = ?e, "dropped a datagram");
-                    }
-                    _ => {}
                 }
-                drop(tunn);
-                if k == outs.len() {
-                    write_tun(&shared, &mut gro, &mut outs[..k]);
-                    k = 0;
+                TunnResult::WriteToNetwork(p) => {
+                    // A handshake response or cookie; then the packets that waited for it.
+                    let _ = shared.udp.send_to(p, from);
+                    drain_queue(&shared, &mut tunn, peer.endpoint(), &mut reply);
                 }
+                TunnResult::Err(e) => {
+                    tracing::debug!(peer = peer.label(), %from, kind = dgram[0], err = ?e, "dropped a datagram");
+                }
+                _ => {}
             }
-        }
-        if k > 0 {
-            write_tun(&shared, &mut gro, &mut outs[..k]);
+            drop(tunn);
+            if k == outs.len() {
+                write_tun(&shared, &mut gro, &mut outs[..k]);
+                k = 0;
+            }
         }
     }
 }

@@ -43,15 +43,18 @@ pub(crate) fn send_segments(sock: &UdpSocket, buf: &[u8], seg: usize, to: Socket
 }
 
 /// Receives into `buf`: (bytes, sender, segment size). With GRO, `buf` may hold many
-/// datagrams of `segment size` bytes each (the last may be shorter).
+/// datagrams of `segment size` bytes each (the last may be shorter). `wait`: block (up to
+/// the socket's timeout) rather than answer `WouldBlock` at once.
 #[allow(clippy::ptr_arg)] // nix's recvmsg wants the Vec itself for the control buffer
 pub(crate) fn recv_segments(
     sock: &UdpSocket,
     buf: &mut [u8],
     cmsg: &mut Vec<u8>,
+    wait: bool,
 ) -> std::io::Result<(usize, SocketAddr, usize)> {
     let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::empty())
+    let flags = if wait { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
+    let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(cmsg), flags)
         .map_err(std::io::Error::from)?;
     let n = msg.bytes;
     let mut seg = n;
