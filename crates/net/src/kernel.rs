@@ -50,6 +50,17 @@ impl Netlink {
         links.try_next().await.ok().flatten().map(|l| l.header.index)
     }
 
+    /// The hardware address of link `name`, if it exists.
+    pub(crate) async fn mac(&self, name: &str) -> Option<Vec<u8>> {
+        use rtnetlink::packet_route::link::LinkAttribute;
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let link = links.try_next().await.ok().flatten()?;
+        link.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::Address(m) => Some(m),
+            _ => None,
+        })
+    }
+
     /// Deletes link `name` if it exists.
     pub(crate) async fn delete_link(&self, name: &str) -> Result<(), KernelError> {
         if let Some(i) = self.index(name).await {

@@ -21,8 +21,9 @@ pub fn device_name(bridge: &str) -> String {
     format!("{}vx", &bridge[..bridge.len().min(13)])
 }
 
-/// Creates the device (kept if it exists: traffic keeps flowing across an agent restart) and
-/// gives it this peer's address.
+/// Creates the device (kept if it exists with this peer's MAC: traffic keeps flowing across an
+/// agent restart; a new identity means a new MAC, which the others derive from the new id, so
+/// the old device goes) and gives it this peer's address.
 pub(crate) async fn ensure(
     nl: &Netlink,
     dev: &str,
@@ -31,6 +32,9 @@ pub(crate) async fn ensure(
     port: u16,
     subnet: Subnet,
 ) -> Result<u32, KernelError> {
+    if nl.mac(dev).await.is_some_and(|m| m != mac_of(me)) {
+        nl.delete_link(dev).await?;
+    }
     if nl.index(dev).await.is_none() {
         let mut link = rtnetlink::LinkVxlan::new(dev, VNI).port(port).learning(false);
         // Without a local address the kernel picks the source by route (an agent listening on
