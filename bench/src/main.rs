@@ -8,6 +8,7 @@ mod content;
 mod failure;
 mod idle;
 mod lab;
+mod network;
 mod runtime;
 mod serf;
 mod services;
@@ -76,6 +77,17 @@ enum Bench {
     Services {
         #[arg(long, default_value_t = 10)]
         runs: usize,
+    },
+    /// The cluster network per transport: throughput vs the peers' own link, the routing mesh,
+    /// DNS under load, convergence, the restart gap.
+    Network {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Size of each TCP stream in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        #[arg(long, value_delimiter = ',', default_value = "vxlan,encrypted")]
+        transports: Vec<String>,
     },
     /// Membership at scale by simulation.
     Sim {
@@ -174,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Bench::Runtime { runs, mib } => runtime::run(runs, mib).await?,
         Bench::Services { runs } => services::run(runs).await?,
+        Bench::Network { runs, mib, transports } => network::run(runs, mib, &transports).await?,
         Bench::Sim { peers } => {
             println!("== membership by simulation (agent's SWIM settings, 1 ms +/- 0.5 ms links)");
             for n in peers {

@@ -1,5 +1,5 @@
 //! Container runtime benchmarks (`shoal-bench runtime`), on one agent with a bridge and subnet
-//! of the benchmark's own (`shbench`, 198.19.250.0/24) and the busybox test image.
+//! of the benchmark's own (`shbench`, 198.18.200.0/24) and the busybox test image.
 //!
 //! 1. Start latency of `shoal run --rm busybox true`: the real CLI end to end (process start
 //!    to exit, exit code checked), the same through the API without the CLI (`POST
@@ -34,7 +34,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BRIDGE: &str = "shbench";
-const SUBNET: &str = "198.19.250.0/24";
+const SUBNET: &str = "198.18.200.0/24";
 const IMAGE: &str = "busybox:bench";
 const WARMUPS: usize = 3;
 /// Longest any single step (one child process, one request, one transfer) may take.
@@ -42,7 +42,7 @@ const STEP_LIMIT: Duration = Duration::from_secs(120);
 /// The probe namespace and veth of the network-setup measurement, and its address.
 const PROBE_NS: &str = "shbench-probe";
 const PROBE_VETH: &str = "shbvprobe";
-const PROBE_IP: &str = "198.19.250.254";
+const PROBE_IP: &str = "198.18.200.254";
 const SINK: &str = "shbench-sink";
 const SINK_PORT: u16 = 5001;
 const CPU_RUNS: usize = 5;
@@ -264,7 +264,7 @@ fn probe_net() -> shoal_runtime::state::NetMeta {
     shoal_runtime::state::NetMeta {
         ip: PROBE_IP.parse().expect("probe address"),
         prefix: 24,
-        gateway: "198.19.250.1".parse().expect("gateway address"),
+        gateway: "198.18.200.1".parse().expect("gateway address"),
         bridge: BRIDGE.into(),
         netns: PROBE_NS.into(),
         veth: PROBE_VETH.into(),

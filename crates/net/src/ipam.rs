@@ -32,7 +32,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 /// The default cluster pool: inside 198.18.0.0/15, which RFC 2544 reserves for benchmarking (no
-/// LAN uses it), clear of the lab's 198.18.0.0/24.
+/// LAN uses it), clear of the lab's 198.18.0.0/24 and the runtime benchmark's 198.18.200.0/24.
 pub const DEFAULT_POOL: &str = "198.19.0.0/16";
 /// The default size of one peer's subnet (254 containers).
 pub const DEFAULT_PEER_PREFIX: u8 = 24;
