@@ -54,8 +54,7 @@ pub(crate) fn recv_segments(
 ) -> std::io::Result<(usize, SocketAddr, usize)> {
     let mut iov = [IoSliceMut::new(buf)];
     let flags = if wait { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
-    let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(cmsg), flags)
-        .map_err(std::io::Error::from)?;
+    let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(cmsg), flags).map_err(std::io::Error::from)?;
     let n = msg.bytes;
     let mut seg = n;
     if let Ok(cmsgs) = msg.cmsgs() {
