@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo: a lab of containerized Shoal peers on this machine (each in its own network
 # namespace and cgroup, links shaped to 50 Mbit/s) running a sample service (3 replicas of a
-# busybox web server); then a peer loses power and its replica comes back elsewhere; then a
-# partition heals.
+# busybox web server), reached by name from a client container on another peer and through the
+# published port of a peer that runs no replica; then a peer loses power and its replica comes
+# back elsewhere; then a partition heals.
 #   bash scripts/demo.sh        bring it up and show it (it keeps running)
 #   bash scripts/demo.sh stop   tear it down
 set -euo pipefail
@@ -38,7 +39,7 @@ say "a sample image: busybox httpd serving a page (shoal image import on peer 0)
 img=$(mktemp -d)
 mkdir -p "$img/root/bin" "$img/root/www" "$img/root/tmp" "$img/root/etc"
 cp /bin/busybox "$img/root/bin/busybox"
-for a in sh httpd hostname echo cat sleep wget; do ln -s busybox "$img/root/bin/$a"; done
+for a in sh httpd hostname echo cat sleep wget nslookup; do ln -s busybox "$img/root/bin/$a"; done
 echo "hello from a Shoal service" > "$img/root/www/index.html"
 tar -C "$img/root" -cf "$img/web.tar" .
 $SHOAL lab exec 0 -- shoal image import --name demo/web:v1 "$img/web.tar"
@@ -50,6 +51,26 @@ $SHOAL lab exec 1 -- shoal service create --name web --replicas 3 -p 8080:80 dem
 running() { $SHOAL lab exec "$1" -- shoal service ps web --json | grep -c '"state": "running"' || true; }
 for _ in $(seq 300); do (($(running 0) == 3)) && break; sleep 0.1; done
 $SHOAL lab exec 0 -- shoal service ps web
+
+say "the cluster network as peer 0 sees it (shoal lab exec 0 -- shoal network):"
+$SHOAL lab exec 0 -- shoal network
+
+client=4
+say "a client container on peer $client reaches the service by name (shoal exec client wget -qO- http://web/who)"
+$SHOAL lab exec $client -- shoal run -d --name client demo/web:v1 sleep 1d >/dev/null
+for _ in $(seq 100); do
+  $SHOAL lab exec $client -- shoal exec client wget -qO- http://web/who >/dev/null 2>&1 && break; sleep 0.1
+done
+for _ in 1 2 3; do $SHOAL lab exec $client -- shoal exec client wget -qO- http://web/who; done
+say "tasks.web: every healthy replica's own address (shoal exec client nslookup tasks.web)"
+$SHOAL lab exec $client -- shoal exec client nslookup tasks.web | grep -A9 '^Name:' || true
+
+ps_json=$($SHOAL lab exec 0 -- shoal service ps web --json)
+spare=""
+for i in 0 1 2 3 4; do grep -q "\"peer_name\": \"peer-$i\"" <<<"$ps_json" || { spare=$i; break; }; done
+ip=$($SHOAL lab status --json | grep -o '"ip": "[0-9.]*"' | sed -n "$((spare + 1))p" | grep -o '[0-9.]*')
+say "peer $spare runs no replica, yet its published port answers (the routing mesh): wget http://$ip:8080/who from peer 0"
+for _ in 1 2 3; do $SHOAL lab exec 0 -- busybox wget -qO- "http://$ip:8080/who"; done
 
 victim=$($SHOAL lab exec 0 -- shoal service ps web --json | grep -o '"peer_name": "peer-[0-9]*"' | grep -v 'peer-1"' | head -1 | grep -o '[0-9]*"$' | tr -d '"')
 say "peer $victim loses power (shoal lab kill --all $victim: agent and containers): its replica comes back elsewhere"

@@ -212,12 +212,18 @@ async fn scenario(transport: &str) -> anyhow::Result<()> {
         .arg(format!("--net={hub}"))
         .args(["tcpdump", "-i", "br0", "-U", "-s", "0", "-w"])
         .arg(&pcap)
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()?;
-    std::thread::sleep(Duration::from_millis(800));
+    // Capture starts once tcpdump says it listens (slow under load).
+    let mut stderr = std::io::BufReader::new(dump.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line)? > 0 && !line.contains("listening on") {
+        line.clear();
+    }
     let got = get(&lab, 0, "c0", &format!("http://{}/secret", ips[1]));
-    std::thread::sleep(Duration::from_millis(300));
-    dump.kill()?;
+    std::thread::sleep(Duration::from_millis(500));
+    // SIGTERM: tcpdump writes out what it holds before it exits.
+    Command::new("kill").arg(dump.id().to_string()).status()?;
     dump.wait()?;
     assert_eq!(got.as_deref().map(str::trim), Some(marker.as_str()));
     let captured = std::fs::read(&pcap)?;
