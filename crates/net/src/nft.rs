@@ -154,6 +154,10 @@ impl Ruleset<'_> {
         if let Some(tun) = self.tunnel {
             let _ = writeln!(out, "\t\toifname \"{tun}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu");
             let _ = writeln!(out, "\t\tiifname \"{tun}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu");
+            // Pool traffic leaves by the bridge or the tunnel, never by the default route: while
+            // the encrypted transport restarts (its device gone with its routes) it is dropped,
+            // not sent in plaintext.
+            let _ = writeln!(out, "\t\tip daddr {p} oifname != {{ \"{}\", \"{tun}\" }} drop", self.bridge);
         }
         let _ = writeln!(out, "\t\tip daddr {v} reject\n\t}}");
         let _ = writeln!(
@@ -164,10 +168,13 @@ impl Ruleset<'_> {
         if !self.agent_ports.is_empty() {
             let ports: Vec<String> =
                 self.agent_ports.iter().map(|(pr, port)| format!("{} . {port}", proto(*pr))).collect();
+            // From this peer's containers and, through the tunnel, from other peers' containers.
+            let ifaces: Vec<String> =
+                [Some(self.bridge), self.tunnel].into_iter().flatten().map(|i| format!("\"{i}\"")).collect();
             let _ = writeln!(
                 out,
-                "\t\tiifname \"{}\" meta l4proto . th dport {{ {} }} drop",
-                self.bridge,
+                "\t\tiifname {{ {} }} meta l4proto . th dport {{ {} }} drop",
+                ifaces.join(", "),
                 ports.join(", ")
             );
         }
