@@ -20,9 +20,9 @@
 
 use crate::stats::{median_f64, ticks_per_sec};
 use anyhow::{Context, bail};
-use shoal_testkit::lab::{TestLab, in_netns, measure_tcp};
+use shoal_testkit::lab::{TestLab, in_netns, measure_tcp, read_timed};
 use shoal_types::{NetworkInfo, PeerInfo, PeerState, ReplicaInfo};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,18 +71,9 @@ fn http_download(ns: &Path, ip: Ipv4Addr, port: u16, path: &str) -> anyhow::Resu
         let mut s = std::net::TcpStream::connect_timeout(&(ip, port).into(), Duration::from_secs(3))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let (mut got, mut first) = (0usize, None);
-        loop {
-            let n = s.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            first.get_or_insert_with(Instant::now);
-            got += n;
-        }
+        let (got, secs) = read_timed(&mut s)?;
         anyhow::ensure!(got > 1 << 20, "short download: {got} bytes");
-        Ok(got as f64 * 8.0 / first.map_or(1e-9, |t: Instant| t.elapsed().as_secs_f64()))
+        Ok(got as f64 * 8.0 / secs.max(1e-9))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("download thread panicked"))??
@@ -244,16 +235,7 @@ fn ns_of(pid: u32) -> PathBuf {
 
 /// Polls `f` every 20 ms for up to `within`; the time it first held.
 async fn until(within: Duration, what: &str, mut f: impl AsyncFnMut() -> bool) -> anyhow::Result<Instant> {
-    let t0 = Instant::now();
-    loop {
-        if f().await {
-            return Ok(Instant::now());
-        }
-        if t0.elapsed() > within {
-            bail!("not within {within:?}: {what}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    shoal_testkit::eventually_every(within, POLL, what, async || f().await.then(Instant::now)).await
 }
 
 fn median_secs(xs: &[Duration]) -> f64 {

@@ -169,6 +169,21 @@ pub fn in_netns<T: Send + 'static>(
     })
 }
 
+/// Reads `r` to its end: (bytes, seconds from the first byte to the end).
+pub fn read_timed(r: &mut impl Read) -> std::io::Result<(usize, f64)> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut got, mut first) = (0usize, None);
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        first.get_or_insert_with(Instant::now);
+        got += n;
+    }
+    Ok((got, first.map_or(0.0, |t: Instant| t.elapsed().as_secs_f64())))
+}
+
 /// Sends `bytes` over TCP from the namespace `from` to `to_ip:port` inside `to`, and returns
 /// the receiver's measured goodput in bits per second.
 pub fn measure_tcp(from: &Path, to: &Path, to_ip: Ipv4Addr, port: u16, bytes: usize) -> anyhow::Result<f64> {
@@ -177,18 +192,7 @@ pub fn measure_tcp(from: &Path, to: &Path, to_ip: Ipv4Addr, port: u16, bytes: us
         let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
         ready_tx.send(()).ok();
         let (mut s, _) = l.accept()?;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut got = 0usize;
-        let mut first = None;
-        loop {
-            let n = s.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            first.get_or_insert_with(Instant::now);
-            got += n;
-        }
-        let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let (got, secs) = read_timed(&mut s)?;
         Ok(got as f64 * 8.0 / secs.max(1e-9))
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).context("receiver did not start")?;

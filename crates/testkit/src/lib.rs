@@ -16,7 +16,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use shoal_api::client::Client;
 use shoal_types::{AgentStatus, PeerInfo, PeerState};
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -257,11 +256,17 @@ pub fn write_key(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
+pub async fn eventually<T>(timeout: Duration, what: &str, f: impl AsyncFnMut() -> Option<T>) -> anyhow::Result<T> {
+    eventually_every(timeout, Duration::from_millis(100), what, f).await
+}
+
+/// [`eventually`], polling every `poll` (benchmarks that time a change poll finer).
+pub async fn eventually_every<T>(
+    timeout: Duration,
+    poll: Duration,
+    what: &str,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f().await {
@@ -270,7 +275,7 @@ where
         if Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(poll).await;
     }
 }
 
