@@ -136,8 +136,9 @@ pub(super) fn rx(shared: Arc<Shared>) {
         let table = shared.peers.read().unwrap_or_else(|e| e.into_inner());
         for dgram in buf[..n].chunks(seg.max(1)) {
             let Some(peer) = peer_of(&shared, &table, dgram, from, &mut reply) else { continue };
+            // Back to one slot's length: only bytes past the last packet are zeroed (the GRO
+            // table writes each virtio header itself).
             let out = &mut outs[k];
-            out.clear();
             out.resize(VIRTIO_NET_HDR_LEN + SLOT, 0);
             let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
             match tunn.decapsulate(Some(from.ip()), dgram, &mut out[VIRTIO_NET_HDR_LEN..]) {
