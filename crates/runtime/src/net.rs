@@ -196,9 +196,29 @@ pub fn ensure_bridge(name: &str, subnet: Subnet) -> Result<(), NetError> {
             return Err(e);
         }
     }
+    pin_mac(name)?;
     let addr = format!("{}/{}", subnet.gateway(), subnet.prefix);
     let _ = ip(&["addr", "replace", &addr, "dev", name], None);
     ip(&["link", "set", name, "up"], None)
+}
+
+/// Makes the bridge keep its MAC address. Left alone, a Linux bridge takes the lowest MAC of
+/// its ports and changes it when that port leaves: every container on the peer then holds a
+/// neighbour entry for a gateway MAC that no longer exists and loses DNS, the other peers and
+/// the world until the entry goes stale (30-50 s). An address set by hand stays, and setting
+/// the current one again changes nothing for containers already running. (Read over netlink by
+/// `ip`: /sys/class/net may show another network namespace's devices.)
+fn pin_mac(name: &str) -> Result<(), NetError> {
+    let out = Command::new("ip").args(["-o", "link", "show", "dev", name]).output();
+    let text = out.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let mac = text.split_whitespace().skip_while(|w| *w != "link/ether").nth(1);
+    let Some(mac) = mac else {
+        return Err(NetError::Command {
+            cmd: format!("ip -o link show dev {name}"),
+            stderr: format!("no MAC address in {text:?}"),
+        });
+    };
+    ip(&["link", "set", name, "address", mac], None)
 }
 
 /// Moves the bridge from `old` to `new`: the new gateway address is added first, then the old
@@ -310,6 +330,7 @@ fn configure(net: &crate::state::NetMeta, bridge: u32) -> Result<(), NetError> {
     rt.block_on(async {
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name("eth0".into())
+            .address(mac_for(net.ip).to_vec())
             .mtu(net.mtu.unwrap_or(1500))
             .setns_by_fd(ns.as_raw_fd())
             .build();
@@ -342,6 +363,16 @@ fn configure(net: &crate::state::NetMeta, bridge: u32) -> Result<(), NetError> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(net.gateway).build();
         inside.route().add(route).execute().await.map_err(|e| failed(format!("default route via {}", net.gateway), e))
     })
+}
+
+/// A container's MAC address, made from its IP address (`0a:58:` and the four bytes, as the
+/// CNI bridge plugin does; Docker does the same with `02:42:`). An address handed to a new
+/// container after another left comes with the same MAC, so the neighbour entries that the
+/// peer and the other containers hold for it stay true; a random MAC would leave them pointing
+/// at a port that is gone until they go stale (30-50 s without an answer).
+pub fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x0a, 0x58, a, b, c, d]
 }
 
 /// Whether the container's namespace exists.
@@ -430,10 +461,19 @@ mod tests {
         let inside = Command::new("ip").args(["-n", &net.netns, "-o", "addr", "show", "dev", "eth0"]).output();
         let route = Command::new("ip").args(["-n", &net.netns, "route", "show", "default"]).output();
         let lo = Command::new("ip").args(["-n", &net.netns, "-o", "link", "show", "dev", "lo"]).output();
-        let lo_mtu = Command::new("ip").args(["-n", &net.netns, "-o", "link", "show", "dev", "eth0"]).output();
+        let eth0 = Command::new("ip").args(["-n", &net.netns, "-o", "link", "show", "dev", "eth0"]).output();
         let on_bridge = Path::new("/sys/class/net").join(&bridge).join("brif").join(&net.veth).exists();
+        // The bridge keeps its MAC when a port with a lower one comes and goes.
+        let bridge_mac = || std::fs::read_to_string(Path::new("/sys/class/net").join(&bridge).join("address")).ok();
+        let before = bridge_mac();
+        let low = format!("shvlo{}", std::process::id() % 100_000);
+        let _ = ip(&["link", "add", &low, "address", "02:00:00:00:00:01", "type", "veth"], None);
+        let _ = ip(&["link", "set", &low, "master", &bridge], None);
+        let during = bridge_mac();
+        let _ = ip(&["link", "del", &low], None);
         teardown(&net);
         let gone = !exists(&net);
+        let after = bridge_mac();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while link_exists(&net.veth) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -445,11 +485,18 @@ mod tests {
         result.expect("setup");
         let text =
             |o: std::io::Result<std::process::Output>| String::from_utf8_lossy(&o.expect("ip").stdout).into_owned();
-        assert!(text(inside).contains("198.19.251.2/24"), "address inside");
-        assert!(text(lo_mtu).contains("mtu 1420"), "the transport's MTU inside");
+        let inside = text(inside);
+        assert!(inside.contains("198.19.251.2/24"), "address inside");
+        let eth0 = text(eth0);
+        assert!(eth0.contains("link/ether 0a:58:c6:13:fb:02"), "the MAC follows the address: {eth0}");
+        assert!(eth0.contains("mtu 1420"), "the transport's MTU inside");
         assert!(text(route).contains("via 198.19.251.1"), "default route");
         assert!(text(lo).contains("UP"), "loopback up");
         assert!(on_bridge, "host end on the bridge");
+        assert!(
+            before.is_some() && before == during && before == after,
+            "the bridge keeps its MAC: {before:?}, then {during:?} with a lower port, then {after:?}"
+        );
         assert!(gone && veth_gone, "teardown leaves neither namespace nor veth");
         let err = refused.expect_err("no bridge").to_string();
         assert!(err.contains("shbut-missing"), "{err}");
