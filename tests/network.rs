@@ -246,12 +246,16 @@ async fn scenario(transport: &str) -> anyhow::Result<()> {
     let sick_ip = ip_of(&lab, k, &sick.container)?;
     lab.ok(&["exec", &k.to_string(), "--", "shoal", "exec", &sick.container, "rm", "/www/index.html"])?;
     assert!(get(&lab, 2, "c2", &format!("http://{sick_ip}/")).is_none(), "the broken replica no longer serves");
-    eventually(Duration::from_secs(30), "tasks.web lists only replicas that serve", || async {
+    let mut seen = String::new();
+    let served = eventually(Duration::from_secs(30), "tasks.web lists only replicas that serve", async || {
         let t = lookup(&lab, 2, "c2", "tasks.web");
-        let ok = !t.is_empty() && t.iter().all(|ip| get(&lab, 2, "c2", &format!("http://{ip}/")).is_some());
-        ok.then_some(())
+        let silent: Vec<_> = t.iter().filter(|ip| get(&lab, 2, "c2", &format!("http://{ip}/")).is_none()).collect();
+        let states: Vec<_> = replicas(&lab, 0).await.into_iter().map(|r| (r.ip, r.state)).collect();
+        seen = format!("tasks.web {t:?}, not serving {silent:?}, replicas {states:?}");
+        (!t.is_empty() && silent.is_empty()).then_some(())
     })
-    .await?;
+    .await;
+    served.map_err(|e| e.context(format!("broken replica {sick_ip} on peer {k}; last seen: {seen}")))?;
 
     // Kill a peer that runs a replica (not peer 0): http://web/ keeps answering from peer 0,
     // and its subnet's route is gone there.
@@ -272,10 +276,21 @@ async fn scenario(transport: &str) -> anyhow::Result<()> {
         (!text(&out).contains(&dead_net)).then_some(())
     })
     .await?;
-    eventually(Duration::from_secs(20), "http://web/ answers 5 times in a row", || async {
-        (0..5).all(|_| get(&lab, 0, "c0", "http://web/").is_some()).then_some(())
+    let mut seen = String::new();
+    let answers = eventually(Duration::from_secs(20), "http://web/ answers 5 times in a row", async || {
+        let got: Vec<Option<String>> = (0..5).map(|_| get(&lab, 0, "c0", "http://web/")).collect();
+        let states: Vec<_> = replicas(&lab, 0).await.into_iter().map(|r| (r.ip, r.state)).collect();
+        let nft = Command::new("ip")
+            .args(["netns", "exec", &format!("shoal-{}-0", lab.name), "nft", "list", "table", "inet", "shoal_shoal0"])
+            .output()
+            .map(|o| text(&o))
+            .unwrap_or_default();
+        let dnat: Vec<&str> = nft.lines().filter(|l| l.contains("dnat")).map(str::trim).collect();
+        seen = format!("answers {got:?}, replicas {states:?}, on peer 0 {dnat:?}");
+        got.iter().all(Option::is_some).then_some(())
     })
-    .await?;
+    .await;
+    answers.map_err(|e| e.context(format!("peer {victim} killed; last seen: {seen}")))?;
 
     let name = lab.name.clone();
     let dir = lab.dir();
