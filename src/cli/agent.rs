@@ -104,7 +104,7 @@ pub(crate) struct Args {
 
 fn init_tracing(level: &str, format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("{level},libp2p=warn,libp2p_kad=error,multistream_select=warn,yamux=warn,foca=warn"))
+        EnvFilter::new(format!("{level},libp2p=warn,libp2p_kad=error,multistream_select=warn,yamux=warn,foca=warn,hickory_server=warn,hickory_proto=warn,hickory_resolver=warn"))
     });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
