@@ -394,7 +394,12 @@ async fn transport(name: &str, runs: usize, mib: u64) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t_kill = Instant::now();
     lab.ok(&["kill", "1"])?;
-    lab.ok(&["start", "1"])?;
+    if let Err(e) = lab.ok(&["start", "1"]) {
+        let log = String::from_utf8_lossy(&lab.cli(&["logs", "1"]).stdout).into_owned();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        eprintln!("peer 1's log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        return Err(e);
+    }
     let restarted = t_kill.elapsed();
     let answered = prober.join().map_err(|_| anyhow::anyhow!("prober panicked"))?;
     let gaps: Vec<f64> = answered.windows(2).map(|w| secs(w[1] - w[0])).collect();

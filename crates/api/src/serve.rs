@@ -6,6 +6,7 @@ use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tracing::info;
 
@@ -28,7 +29,7 @@ pub enum ServeError {
 pub async fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     let shown = path.display().to_string();
     if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
+        if answers(path, LIVE_WAIT).await {
             return Err(ServeError::InUse { path: shown });
         }
         let _ = std::fs::remove_file(path);
@@ -40,6 +41,33 @@ pub async fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|source| ServeError::Bind { addr: shown, source })?;
     Ok(listener)
+}
+
+/// How long a socket that accepts but does not answer is watched before it counts as live.
+const LIVE_WAIT: Duration = Duration::from_secs(3);
+
+/// Whether an agent answers HTTP on the socket at `path`. A connection alone proves nothing:
+/// the socket of an agent that was just killed keeps accepting (into the kernel's backlog)
+/// until its process has finished dying, and a restart right after `kill -9` met that. So a
+/// socket counts as live when something answers; one that refuses is stale at once; one that
+/// accepts and stays silent is asked again until `wait` passes, and then counts as live (a
+/// stuck agent still holds its data dir).
+async fn answers(path: &Path, wait: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let Ok(mut conn) = UnixStream::connect(path).await else { return false };
+        let asked = conn.write_all(b"GET /v1/version HTTP/1.0\r\n\r\n").await.is_ok();
+        let mut byte = [0u8; 1];
+        let reply = tokio::time::timeout(Duration::from_millis(200), conn.read(&mut byte)).await;
+        if asked && matches!(reply, Ok(Ok(n)) if n > 0) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Serves `app` on a listener from [`bind_unix`] until `shutdown` completes, then removes the
@@ -74,4 +102,45 @@ pub async fn serve_tcp(
         info!(addr = %a, "API listening on TCP (token required)");
     }
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(ServeError::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket whose owner is dying (it accepts, never answers, then goes) is taken over; a
+    /// live agent's is refused; a stale file is replaced.
+    #[tokio::test]
+    async fn a_dying_agents_socket_is_taken_over_and_a_live_ones_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("api.sock");
+
+        // Dying: bound and listening, never accepting, closed after 400 ms.
+        let dying = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            drop(dying);
+        });
+        let taken = bind_unix(&path).await;
+        closer.join().expect("closer");
+        assert!(taken.is_ok(), "a dying agent's socket is taken over: {:?}", taken.err());
+        drop(taken);
+
+        // Live: something answers HTTP.
+        let _ = std::fs::remove_file(&path);
+        let live = bind_unix(&path).await.expect("bind");
+        let server = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Ok((mut c, _)) = live.accept().await {
+                let _ = c.write_all(b"HTTP/1.0 404 Not Found\r\n\r\n").await;
+            }
+        });
+        let refused = bind_unix(&path).await;
+        assert!(matches!(refused, Err(ServeError::InUse { .. })), "a live agent's socket is refused");
+        server.abort();
+
+        // Stale: the file is there, nothing listens.
+        let _ = server.await;
+        assert!(bind_unix(&path).await.is_ok(), "a stale socket file is replaced");
+    }
 }
