@@ -189,6 +189,7 @@ impl WgDevice {
         let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, config.port))
             .map_err(|source| WgError::Udp { port: config.port, source })?;
         let _ = udp.set_read_timeout(Some(Duration::from_millis(500)));
+        udp::size_buffers(&udp);
         if !udp::enable_gro(&udp) {
             tracing::debug!("UDP GRO is not available; datagrams are received one by one");
         }
