@@ -68,6 +68,21 @@ async fn exit_codes_streams_env_workdir_user() -> anyhow::Result<()> {
     assert!(o.contains("NoNewPrivs:\t1") && o.contains("Seccomp:\t2"), "{o}");
     assert!(o.to_lowercase().contains("permission denied") || o.contains("not permitted"), "mount refused: {o}");
 
+    // exec runs as the container's process does: its user, environment, working directory,
+    // capabilities, no-new-privileges and seccomp filter (libcontainer's tenant default is
+    // root, every capability of the spec and no filter).
+    h.ok(&["run", "-d", "--name", "as-app", "busybox:test", "sleep", "1d"])?;
+    h.ok(&["run", "-d", "--name", "as-root", "-u", "0", "busybox:test", "sleep", "1d"])?;
+    let status = "grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status";
+    let out = h.ok(&["exec", "as-app", "sh", "-c", &format!("id -u; echo $GREETING; pwd; {status}")])?;
+    assert!(out.starts_with("1000\nhello\n/app\n"), "the image's user, env and workdir: {out}");
+    assert!(out.contains("Seccomp:\t2") && out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "no capabilities for uid 1000: {out}");
+    let out = h.ok(&["exec", "as-root", "sh", "-c", &format!("mount -t tmpfs t /mnt 2>&1; {status}")])?;
+    assert!(out.contains("Seccomp:\t2") && out.contains("CapEff:\t00000000a80425fb"), "Docker's capabilities: {out}");
+    assert!(out.to_lowercase().contains("permission denied") || out.contains("not permitted"), "mount refused: {out}");
+    h.ok(&["rm", "-f", "as-app", "as-root"])?;
+
     let out = h.shoal(&["run", "--rm", "--read-only", "-u", "0", "busybox:test", "sh", "-c", "touch /x"]);
     assert_ne!(out.status.code(), Some(0), "--read-only refuses writes");
     assert!(text(&out.stderr).contains("Read-only"), "{}", text(&out.stderr));

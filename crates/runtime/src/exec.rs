@@ -29,12 +29,32 @@ pub fn run(dir: &Path, args: Vec<String>) -> i32 {
         return 126;
     }
     let _ = nix::sys::prctl::set_child_subreaper(true);
+    // libcontainer's tenant builder makes the command's process from scratch (root, all of the
+    // spec's capabilities, no seccomp): give it the container's own process with our
+    // arguments, and an executor that loads the container's seccomp filter last thing before
+    // exec (after the user and capabilities are set, under no_new_privs).
+    let spec = match oci_spec::runtime::Spec::load(dir.bundle().join("config.json")) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot read the container's spec: {e}");
+            return 126;
+        }
+    };
+    let process_file = dir.path().join(format!("exec-{}.json", std::process::id()));
+    if let Err(e) = write_process(&spec, &args, &process_file) {
+        eprintln!("error: cannot prepare the command's process: {e}");
+        return 126;
+    }
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     let builder = libcontainer::container::builder::ContainerBuilder::new(
         meta.id.clone(),
         libcontainer::syscall::syscall::SyscallType::default(),
     )
-    .with_root_path(dir.youki());
-    let pid = match builder.map(|b| b.as_tenant().with_container_args(args.clone()).with_detach(true).build()) {
+    .with_root_path(dir.youki())
+    .map(|b| b.with_executor(SeccompExecutor { profile: seccomp }));
+    let built = builder.map(|b| b.as_tenant().with_process(Some(&process_file)).with_detach(true).build());
+    let _ = std::fs::remove_file(&process_file);
+    let pid = match built {
         Ok(Ok(pid)) => pid,
         Ok(Err(e)) | Err(e) => {
             let mut text = e.to_string();
@@ -54,6 +74,44 @@ pub fn run(dir: &Path, args: Vec<String>) -> i32 {
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return 255,
         }
+    }
+}
+
+/// Writes the process an exec runs: the container's (user, capabilities, no_new_privs, rlimits,
+/// environment, working directory) with `args`.
+fn write_process(spec: &oci_spec::runtime::Spec, args: &[String], to: &Path) -> std::io::Result<()> {
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_args(Some(args.to_vec())).set_terminal(Some(false)).set_console_size(None);
+    let text = serde_json::to_vec(&process).map_err(std::io::Error::other)?;
+    std::fs::write(to, text)
+}
+
+/// Runs the command as libcontainer's default executor does, after loading the container's
+/// seccomp filter (which the tenant builder leaves out of the command's spec).
+#[derive(Clone)]
+struct SeccompExecutor {
+    profile: Option<oci_spec::runtime::LinuxSeccomp>,
+}
+
+impl libcontainer::workload::Executor for SeccompExecutor {
+    fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), libcontainer::workload::ExecutorError> {
+        if let Some(profile) = &self.profile {
+            libcontainer::seccomp::initialize_seccomp(profile).map_err(|e| {
+                libcontainer::workload::ExecutorError::Other(format!("cannot load the seccomp filter: {e}"))
+            })?;
+        }
+        libcontainer::workload::default::DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), libcontainer::workload::ExecutorValidationError> {
+        libcontainer::workload::default::DefaultExecutor {}.validate(spec)
+    }
+
+    fn setup_envs(
+        &self,
+        envs: std::collections::HashMap<String, String>,
+    ) -> Result<(), libcontainer::workload::ExecutorSetEnvsError> {
+        libcontainer::workload::default::DefaultExecutor {}.setup_envs(envs)
     }
 }
 
