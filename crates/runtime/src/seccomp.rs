@@ -19,7 +19,8 @@
 //! namespace creation and entry (`unshare`, `setns`, `clone` with a `CLONE_NEW*` flag), tracing other
 //! processes (`ptrace`, `process_vm_*`, `kcmp`, `pidfd_getfd`), BPF and perf events, file handles
 //! (`open_by_handle_at`, the "shocker" escape), NUMA policy, I/O ports, `userfaultfd`, obsolete
-//! syscalls, personalities other than Linux/Linux32/UNAME26, and `io_uring`, which Docker also
+//! syscalls, `socketcall`, sockets of the `AF_ALG` and `AF_VSOCK` families, personalities other
+//! than Linux/Linux32/UNAME26, and `io_uring`, which Docker also
 //! dropped from its profile as the largest source of recent kernel exploits. `clone3` answers
 //! `ENOSYS`, as in Docker, because its flags sit in a struct seccomp cannot inspect: glibc then
 //! falls back to `clone`, whose flags the filter does check.
@@ -135,7 +136,14 @@ pub const BLOCKED_SYSCALLS: &[&str] = &[
     "sysfs",
     "uselib",
     "ustat",
+    // 32-bit x86's multiplexer for the socket calls: its arguments sit in memory the filter
+    // cannot read, so it would get around the address-family rule below.
+    "socketcall",
 ];
+
+/// Socket address families refused: `AF_ALG` (the kernel's crypto API, a source of
+/// exploits) and `AF_VSOCK` (host-guest sockets), as in Docker's profile.
+pub const BLOCKED_SOCKET_FAMILIES: [u64; 2] = [libc::AF_ALG as u64, libc::AF_VSOCK as u64];
 
 /// `clone` flags that create a namespace; `clone` with any of them is refused.
 pub const CLONE_NAMESPACE_FLAGS: [u64; 7] = [
@@ -159,6 +167,10 @@ pub fn default_profile() -> LinuxSeccomp {
     // One rule per flag: rules OR together, comparisons inside one rule AND together.
     for flag in CLONE_NAMESPACE_FLAGS {
         syscalls.push(errno_rule(&["clone"], EPERM, vec![masked_eq(0, flag, flag)]));
+    }
+    // The family is an `int`: compare the low 32 bits (the kernel ignores the rest).
+    for family in BLOCKED_SOCKET_FAMILIES {
+        syscalls.push(errno_rule(&["socket"], EPERM, vec![masked_eq(0, 0xffff_ffff, family)]));
     }
     for (mask, prefix) in personality_blocks() {
         syscalls.push(errno_rule(&["personality"], EPERM, vec![masked_eq(0, mask, prefix)]));
@@ -294,6 +306,13 @@ mod tests {
         assert_eq!(both(&p, "io_uring_setup", 8), Some(EPERM));
         assert_eq!(both(&p, "fsopen", 0), Some(EPERM));
         assert_eq!(both(&p, "clone3", 0), Some(ENOSYS), "clone3 must say ENOSYS so glibc falls back to clone");
+        assert_eq!(both(&p, "socketcall", 1), Some(EPERM));
+        for family in [libc::AF_ALG as u64, libc::AF_VSOCK as u64, (1 << 32) | libc::AF_VSOCK as u64] {
+            assert_eq!(ours(&p, "socket", family), Some(EPERM), "socket({family:#x})");
+        }
+        for family in [libc::AF_INET, libc::AF_INET6, libc::AF_UNIX, libc::AF_NETLINK, libc::AF_PACKET] {
+            assert_eq!(ours(&p, "socket", family as u64), None, "socket({family})");
+        }
     }
 
     #[test]
@@ -369,7 +388,8 @@ mod tests {
     #[test]
     fn every_name_resolves_in_libseccomp() {
         use libseccomp::{ScmpArch, ScmpSyscall};
-        const X86_ONLY: [&str; 6] = ["stime", "umount", "vm86", "vm86old", "clock_settime64", "clock_adjtime64"];
+        const X86_ONLY: [&str; 7] =
+            ["stime", "umount", "vm86", "vm86old", "clock_settime64", "clock_adjtime64", "socketcall"];
         let profile = default_profile();
         for rule in profile.syscalls().as_deref().unwrap_or_default() {
             for name in rule.names() {
@@ -454,6 +474,12 @@ mod tests {
                 Err(Errno::EPERM),
             )?;
             expect("personality PER_LINUX", personality::set(Persona::empty()).map(drop), Ok(()))?;
+            // Unfiltered: AF_ALG works, AF_VSOCK works or says EAFNOSUPPORT.
+            use nix::sys::socket::{AddressFamily, SockFlag, SockType};
+            let socket = |family, kind| nix::sys::socket::socket(family, kind, SockFlag::empty(), None).map(drop);
+            expect("socket AF_ALG", socket(AddressFamily::Alg, SockType::SeqPacket), Err(Errno::EPERM))?;
+            expect("socket AF_VSOCK", socket(AddressFamily::Vsock, SockType::Stream), Err(Errno::EPERM))?;
+            expect("socket AF_INET", socket(AddressFamily::Inet, SockType::Datagram), Ok(()))?;
             // pthread_create tries clone3 (ENOSYS here), then clone.
             let joined = std::thread::spawn(|| 7).join().map_err(|_| "thread panicked".to_string())?;
             if joined != 7 {
