@@ -19,6 +19,10 @@ pub mod proxy;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+
+/// The longest grace period `stop -t` gives (a year): larger values are taken as this, so the
+/// deadlines computed from them cannot overflow.
+pub const MAX_STOP_SECS: u64 = 365 * 24 * 3600;
 pub mod state;
 
 pub use manager::{AttachGuard, ResolvedImage, Runtime, RuntimeConfig, RuntimeError};

@@ -374,7 +374,7 @@ fn handle_control(shared: &Arc<Shared>, line: &str) -> String {
     let mut words = line.split_whitespace();
     match (words.next(), words.next()) {
         (Some("stop"), secs) => {
-            let secs: u64 = secs.and_then(|s| s.parse().ok()).unwrap_or(10);
+            let secs: u64 = secs.and_then(|s| s.parse().ok()).unwrap_or(10).min(crate::MAX_STOP_SECS);
             mark_stopped(shared);
             signal_init(shared, Signal::SIGTERM);
             let shared = shared.clone();

@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 
 impl Runtime {
     /// Stops: SIGTERM, then SIGKILL after `secs`; returns once it has exited.
+    /// A grace period is at most [`crate::MAX_STOP_SECS`].
     pub fn stop(&self, key: &str, secs: u64) -> Result<ContainerInfo, RuntimeError> {
         let id = self.resolve(key)?;
+        let secs = secs.min(crate::MAX_STOP_SECS);
         self.control(&id, &format!("stop {secs}"))?;
         self.wait_exited(&id, Duration::from_secs(secs + 30));
         self.info(&id)
