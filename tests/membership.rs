@@ -120,3 +120,36 @@ async fn a_peer_with_another_key_or_none_cannot_join() -> anyhow::Result<()> {
     assert!(keyless.log_text().contains("cannot reach join address"), "{}", keyless.log_text());
     Ok(())
 }
+
+/// Agents on neighbouring ports (P..P+4 on one address) form one cluster: no agent's data
+/// channel takes the next agent's overlay port.
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_on_neighbouring_ports_form_a_cluster() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let key = write_key(root.path(), "cluster.key")?;
+    // Five free neighbouring ports (checked by binding them; bounded tries).
+    let base = (0..200)
+        .map(|i| 20_000 + ((std::process::id() as u16).wrapping_mul(7) % 20_000) + i * 5)
+        .find(|&p| (p..p + 5).all(|q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok()))
+        .expect("five free neighbouring ports");
+    let mut agents = Vec::new();
+    for i in 0..5u16 {
+        let mut spec = AgentSpec::new(&format!("n{i}"));
+        spec.cluster_key = Some(key.clone());
+        spec.listen = Some(format!("/ip4/127.0.0.1/tcp/{}", base + i));
+        if i > 0 {
+            spec.join = vec![format!("127.0.0.1:{base}")];
+        }
+        let mut a = Agent::start(root.path(), spec)?;
+        a.ready().await.map_err(|e| anyhow::anyhow!("agent on port {}: {e}\n{}", base + i, a.log_text()))?;
+        agents.push(a);
+    }
+    for a in &agents {
+        eventually(Duration::from_secs(15), &format!("{} to see 5 alive", a.spec.name), || async {
+            let peers = a.peers().await.ok()?;
+            (peers.iter().filter(|p| p.state == PeerState::Alive).count() == 5).then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}

@@ -66,7 +66,8 @@ pub(crate) struct Args {
     /// Download limit for content, e.g. 100mbit [default: none].
     #[arg(long, value_name = "RATE")]
     download_limit: Option<String>,
-    /// Where peers connect to fetch content [default: the listen IP, port + 1].
+    /// Where peers connect to fetch content [default: the listen IP, a port the system picks;
+    /// peers learn it from every offer].
     #[arg(long, value_name = "HOST:PORT")]
     data_listen: Option<String>,
     /// Fix this peer's container subnet instead of claiming one from --cluster-subnet.

@@ -65,8 +65,10 @@ fn valid_subnet(text: &str) -> bool {
     })
 }
 
-/// The data channel listens on the first TCP listen address's IP, one port above it (or on
-/// any free port when the overlay's port is chosen by the system).
+/// The data channel listens on the first TCP listen address's IP, on a port the system
+/// picks: holders announce their port in every offer, so no fixed default is needed, and a
+/// fixed one (it was the overlay's port + 1) collided with an agent on the next port.
+/// `--data-listen` fixes it (for firewalls).
 fn default_data_listen(listen: &[Multiaddr]) -> SocketAddr {
     use shoal_overlay::libp2p::multiaddr::Protocol;
     for a in listen {
@@ -75,16 +77,16 @@ fn default_data_listen(listen: &[Multiaddr]) -> SocketAddr {
             match p {
                 Protocol::Ip4(v) => ip = Some(std::net::IpAddr::V4(v)),
                 Protocol::Ip6(v) => ip = Some(std::net::IpAddr::V6(v)),
-                Protocol::Tcp(port) => {
+                Protocol::Tcp(_) => {
                     if let Some(ip) = ip {
-                        return SocketAddr::new(ip, if port == 0 { 0 } else { port.saturating_add(1) });
+                        return SocketAddr::new(ip, 0);
                     }
                 }
                 _ => {}
             }
         }
     }
-    SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT + 1))
+    SocketAddr::from(([0, 0, 0, 0], 0))
 }
 
 /// The `[swim]` table of the config file (milliseconds).

@@ -324,7 +324,7 @@ impl Node {
                 _ => None,
             })
             .collect();
-        agent_ports.push((Protocol::Tcp, cfg.data_listen.port()));
+        agent_ports.push((Protocol::Tcp, self.blobs().data_port()));
         agent_ports.push((Protocol::Udp, self.transport_port()));
         if let Some(api) = cfg.api_listen {
             agent_ports.push((Protocol::Tcp, api.port()));

@@ -42,6 +42,8 @@ pub struct AgentSpec {
     pub extra: Vec<String>,
     /// `--log-level` (tests log the overlay at debug; benchmarks keep the default).
     pub log_level: String,
+    /// `--listen` [default: a free port on 127.0.0.1].
+    pub listen: Option<String>,
 }
 
 impl AgentSpec {
@@ -52,6 +54,7 @@ impl AgentSpec {
             join: vec![],
             extra: vec![],
             log_level: "info,shoal_overlay=debug".to_string(),
+            listen: None,
         }
     }
 }
@@ -75,9 +78,9 @@ impl Agent {
             socket: dir.join("shoal.sock"),
             log: root.join(format!("{}.log", spec.name)),
             dir,
-            spec,
             child: None,
-            listen: "/ip4/127.0.0.1/tcp/0".to_string(),
+            listen: spec.listen.clone().unwrap_or_else(|| "/ip4/127.0.0.1/tcp/0".to_string()),
+            spec,
         };
         a.spawn()?;
         Ok(a)
