@@ -225,6 +225,10 @@ async fn each_side_of_a_partition_runs_every_replica_and_the_heal_keeps_one() ->
     let ids = lab.ids()?;
     service(&lab, 0, &["create", "--name", "web", "--replicas", "2", "busybox:svc", "sh", "-c", TICKER])?;
     settled(&lab, 0, "web", 2, 60, |_| true).await?;
+    // Both sides must be able to run the image: when both replicas landed on peers 0 and 1,
+    // no peer of the other side held it (the test then failed for want of an image).
+    let archive = lab.root.path().join("busybox-svc.tar");
+    lab.ok(&["exec", "3", "--", "shoal", "image", "import", &archive.display().to_string()])?;
 
     lab.ok(&["partition", "0,1", "2,3"])?;
     lab.wait_states(&[0, 1], &[2, 3], PeerState::Dead, Duration::from_secs(20)).await?;
