@@ -129,14 +129,17 @@ async fn a_second_agent_on_the_same_data_dir_is_refused() -> anyhow::Result<()> 
 }
 
 /// `shoal agent` with no flags (data dir from the environment, as root's default would be)
-/// listens on the default TCP and QUIC port and forms a one-peer cluster.
+/// listens on the default TCP and QUIC port and forms a one-peer cluster, secured by a
+/// cluster key it makes in its data dir (0600) and says how to share.
 #[tokio::test(flavor = "multi_thread")]
 async fn no_flags_gives_a_working_single_peer_cluster() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
+    let log = dir.path().join("agent.log");
     let mut child = Command::new(shoal_bin())
         .arg("agent")
         .env("SHOAL_DATA_DIR", dir.path())
-        .stderr(std::process::Stdio::null())
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log)?)
         .spawn()?;
     let client = Client::new(&dir.path().join("shoal.sock").display().to_string(), None)?;
     let s = shoal_testkit::eventually(std::time::Duration::from_secs(15), "agent to answer", || async {
@@ -147,8 +150,14 @@ async fn no_flags_gives_a_working_single_peer_cluster() -> anyhow::Result<()> {
     let _ = child.wait();
     let s = s?;
     assert_eq!(s.cluster_size, 1);
-    assert!(!s.private_network);
+    assert!(s.private_network, "secure by default");
+    let key = dir.path().join("cluster.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key)?.permissions()) & 0o777;
+    assert_eq!(mode, 0o600, "the key is the owner's only");
+    let text = std::fs::read_to_string(&log)?;
+    assert!(text.contains("made a cluster key") && text.contains("--cluster-key"), "{text}");
     assert!(s.listen_addrs.iter().any(|a| a.contains("/tcp/4100/")), "{:?}", s.listen_addrs);
-    assert!(s.listen_addrs.iter().any(|a| a.contains("/udp/4100/quic-v1/")), "{:?}", s.listen_addrs);
+    // libp2p's QUIC has no pre-shared-key mode: a keyed cluster speaks TCP only.
+    assert!(!s.listen_addrs.iter().any(|a| a.contains("quic")), "{:?}", s.listen_addrs);
     Ok(())
 }

@@ -103,6 +103,7 @@ async fn a_peer_with_another_key_or_none_cannot_join() -> anyhow::Result<()> {
     let intruder_id = intruder.ready().await?.id;
     let mut spec = AgentSpec::new("keyless");
     spec.join = vec![bootstrap];
+    spec.extra = vec!["--insecure".into()];
     let mut keyless = Agent::start(c.root.path(), spec)?;
     let keyless_id = keyless.ready().await?.id;
 
@@ -151,5 +152,51 @@ async fn agents_on_neighbouring_ports_form_a_cluster() -> anyhow::Result<()> {
         })
         .await?;
     }
+    Ok(())
+}
+
+/// Secure by default: an agent started with no key makes one; a stranger with `--insecure`
+/// (or its own default key) cannot join it; a peer given a copy of the key can.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_default_agent_makes_a_key_and_only_its_holders_join() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut first = Agent::start(root.path(), AgentSpec::new("first"))?;
+    first.ready().await?;
+    let bootstrap = first.join_addr().await?;
+    let key = first.dir.join("cluster.key");
+    assert!(key.exists(), "the first start made {}", key.display());
+
+    let mut spec = AgentSpec::new("stranger");
+    spec.join = vec![bootstrap.clone()];
+    spec.extra = vec!["--insecure".into()];
+    let mut stranger = Agent::start(root.path(), spec)?;
+    stranger.ready().await?;
+    assert!(stranger.log_text().contains("INSECURE"), "an open agent says so: {}", stranger.log_text());
+    let mut spec = AgentSpec::new("other-default");
+    spec.join = vec![bootstrap.clone()];
+    let mut other = Agent::start(root.path(), spec)?;
+    other.ready().await?;
+
+    let copy = root.path().join("copied.key");
+    std::fs::copy(&key, &copy)?;
+    let mut spec = AgentSpec::new("member");
+    spec.join = vec![bootstrap];
+    spec.cluster_key = Some(copy);
+    let mut member = Agent::start(root.path(), spec)?;
+    let member_id = member.ready().await?.id;
+    all_see(&[&first], &member_id, PeerState::Alive, Duration::from_secs(15)).await?;
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let peers = first.peers().await?;
+    assert_eq!(peers.len(), 2, "only the key holder joined: {peers:?}");
+    assert_eq!(stranger.status().await?.cluster_size, 1);
+    assert_eq!(other.status().await?.cluster_size, 1);
+    let bad = std::process::Command::new(shoal_testkit::shoal_bin())
+        .args(["agent", "--insecure", "--cluster-key"])
+        .arg(&key)
+        .arg("--data-dir")
+        .arg(root.path().join("both"))
+        .output()?;
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("choose one"));
     Ok(())
 }

@@ -32,9 +32,13 @@ pub(crate) struct Args {
     /// Peers to join through: multiaddrs (with or without /p2p/<id>) or host:port.
     #[arg(long, value_name = "ADDR", num_args = 1.., value_delimiter = ',')]
     join: Vec<String>,
-    /// The cluster key file (see `shoal keygen`); peers without it cannot connect.
+    /// The cluster key file (see `shoal keygen`); peers without it cannot connect
+    /// [default: <data dir>/cluster.key, made on first start].
     #[arg(long, value_name = "FILE")]
     cluster_key: Option<PathBuf>,
+    /// Run an open cluster with no key: anyone who reaches this peer can join and run work.
+    #[arg(long)]
+    insecure: bool,
     /// Discover peers on the local network with mDNS.
     #[arg(long)]
     mdns: bool,
@@ -130,6 +134,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             listen: args.listen,
             join: args.join,
             cluster_key: args.cluster_key,
+            insecure: args.insecure,
             mdns: args.mdns,
             labels: args.labels,
             api_socket: args.api_socket,

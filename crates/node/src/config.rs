@@ -57,6 +57,9 @@ pub enum ConfigError {
     /// The pools overlap
     #[error("--cluster-subnet {pool} and --service-subnet {vips} overlap; give them disjoint ranges")]
     PoolsOverlap { pool: String, vips: String },
+    /// A key and --insecure together
+    #[error("--insecure runs an open cluster without a key, but a cluster key is given too; choose one")]
+    KeyAndInsecure,
 }
 
 fn valid_subnet(text: &str) -> bool {
@@ -89,6 +92,11 @@ fn default_data_listen(listen: &[Multiaddr]) -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 0))
 }
 
+/// Where an agent keeps the cluster key it made itself.
+pub fn default_key_path(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("cluster.key")
+}
+
 /// The `[swim]` table of the config file (milliseconds).
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -107,6 +115,7 @@ pub struct FileConfig {
     pub listen: Option<Vec<String>>,
     pub join: Option<Vec<String>>,
     pub cluster_key: Option<PathBuf>,
+    pub insecure: Option<bool>,
     pub mdns: Option<bool>,
     pub labels: Option<Labels>,
     pub api_socket: Option<PathBuf>,
@@ -147,6 +156,7 @@ pub struct Overrides {
     pub listen: Vec<String>,
     pub join: Vec<String>,
     pub cluster_key: Option<PathBuf>,
+    pub insecure: bool,
     pub mdns: bool,
     pub labels: Vec<String>,
     pub api_socket: Option<PathBuf>,
@@ -175,7 +185,11 @@ pub struct AgentConfig {
     pub name: String,
     pub listen: Vec<Multiaddr>,
     pub join: Vec<Multiaddr>,
+    /// The cluster key file: the one given, else `<data dir>/cluster.key` (made on first
+    /// start); `None` only with `--insecure`.
     pub cluster_key: Option<PathBuf>,
+    /// `--insecure`: an open cluster, no key.
+    pub insecure: bool,
     pub mdns: bool,
     pub labels: Labels,
     pub api_socket: PathBuf,
@@ -352,7 +366,14 @@ impl AgentConfig {
         if vips.overlaps(&pool_net) {
             return Err(ConfigError::PoolsOverlap { pool: pool_text, vips: vip_text });
         }
-        let has_key = o.cluster_key.is_some() || file.cluster_key.is_some();
+        let insecure = o.insecure || file.insecure.unwrap_or(false);
+        let given_key = o.cluster_key.or(file.cluster_key);
+        if insecure && given_key.is_some() {
+            return Err(ConfigError::KeyAndInsecure);
+        }
+        // Secure by default: without a key and without --insecure, the data dir's own key.
+        let cluster_key = if insecure { None } else { Some(given_key.unwrap_or_else(|| default_key_path(&data_dir))) };
+        let has_key = cluster_key.is_some();
         let transport = match o.network_transport.or(file.network_transport) {
             Some(t) => t.parse::<shoal_net::Transport>().map_err(|_| ConfigError::BadTransport { value: t })?,
             None if has_key => shoal_net::Transport::Encrypted,
@@ -385,7 +406,8 @@ impl AgentConfig {
             name: o.name.or(file.name).unwrap_or_else(hostname),
             listen,
             join: join_raw.iter().map(|s| parse_addr(s)).collect::<Result<_, _>>()?,
-            cluster_key: o.cluster_key.or(file.cluster_key),
+            cluster_key,
+            insecure,
             mdns: o.mdns || file.mdns.unwrap_or(false),
             labels,
             api_listen,

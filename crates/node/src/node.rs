@@ -53,10 +53,20 @@ impl Node {
             .map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
         let keypair = load_or_create_identity(&dir.join("identity.key"))?;
         let cluster_key = match &cfg.cluster_key {
+            // Secure by default: the first start makes the data dir's own key.
+            Some(p) if *p == crate::config::default_key_path(dir) && !p.exists() => {
+                let key = ClusterKey::generate();
+                shoal_overlay::keys::write_secret(p, key.to_file_text().as_bytes())?;
+                info!(
+                    key = %p.display(),
+                    "made a cluster key for a new cluster; to add a peer, copy this file to it (mode 0600) and run `shoal agent --cluster-key FILE --join <this peer's address>`"
+                );
+                Some(key)
+            }
             Some(p) => Some(ClusterKey::load(p)?),
             None => {
                 warn!(
-                    "no --cluster-key: any peer that can reach this one can join; create a key with `shoal keygen -o cluster.key`"
+                    "INSECURE (--insecure): no cluster key; any machine that can reach this peer can join the cluster, run containers on it and change its services. Drop --insecure to use a key."
                 );
                 None
             }

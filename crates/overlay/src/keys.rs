@@ -59,6 +59,10 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     f.write_all(bytes).map_err(err)?;
     f.sync_all().map_err(err)?;
     fs::rename(&tmp, path).map_err(err)?;
+    // The rename is durable once the directory is on disk too.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    }
     Ok(())
 }
 
