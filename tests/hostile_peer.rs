@@ -166,3 +166,62 @@ async fn garbage_oversized_and_forged_messages_are_dropped() -> anyhow::Result<(
     assert_eq!(dropped, sent as u64, "dropped {dropped} of {sent}");
     Ok(())
 }
+
+/// Sets this process's soft open-file limit (agents started meanwhile inherit it): `None`
+/// for the hard limit.
+fn set_own_file_limit(soft: Option<u64>) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, soft.unwrap_or(hard).min(hard), hard);
+    }
+}
+
+/// 2,000 idle connections to a peer's data port (a keyed peer can make them; they carry no
+/// ticket): the agent neither runs out of descriptors nor stops serving, and a download from
+/// it completes while they are held.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_data_connections_cannot_starve_a_peer() -> anyhow::Result<()> {
+    // The agents start with the usual default of 1,024 (a systemd service's, a shell's); the
+    // test itself then holds thousands of sockets.
+    set_own_file_limit(Some(1024));
+    let c = Cluster::start(2, true).await;
+    set_own_file_limit(None);
+    let c = c?;
+    let log = c.agents[0].log_text();
+    let port: u16 = log
+        .split("content store ready port=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no data port in the log:\n{log}"))?;
+    let mut idle = Vec::new();
+    for _ in 0..2_000 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)) {
+            idle.push(s);
+        }
+    }
+    assert!(idle.len() > 1_000, "the flood got in: {}", idle.len());
+
+    let file = c.root.path().join("payload.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&file, &data)?;
+    let cli = |i: usize, args: &[&str]| {
+        std::process::Command::new(shoal_testkit::shoal_bin())
+            .arg("--addr")
+            .arg(&c.agents[i].socket)
+            .args(args)
+            .output()
+    };
+    let shared = cli(0, &["share", file.to_str().unwrap()])?;
+    assert!(shared.status.success(), "{}", String::from_utf8_lossy(&shared.stderr));
+    let id = String::from_utf8_lossy(&shared.stdout).trim().to_string();
+    let out = c.root.path().join("got.bin");
+    let got = cli(1, &["get", &id, "-o", out.to_str().unwrap()])?;
+    assert!(got.status.success(), "the download completes: {}", String::from_utf8_lossy(&got.stderr));
+    assert!(std::fs::read(&out)? == data, "byte for byte");
+    assert_eq!(c.agents[0].status().await?.cluster_size, 2, "the flooded agent still answers and sees its peer");
+    let log = c.agents[0].log_text();
+    assert!(!log.contains("Too many open files"), "the agent ran out of descriptors:\n{log}");
+    drop(idle);
+    Ok(())
+}

@@ -107,6 +107,21 @@ pub(crate) struct Args {
     log_format: String,
 }
 
+/// Raises the open-file limit to its hard limit: the default 1,024 is a few hundred peers'
+/// connections plus the data channel's, and an agent out of descriptors stops accepting
+/// anything (the overlay, the API, the data port).
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(err = %e, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+        _ => {}
+    }
+}
+
 fn init_tracing(level: &str, format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!("{level},libp2p=warn,libp2p_kad=error,multistream_select=warn,yamux=warn,foca=warn,hickory_server=warn,hickory_proto=warn,hickory_resolver=warn"))
@@ -122,6 +137,7 @@ fn init_tracing(level: &str, format: &str) {
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     init_tracing(&args.log_level, &args.log_format);
+    raise_file_limit();
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),

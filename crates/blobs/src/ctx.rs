@@ -300,10 +300,13 @@ pub(crate) async fn serve_control(ctx: Arc<Ctx>, peer: PeerId, mut stream: shoal
 }
 
 /// Serves one inbound data connection: the first 16 bytes must be a ticket we issued.
+/// How long a data connection may take to send its ticket (a downloader sends it at once).
+pub(crate) const TICKET_WAIT: Duration = Duration::from_secs(2);
+
 pub(crate) async fn serve_data(ctx: Arc<Ctx>, mut stream: TcpStream) {
     use tokio::io::AsyncReadExt;
     let mut ticket = [0u8; 16];
-    if tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut ticket)).await.map_or(true, |r| r.is_err()) {
+    if tokio::time::timeout(TICKET_WAIT, stream.read_exact(&mut ticket)).await.map_or(true, |r| r.is_err()) {
         return;
     }
     let Some(t) = ctx.redeem(&ticket) else {

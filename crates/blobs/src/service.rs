@@ -97,6 +97,8 @@ pub struct Blobs {
 
 /// Most image references a peer advertises in its record.
 const MAX_ADVERTISED_IMAGES: usize = 64;
+/// Data connections served at once (each one piece transfer with one peer).
+pub(crate) const MAX_DATA_CONNECTIONS: usize = 512;
 
 impl Blobs {
     pub async fn start(cfg: BlobsConfig, overlay: Overlay) -> Result<Blobs, BlobsError> {
@@ -127,13 +129,28 @@ impl Blobs {
             shutdown: CancellationToken::new(),
             sent: Default::default(),
         });
-        // Data connections.
+        // Data connections, at most MAX_DATA_CONNECTIONS at once: one past it is closed at
+        // once (a downloader retries), so a flood of idle connections cannot take every file
+        // descriptor. One that sends no ticket is closed after TICKET_WAIT.
         let c = ctx.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_DATA_CONNECTIONS));
         tokio::spawn(async move {
+            let mut refused = 0u64;
             loop {
                 tokio::select! {
                     r = listener.accept() => match r {
-                        Ok((s, _)) => { tokio::spawn(serve_data(c.clone(), s)); }
+                        Ok((s, from)) => match slots.clone().try_acquire_owned() {
+                            Ok(slot) => {
+                                let c = c.clone();
+                                tokio::spawn(async move { serve_data(c, s).await; drop(slot); });
+                            }
+                            Err(_) => {
+                                refused += 1;
+                                if refused.is_power_of_two() {
+                                    warn!(%from, refused, "data connections at their limit; closing new ones");
+                                }
+                            }
+                        },
                         Err(e) => { warn!(err = %e, "data listener error"); tokio::time::sleep(Duration::from_millis(100)).await; }
                     },
                     _ = c.shutdown.cancelled() => return,
