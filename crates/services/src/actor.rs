@@ -305,6 +305,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
     }
 
     async fn merge(&mut self, theirs: &ServiceMap) {
+        let theirs = &admissible(theirs, wall_ms());
         if let Some(v) = theirs.max_version() {
             self.clock.observe(v);
         }
@@ -440,6 +441,35 @@ async fn exited(exits: &mut Option<watch::Receiver<u64>>) -> Option<()> {
     }
 }
 
+/// How far ahead of this peer's clock a peer's stamp may be.
+pub(crate) const MAX_CLOCK_DRIFT: Duration = Duration::from_secs(60);
+
+/// What of a peer's map may be merged: entries whose spec passes the same checks as the API's
+/// and whose stamp is at most [`MAX_CLOCK_DRIFT`] ahead of `now_ms`. The rest is dropped: a
+/// spec with a bad name or a huge replica count cannot reach the planner, and an entry (or a
+/// tombstone) stamped far in the future cannot take a name for good or drag this peer's
+/// clock there.
+pub(crate) fn admissible(theirs: &ServiceMap, now_ms: u64) -> ServiceMap {
+    let max_ahead = MAX_CLOCK_DRIFT.as_millis() as u64;
+    let mut kept = BTreeMap::new();
+    for (name, entry) in theirs.entries() {
+        let ahead = entry.version.millis.saturating_sub(now_ms);
+        let invalid = entry.spec.as_ref().map(check_spec).transpose().err();
+        match (ahead > max_ahead, invalid) {
+            (true, _) => {
+                warn!(service = name, writer = %entry.version.node, ahead_ms = ahead, "a peer's entry is stamped too far ahead; ignored")
+            }
+            (_, Some(e)) => {
+                warn!(service = name, writer = %entry.version.node, err = %e, "a peer's entry is not a valid spec; ignored")
+            }
+            (false, None) => {
+                kept.insert(name.to_string(), entry.clone());
+            }
+        }
+    }
+    ServiceMap::try_from(kept).unwrap_or_default()
+}
+
 pub(crate) fn wall_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -449,4 +479,34 @@ fn seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(wall_ms());
     h.finish() | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_scheduler::Hlc;
+
+    /// A peer's map is merged only as far as it is valid and stamped near now: a huge replica
+    /// count, a bad name, an entry and a tombstone from the far future are dropped.
+    #[test]
+    fn only_valid_entries_stamped_near_now_are_merged() {
+        let now = 1_800_000_000_000;
+        let spec = |name: &str, replicas| ServiceSpec {
+            name: name.into(),
+            image: "app".into(),
+            replicas,
+            ..Default::default()
+        };
+        let mut theirs = ServiceMap::new();
+        theirs.put(spec("web", 3), Hlc::new(now - 5_000, 0, "a"));
+        theirs.put(spec("soon", 1), Hlc::new(now + 30_000, 0, "a"));
+        theirs.put(spec("huge", 5_000_000), Hlc::new(now, 0, "evil"));
+        theirs.put(spec("bad.name", 1), Hlc::new(now, 0, "evil"));
+        theirs.put(spec("later", 1), Hlc::new(now + 3_600_000, 0, "evil"));
+        theirs.remove("forever", Hlc::new(u64::MAX, u32::MAX, "evil"));
+        let kept = admissible(&theirs, now);
+        let names: Vec<&str> = kept.entries().map(|(n, _)| n).collect();
+        assert_eq!(names, ["soon", "web"]);
+        assert!(kept.max_version().is_some_and(|v| v.millis == now + 30_000), "the clock sees only kept stamps");
+    }
 }
