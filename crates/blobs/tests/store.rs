@@ -129,6 +129,37 @@ fn partial_downloads_survive_a_restart_and_complete_atomically() {
     assert!(s.wanted().unwrap().is_empty());
 }
 
+/// A crash after a finished download was committed and before its file was renamed into
+/// place (simulated by moving the file back): the next open finishes the rename, the blob is
+/// complete and readable, and nothing is downloaded again.
+#[test]
+fn a_crash_between_commit_and_rename_keeps_the_download() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(300_000, 9);
+    let mut b = ManifestBuilder::new(d.len() as u64);
+    b.update(&d);
+    let m: PieceManifest = b.finish();
+    let cid = m.id();
+    {
+        let s = Store::open(dir.path(), None).unwrap();
+        let mut p = s.begin_partial(&cid, Arc::new(m.clone()), &m.encode(), None, None).unwrap();
+        for i in 0..m.pieces() {
+            let (off, len) = m.range(i);
+            s.write_piece(&p, i, &d[off as usize..off as usize + len]).unwrap();
+            p.have.set(i);
+        }
+        s.finish_partial(p).unwrap();
+    }
+    let name = cid.hex();
+    std::fs::rename(dir.path().join("blobs").join(&name), dir.path().join("partial").join(&name)).unwrap();
+    let s = Store::open(dir.path(), None).unwrap();
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut s.open_blob(&cid).expect("the blob survived"), &mut back).unwrap();
+    assert_eq!(back, d);
+    assert!(s.wanted().unwrap().is_empty(), "nothing to download again");
+    assert_eq!(files(dir.path(), "partial"), 0);
+}
+
 #[test]
 fn a_download_that_does_not_match_its_expected_digest_is_dropped() {
     let dir = tempfile::tempdir().unwrap();

@@ -147,13 +147,19 @@ impl Store {
     }
 
     /// Drops records whose files vanished and files without records (a crash between
-    /// writing a file and committing its record).
+    /// writing a file and committing its record), and moves a finished download whose rename
+    /// a crash interrupted into place.
     fn reconcile(&self) -> Result<(), StoreError> {
         let records = self.list()?;
         let mut known = HashSet::new();
         let mut usage = 0;
         for (cid, r) in &records {
             let path = if r.complete { self.blob_path(cid) } else { self.partial_path(cid) };
+            // A finished download committed but not yet renamed when we stopped: finish it.
+            if r.complete && !path.exists() && self.partial_path(cid).exists() {
+                std::fs::rename(self.partial_path(cid), &path).map_err(io_err(&path))?;
+                sync_dir(&self.dir.join("blobs"));
+            }
             if path.exists() {
                 known.insert(cid.hex());
                 usage += r.size;

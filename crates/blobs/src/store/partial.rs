@@ -153,15 +153,19 @@ impl Store {
             self.remove_unchecked(&cid)?;
             return Err(StoreError::DigestMismatch { expected: e.to_string(), actual: actual.to_string() });
         }
-        let dest = self.blob_path(&p.cid);
-        std::fs::rename(&p.path, &dest).map_err(io_err(&dest))?;
-        sync_dir(&self.dir.join("blobs"));
+        // Commit first, then rename: a crash between the two leaves a complete record and the
+        // verified file under partial/, which `reconcile` moves into place at the next open.
+        // (Renaming first lost the download: an incomplete record whose partial was gone.)
         rec.complete = true;
         rec.have = None;
         rec.wanted = false;
         rec.sha256 = Some(actual.clone());
         rec.last_access_ms = now_ms();
         self.commit_complete(&p.cid, &rec, None)?;
+        let dest = self.blob_path(&p.cid);
+        std::fs::rename(&p.path, &dest).map_err(io_err(&dest))?;
+        sync_dir(&self.dir.join("blobs"));
+        sync_dir(&self.dir.join("partial"));
         Ok(actual)
     }
 
