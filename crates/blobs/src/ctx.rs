@@ -211,7 +211,17 @@ impl Ctx {
         manifest: Arc<PieceManifest>,
         attach: mpsc::Sender<SessionEvent>,
     ) -> Result<(), AskError> {
-        let ips: Vec<IpAddr> = addrs.iter().filter_map(ip_of).collect();
+        // Loopback only in a cluster on one host (this peer listens on loopback alone): a
+        // holder that lists 127.0.0.1 must not make us hand its ticket to whatever listens
+        // on that port here.
+        let own: Vec<IpAddr> = match self.overlay.status().await {
+            Ok(s) => {
+                s.listen_addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()).filter_map(|a| ip_of(&a)).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        let single_host = !own.is_empty() && own.iter().all(IpAddr::is_loopback);
+        let ips: Vec<IpAddr> = addrs.iter().filter_map(ip_of).filter(|ip| dialable(*ip, single_host)).collect();
         let mut last = AskError::NoAddress;
         for ip in ips {
             let addr = SocketAddr::new(ip, offer.port);
@@ -248,6 +258,12 @@ impl Ctx {
         out.retain(|(p, _)| *p != self.me);
         out
     }
+}
+
+/// Whether a data connection may go to `ip`: never to an unspecified or multicast address,
+/// to loopback only when `single_host` (every peer of the cluster is on this machine).
+pub(crate) fn dialable(ip: IpAddr, single_host: bool) -> bool {
+    !(ip.is_unspecified() || ip.is_multicast()) && (single_host || !ip.is_loopback())
 }
 
 /// The IP of a `/ip4/…/tcp/…` or `/ip6/…/tcp/…` address.
@@ -319,4 +335,21 @@ pub(crate) async fn serve_data(ctx: Arc<Ctx>, mut stream: TcpStream) {
     };
     let attach = lock(&ctx.running).get(&t.cid).map(|r| r.events.clone());
     session::run(ctx.clone(), stream, Side::Acceptor, t.key, t.cid, t.peer, manifest, attach).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_connections_go_to_loopback_only_on_one_host() {
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lan: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(!dialable(lo, false), "a holder listing 127.0.0.1 in a real cluster");
+        assert!(dialable(lo, true), "a cluster on one host");
+        assert!(dialable(lan, false) && dialable(lan, true));
+        for bad in ["0.0.0.0", "224.0.0.1", "::"] {
+            assert!(!dialable(bad.parse().unwrap(), true), "{bad}");
+        }
+    }
 }
