@@ -176,8 +176,8 @@ fn set_own_file_limit(soft: Option<u64>) {
     }
 }
 
-/// 2,000 idle connections to a peer's data port (a keyed peer can make them; they carry no
-/// ticket): the agent neither runs out of descriptors nor stops serving, and a download from
+/// 2,000 idle connections to a peer's data port (anyone who reaches the port can make them;
+/// they carry no ticket): the agent neither runs out of descriptors nor stops serving, and a download from
 /// it completes while they are held.
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_data_connections_cannot_starve_a_peer() -> anyhow::Result<()> {
@@ -222,6 +222,7 @@ async fn idle_data_connections_cannot_starve_a_peer() -> anyhow::Result<()> {
     assert_eq!(c.agents[0].status().await?.cluster_size, 2, "the flooded agent still answers and sees its peer");
     let log = c.agents[0].log_text();
     assert!(!log.contains("Too many open files"), "the agent ran out of descriptors:\n{log}");
+    assert!(log.contains("data connections at their limit"), "the cap closed the flood's excess:\n{log}");
     drop(idle);
     Ok(())
 }

@@ -200,3 +200,23 @@ async fn a_default_agent_makes_a_key_and_only_its_holders_join() -> anyhow::Resu
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("choose one"));
     Ok(())
 }
+
+/// A peer that ran as an open cluster is not silently given a new key (that would cut it off
+/// from its peers): started again without a key or --insecure, it refuses and says what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_of_an_open_cluster_is_not_given_a_new_key() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let mut spec = AgentSpec::new("open");
+    spec.extra = vec!["--insecure".into()];
+    let mut a = Agent::start(root.path(), spec)?;
+    a.ready().await?;
+    a.terminate()?;
+    let out = std::process::Command::new(shoal_testkit::shoal_bin())
+        .args(["agent", "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(&a.dir)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--insecure") && err.contains("--cluster-key"), "{err}");
+    assert!(!a.dir.join("cluster.key").exists(), "no key was made");
+    Ok(())
+}

@@ -263,6 +263,8 @@ impl Ctx {
 /// Whether a data connection may go to `ip`: never to an unspecified or multicast address,
 /// to loopback only when `single_host` (every peer of the cluster is on this machine).
 pub(crate) fn dialable(ip: IpAddr, single_host: bool) -> bool {
+    // `::ffff:127.0.0.1` is loopback too.
+    let ip = ip.to_canonical();
     !(ip.is_unspecified() || ip.is_multicast()) && (single_host || !ip.is_loopback())
 }
 
@@ -348,7 +350,8 @@ mod tests {
         assert!(!dialable(lo, false), "a holder listing 127.0.0.1 in a real cluster");
         assert!(dialable(lo, true), "a cluster on one host");
         assert!(dialable(lan, false) && dialable(lan, true));
-        for bad in ["0.0.0.0", "224.0.0.1", "::"] {
+        assert!(!dialable("::ffff:127.0.0.1".parse().unwrap(), false), "IPv4-mapped loopback");
+        for bad in ["0.0.0.0", "224.0.0.1", "::", "::ffff:0.0.0.0"] {
             assert!(!dialable(bad.parse().unwrap(), true), "{bad}");
         }
     }

@@ -84,6 +84,11 @@ pub enum NodeError {
         "this peer has no container subnet yet (it claims one once it has heard from the cluster); try again in a few seconds, and see `shoal network`"
     )]
     NetworkNotReady,
+    /// The data dir ran an open cluster before and no key is given.
+    #[error(
+        "{data_dir} belongs to a peer that ran without a cluster key: a new key would cut it off from its peers. Give it the cluster's key with --cluster-key FILE (all peers alike), or keep the open cluster with --insecure"
+    )]
+    NoKeyForOldCluster { data_dir: std::path::PathBuf },
     /// The data dir could not be prepared.
     #[error("cannot prepare data dir {path}: {source}")]
     DataDir {
@@ -119,6 +124,7 @@ impl NodeError {
             | NodeError::Task(_)
             | NodeError::Key(_)
             | NodeError::Network(_)
+            | NodeError::NoKeyForOldCluster { .. }
             | NodeError::DataDir { .. } => K::Internal,
         }
     }

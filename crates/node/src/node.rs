@@ -51,8 +51,14 @@ impl Node {
         std::fs::create_dir_all(dir).map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
+        // A data dir with an identity but no key file ran as an open cluster before: making a
+        // key now would split it from its peers silently. Only a new data dir gets a new key.
+        let is_new = !dir.join("identity.key").exists();
         let keypair = load_or_create_identity(&dir.join("identity.key"))?;
         let cluster_key = match &cfg.cluster_key {
+            Some(p) if *p == crate::config::default_key_path(dir) && !p.exists() && !is_new => {
+                return Err(NodeError::NoKeyForOldCluster { data_dir: dir.clone() });
+            }
             // Secure by default: the first start makes the data dir's own key.
             Some(p) if *p == crate::config::default_key_path(dir) && !p.exists() => {
                 let key = ClusterKey::generate();

@@ -137,12 +137,14 @@ pub const BLOCKED_SYSCALLS: &[&str] = &[
     "uselib",
     "ustat",
     // 32-bit x86's multiplexer for the socket calls: its arguments sit in memory the filter
-    // cannot read, so it would get around the address-family rule below.
+    // cannot read, so it would get around the address-family rule below. Stricter than
+    // Docker, which allows it: a 32-bit x86 program whose libc still uses socketcall (glibc
+    // built for kernels before 4.3) has no network here.
     "socketcall",
 ];
 
 /// Socket address families refused: `AF_ALG` (the kernel's crypto API, a source of
-/// exploits) and `AF_VSOCK` (host-guest sockets), as in Docker's profile.
+/// exploits) and `AF_VSOCK` (host-guest sockets, which Docker's profile refuses too).
 pub const BLOCKED_SOCKET_FAMILIES: [u64; 2] = [libc::AF_ALG as u64, libc::AF_VSOCK as u64];
 
 /// `clone` flags that create a namespace; `clone` with any of them is refused.
