@@ -17,18 +17,28 @@
 //! so at equal versions a tombstone beats a spec and of two specs the one with the greater
 //! canonical (postcard) encoding wins.
 //!
-//! On the wire a map is one format byte followed by the postcard encoding of the entries;
-//! [`ServiceMap::decode`] refuses input over a caller-given size before parsing it, and refuses
-//! entries whose key differs from the name in their spec.
+//! Each entry may carry the [`Seal`] of the operator peer that wrote it, and the map carries the
+//! authority's [`Revocation`]s (a grow-only set, merged by union): see [`crate::trust`]. The map
+//! itself merges whatever it is given; checking seals is the caller's job before it merges.
+//!
+//! On the wire a map is one format byte followed by the postcard encoding of the entries and of
+//! the revocations; [`ServiceMap::decode`] refuses input over a caller-given size before parsing
+//! it, and refuses entries whose key differs from the name in their spec. Format 3 (before
+//! seals) is still read, as entries without seals.
 
 use crate::hlc::Hlc;
+use crate::trust::{PublicKey, Revocation, Seal};
 use serde::{Deserialize, Serialize, Serializer};
 use shoal_types::ServiceSpec;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 /// The format byte that starts [`ServiceMap::encode`]'s output.
-pub const WIRE_FORMAT: u8 = 3;
+pub const WIRE_FORMAT: u8 = 4;
+/// The format before entries were sealed.
+const WIRE_FORMAT_UNSEALED: u8 = 3;
+/// The most revocations a map carries (only the authority can make them).
+pub const MAX_REVOCATIONS: usize = 1024;
 
 /// One service name's register: the latest version and the spec it set, or `None` once removed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +47,15 @@ pub struct Entry {
     pub version: Hlc,
     /// The declared service, or `None` for a tombstone left by a remove.
     pub spec: Option<ServiceSpec>,
+    /// The writer's seal (`None` in an open cluster).
+    pub seal: Option<Seal>,
+}
+
+/// An entry of format 3.
+#[derive(Deserialize)]
+struct UnsealedEntry {
+    version: Hlc,
+    spec: Option<ServiceSpec>,
 }
 
 impl Entry {
@@ -77,6 +96,9 @@ pub enum DecodeError {
     /// An entry's key differs from the name inside its spec
     #[error("the service map has an entry `{key}` whose spec is named `{name}`")]
     NameMismatch { key: String, name: String },
+    /// More revocations than any cluster makes
+    #[error("the service map carries {count} revocations, more than the {MAX_REVOCATIONS} allowed")]
+    TooManyRevocations { count: usize },
 }
 
 /// The replicated map of declared services (see the module docs).
@@ -84,6 +106,8 @@ pub enum DecodeError {
 #[serde(try_from = "BTreeMap<String, Entry>")]
 pub struct ServiceMap {
     entries: BTreeMap<String, Entry>,
+    #[serde(skip)]
+    revoked: BTreeMap<PublicKey, Revocation>,
 }
 
 impl Serialize for ServiceMap {
@@ -103,7 +127,7 @@ impl TryFrom<BTreeMap<String, Entry>> for ServiceMap {
                 return Err(DecodeError::NameMismatch { key: key.clone(), name: spec.name.clone() });
             }
         }
-        Ok(ServiceMap { entries })
+        Ok(ServiceMap { entries, revoked: BTreeMap::new() })
     }
 }
 
@@ -117,21 +141,83 @@ impl ServiceMap {
     /// map changed: an edit older than the current entry for the name loses and changes nothing.
     pub fn put(&mut self, spec: ServiceSpec, hlc: Hlc) -> bool {
         let name = spec.name.clone();
-        self.apply(name, Entry { version: hlc, spec: Some(spec) })
+        self.apply(name, Entry { version: hlc, spec: Some(spec), seal: None })
     }
 
     /// Removes the service `name` at version `hlc`, leaving a tombstone (even if the name is
     /// unknown here, so that a concurrent older put elsewhere loses once the maps merge).
     /// Returns whether the map changed.
     pub fn remove(&mut self, name: &str, hlc: Hlc) -> bool {
-        self.apply(name.to_string(), Entry { version: hlc, spec: None })
+        self.apply(name.to_string(), Entry { version: hlc, spec: None, seal: None })
+    }
+
+    /// Writes a whole entry (a sealed local edit) under `name`; like [`ServiceMap::put`], an
+    /// entry that does not beat the current one changes nothing. Returns whether the map changed.
+    pub fn insert_entry(&mut self, name: &str, entry: Entry) -> bool {
+        self.apply(name.to_string(), entry)
+    }
+
+    /// Adds a revocation (one per writer; of two, the earlier wins) and drops the entries it
+    /// invalidates. Returns whether the map changed. The caller checks its signature.
+    pub fn revoke(&mut self, r: Revocation) -> bool {
+        let newer = match self.revoked.get(&r.writer) {
+            Some(old) => r.at < old.at,
+            None => self.revoked.len() < MAX_REVOCATIONS,
+        };
+        if newer {
+            self.revoked.insert(r.writer, r);
+        }
+        self.purge_revoked() > 0 || newer
+    }
+
+    /// Gives every entry without a seal the seal `seal` makes for it (an operator adopting a
+    /// map saved before entries were sealed); returns how many it sealed.
+    pub fn seal_unsealed(&mut self, seal: impl Fn(&str, &Entry) -> Option<Seal>) -> usize {
+        let mut n = 0;
+        for (name, e) in self.entries.iter_mut().filter(|(_, e)| e.seal.is_none()) {
+            e.seal = seal(name, e);
+            n += usize::from(e.seal.is_some());
+        }
+        n
+    }
+
+    /// The revocations held.
+    pub fn revocations(&self) -> impl Iterator<Item = &Revocation> {
+        self.revoked.values()
+    }
+
+    /// Whether `writer` has been revoked.
+    pub fn is_writer_revoked(&self, writer: &PublicKey) -> bool {
+        self.revoked.contains_key(writer)
+    }
+
+    /// Whether `entry` was written by a revoked writer at or after its revocation.
+    pub fn is_revoked(&self, entry: &Entry) -> bool {
+        entry.seal.as_ref().and_then(|s| self.revoked.get(&s.writer)).is_some_and(|r| entry.version >= r.at)
+    }
+
+    /// Drops every entry a revocation invalidates; returns how many. Peers that still hold an
+    /// older, valid entry for the name give it back at the next merge.
+    pub fn purge_revoked(&mut self) -> usize {
+        let before = self.entries.len();
+        let revoked = std::mem::take(&mut self.revoked);
+        let probe = ServiceMap { entries: BTreeMap::new(), revoked };
+        self.entries.retain(|_, e| !probe.is_revoked(e));
+        self.revoked = probe.revoked;
+        before - self.entries.len()
     }
 
     /// Merges `other` into this map: per name the winning entry is kept. Returns whether this map
     /// changed.
     pub fn merge(&mut self, other: &ServiceMap) -> bool {
         let mut changed = false;
+        for r in other.revoked.values() {
+            changed |= self.revoke(r.clone());
+        }
         for (name, entry) in &other.entries {
+            if self.is_revoked(entry) {
+                continue;
+            }
             match self.entries.get_mut(name) {
                 Some(mine) => {
                     if entry.precedence(mine) == Ordering::Greater {
@@ -219,6 +305,13 @@ impl ServiceMap {
                 }
             }
         }
+        h.update(&(self.revoked.len() as u64).to_le_bytes());
+        for r in self.revoked.values() {
+            h.update(&r.writer);
+            h.update(&r.at.millis.to_le_bytes());
+            h.update(&r.at.counter.to_le_bytes());
+            hash_str(&mut h, &r.at.node);
+        }
         *h.finalize().as_bytes()
     }
 
@@ -238,6 +331,8 @@ impl ServiceMap {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![WIRE_FORMAT];
         postcard::to_io(&self.entries, &mut out).expect("a ServiceMap always serialises and a Vec never fails");
+        let revoked: Vec<&Revocation> = self.revoked.values().collect();
+        postcard::to_io(&revoked, &mut out).expect("revocations always serialise and a Vec never fails");
         out
     }
 
@@ -248,15 +343,34 @@ impl ServiceMap {
             return Err(DecodeError::TooLarge { len: bytes.len(), max: max_len });
         }
         let (&format, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if format != WIRE_FORMAT {
-            return Err(DecodeError::UnknownFormat { format });
-        }
-        let (entries, rest): (BTreeMap<String, Entry>, _) =
-            postcard::take_from_bytes(body).map_err(|source| DecodeError::Malformed { source })?;
+        let malformed = |source| DecodeError::Malformed { source };
+        let (entries, revoked, rest) = match format {
+            WIRE_FORMAT => {
+                let (entries, rest): (BTreeMap<String, Entry>, _) =
+                    postcard::take_from_bytes(body).map_err(malformed)?;
+                let (revoked, rest): (Vec<Revocation>, _) = postcard::take_from_bytes(rest).map_err(malformed)?;
+                (entries, revoked, rest)
+            }
+            WIRE_FORMAT_UNSEALED => {
+                let (old, rest): (BTreeMap<String, UnsealedEntry>, _) =
+                    postcard::take_from_bytes(body).map_err(malformed)?;
+                let entries =
+                    old.into_iter().map(|(k, e)| (k, Entry { version: e.version, spec: e.spec, seal: None })).collect();
+                (entries, Vec::new(), rest)
+            }
+            format => return Err(DecodeError::UnknownFormat { format }),
+        };
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes { extra: rest.len() });
         }
-        ServiceMap::try_from(entries)
+        if revoked.len() > MAX_REVOCATIONS {
+            return Err(DecodeError::TooManyRevocations { count: revoked.len() });
+        }
+        let mut map = ServiceMap::try_from(entries)?;
+        for r in revoked {
+            map.revoke(r);
+        }
+        Ok(map)
     }
 }
 
@@ -363,9 +477,13 @@ mod tests {
     #[test]
     fn decode_refuses_a_key_that_differs_from_the_spec_name() {
         let mut entries = BTreeMap::new();
-        entries.insert("web".to_string(), Entry { version: Hlc::new(1, 0, "a"), spec: Some(spec("db", "pg")) });
+        entries.insert(
+            "web".to_string(),
+            Entry { version: Hlc::new(1, 0, "a"), spec: Some(spec("db", "pg")), seal: None },
+        );
         let mut bytes = vec![WIRE_FORMAT];
         bytes.extend(postcard::to_stdvec(&entries).unwrap());
+        bytes.push(0); // no revocations
         let err = ServiceMap::decode(&bytes, 1 << 20).unwrap_err();
         assert!(matches!(err, DecodeError::NameMismatch { .. }), "{err}");
     }
@@ -379,5 +497,50 @@ mod tests {
         assert_eq!(m.gc_tombstones(10), 1);
         assert!(m.entry("old").is_none() && m.entry("new").is_some() && m.get("keep").is_some());
         assert_eq!(m.max_version(), Some(&Hlc::new(50, 0, "a")));
+    }
+
+    #[test]
+    fn a_revocation_drops_the_revoked_writers_later_entries_everywhere() {
+        use crate::trust::{Writer, revoke};
+        let op = [1u8; 32];
+        let (good, bad) = (Writer::new(&[2; 32], &op), Writer::new(&[3; 32], &op));
+        let sealed = |w: &Writer, name: &str, image: &str, v: Hlc| {
+            let s = spec(name, image);
+            Entry { seal: Some(w.seal(name, &v, Some(&s))), version: v, spec: Some(s) }
+        };
+        let mut a = ServiceMap::new();
+        a.insert_entry("web", sealed(&good, "web", "app:1", Hlc::new(10, 0, "g")));
+        a.insert_entry("db", sealed(&bad, "db", "pg:1", Hlc::new(5, 0, "b")));
+        let mut b = a.clone();
+        b.insert_entry("web", sealed(&bad, "web", "evil:1", Hlc::new(30, 0, "b")));
+        assert_eq!(b.get("web").map(|s| s.image.as_str()), Some("evil:1"));
+        // Revoked from version 20: db (stamped 5) stays, b's web (30) goes.
+        let r = revoke(&op, bad.public(), Hlc::new(20, 0, "g"));
+        assert!(b.revoke(r.clone()));
+        assert_eq!(b.get("web"), None);
+        assert!(b.get("db").is_some());
+        // The peer that kept the valid entry gives it back; the revoked one never returns.
+        assert!(b.merge(&a));
+        assert_eq!(b.get("web").map(|s| s.image.as_str()), Some("app:1"));
+        let mut c = ServiceMap::new();
+        c.insert_entry("web", sealed(&bad, "web", "evil:1", Hlc::new(30, 0, "b")));
+        assert!(a.merge(&b), "the revocation travels");
+        assert!(!a.merge(&c), "a revoked entry is not merged");
+        assert_eq!(a.get("web").map(|s| s.image.as_str()), Some("app:1"));
+        // The revocation survives the wire, and changes the digest.
+        let back = ServiceMap::decode(&a.encode(), 1 << 20).unwrap();
+        assert_eq!(back.revocations().count(), 1);
+        assert_eq!(back.digest(), a.digest());
+        assert_ne!(a.digest(), ServiceMap::try_from(a.entries.clone()).unwrap().digest());
+    }
+
+    #[test]
+    fn a_format_3_map_is_read_without_seals() {
+        let mut old = BTreeMap::new();
+        old.insert("web".to_string(), (Hlc::new(1, 0, "a"), Some(spec("web", "app:1"))));
+        let mut bytes = vec![3u8];
+        postcard::to_io(&old, &mut bytes).unwrap();
+        let m = ServiceMap::decode(&bytes, 1 << 20).unwrap();
+        assert_eq!(m.entry("web").map(|e| (e.seal.is_none(), e.version.millis)), Some((true, 1)));
     }
 }

@@ -128,6 +128,9 @@ pub struct Input<'a> {
     pub starting: &'a BTreeSet<ReplicaKey>,
     /// When this peer last autoscaled each service (monotonic ms).
     pub scaled: &'a BTreeMap<String, u64>,
+    /// The live peers that may write desired state (operator peers), or `None` when every
+    /// peer may (an open cluster, or every peer an operator).
+    pub writers: Option<&'a BTreeSet<String>>,
 }
 
 /// Why a container is stopped.
@@ -290,7 +293,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
         let theirs = by_service.get(name).map(Vec::as_slice).unwrap_or_default();
         let last = input.scaled.get(name).copied();
         let now = rollout::Now { ms: input.now_ms, unix: input.now_unix };
-        if let Some(w) = rollout::decide(input.me, spec, &out.assignment, theirs, now, last) {
+        if let Some(w) = rollout::decide(input.me, input.writers, spec, &out.assignment, theirs, now, last) {
             out.writes.push(w);
         }
     }

@@ -101,8 +101,10 @@ fn failing(report: &Report, current: &str) -> bool {
 /// The rewrite peer `me` should make to `spec`, if any (see the module docs). `reports` are
 /// every peer's reports of this service (`me`'s included); `last_scaled_ms` is when `me` last
 /// autoscaled it.
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     me: &str,
+    writers: Option<&BTreeSet<String>>,
     spec: &ServiceSpec,
     assignment: &Assignment,
     reports: &[&Report],
@@ -110,8 +112,10 @@ pub fn decide(
     last_scaled_ms: Option<u64>,
 ) -> Option<Write> {
     let current = crate::spec_version(spec);
+    let failing_peers: Vec<&str> = reports.iter().filter(|r| failing(r, &current)).map(|r| r.peer.as_str()).collect();
     if let Some(previous) = &spec.previous_image
-        && reports.iter().any(|r| r.peer == me && failing(r, &current))
+        && !failing_peers.is_empty()
+        && acts(me, &failing_peers, writers)
     {
         let mut back = spec.clone();
         back.image = previous.clone();
@@ -123,7 +127,9 @@ pub fn decide(
     }
     let mut placed = assignment.of_service(&spec.name).peekable();
     let first_owner = placed.peek().map(|(_, p)| *p);
-    if (spec.previous_image.is_some() || spec.rebalance.is_some()) && first_owner == Some(me) {
+    if (spec.previous_image.is_some() || spec.rebalance.is_some())
+        && first_owner.is_some_and(|o| acts(me, &[o], writers))
+    {
         let settled = placed.all(|(slot, owner)| {
             let copies: Vec<&&Report> =
                 reports.iter().filter(|r| &r.slot == slot && r.state != ReplicaState::Failed).collect();
@@ -141,11 +147,27 @@ pub fn decide(
         }
         return None;
     }
-    autoscale(me, spec, reports, now.ms, last_scaled_ms)
+    autoscale(me, writers, spec, reports, now.ms, last_scaled_ms)
+}
+
+/// Whether `me` makes a write that the `natural` peers would make: with no `writers` set
+/// (every peer may write), when `me` is one of them; otherwise only a writer does, and when
+/// none of the natural peers is a writer, the least writer (by id) makes it for them, so a
+/// decision that falls to a worker peer is still taken.
+fn acts(me: &str, natural: &[&str], writers: Option<&BTreeSet<String>>) -> bool {
+    match writers {
+        None => natural.contains(&me),
+        Some(w) if !w.contains(me) => false,
+        Some(w) => {
+            natural.contains(&me)
+                || (!natural.iter().any(|p| w.contains(*p)) && w.first().map(String::as_str) == Some(me))
+        }
+    }
 }
 
 fn autoscale(
     me: &str,
+    writers: Option<&BTreeSet<String>>,
     spec: &ServiceSpec,
     reports: &[&Report],
     now_ms: u64,
@@ -160,7 +182,7 @@ fn autoscale(
         .filter(|r| r.state == ReplicaState::Running && r.slot.index().is_some_and(|i| i < spec.replicas))
         .collect();
     let first = running.iter().min_by_key(|r| &r.slot)?;
-    if first.peer != me {
+    if !acts(me, &[first.peer.as_str()], writers) {
         return None;
     }
     let usage: Vec<u64> = running.iter().map(|r| r.cpu_milli).collect();
@@ -172,4 +194,23 @@ fn autoscale(
     let mut s = spec.clone();
     s.replicas = next;
     Some(Write { why: WriteReason::Autoscale { from: spec.replicas, to: next }, spec: s })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acts;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn a_decision_that_falls_to_a_worker_is_taken_by_the_least_writer() {
+        let w: BTreeSet<String> = ["op-a", "op-b"].map(String::from).into();
+        assert!(acts("x", &["x"], None), "open: the natural peer");
+        assert!(!acts("y", &["x"], None));
+        assert!(acts("op-b", &["op-b"], Some(&w)), "a writer that is the natural peer");
+        assert!(!acts("op-a", &["op-b"], Some(&w)), "... alone");
+        assert!(!acts("worker", &["worker"], Some(&w)), "a worker never writes");
+        assert!(acts("op-a", &["worker"], Some(&w)), "the least writer stands in");
+        assert!(!acts("op-b", &["worker"], Some(&w)));
+        assert!(!acts("op-a", &["worker"], Some(&BTreeSet::new())), "no writer: nobody");
+    }
 }

@@ -87,7 +87,7 @@ proptest! {
             let refs: Vec<&Report> = theirs.iter().collect();
             let input = Input {
                 me: "me", now_ms: 1_000_000, now_unix: 1_000_000, services: &map, peers: &peers, reports: &refs,
-                local: &local, health: &health, failures: &failures, starting: &starting, scaled: &scaled,
+                local: &local, health: &health, failures: &failures, starting: &starting, scaled: &scaled, writers: None,
             };
             let p = plan(&input);
             // The other peer runs what is assigned to it, at the current version.
@@ -136,7 +136,7 @@ proptest! {
         let refs: Vec<&Report> = theirs.iter().collect();
         let input = Input {
             me: "me", now_ms: 1_000_000, now_unix: 1_000_000, services: &map, peers: &peers, reports: &refs,
-            local: &local, health: &health, failures: &failures, starting: &starting, scaled: &scaled,
+            local: &local, health: &health, failures: &failures, starting: &starting, scaled: &scaled, writers: None,
         };
         let assignment = plan(&input).assignment;
         let have: BTreeSet<(String, Slot, String)> =

@@ -6,7 +6,9 @@ use crate::error::{EffectError, ServiceError, check_spec};
 use crate::store::{MAX_MAP, Store};
 use crate::view::Snapshot;
 use crate::{Config, view};
-use shoal_scheduler::{Clock, DecodeError, Fault, Health, ReplicaKey, ServiceMap, StartFailure};
+use shoal_scheduler::{
+    Clock, DecodeError, Entry, Fault, Health, ReplicaKey, Revocation, ServiceMap, StartFailure, Trust,
+};
 use shoal_types::{ReplicaInfo, ServiceInfo, ServiceSpec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -30,6 +32,7 @@ pub(crate) enum Command {
     Put { spec: Box<ServiceSpec>, create: bool, reply: oneshot::Sender<Result<(), ServiceError>> },
     Rebalance { name: String, reply: oneshot::Sender<Result<(), ServiceError>> },
     Remove { name: String, reply: oneshot::Sender<Result<(), ServiceError>> },
+    Revoke { revocation: Revocation, reply: oneshot::Sender<Result<(), ServiceError>> },
     Spec { name: String, reply: oneshot::Sender<Option<ServiceSpec>> },
     List { reply: oneshot::Sender<Vec<ServiceInfo>> },
     Replicas { name: Option<String>, reply: oneshot::Sender<Vec<ReplicaInfo>> },
@@ -85,6 +88,8 @@ pub(crate) struct Actor<C, K> {
     pub(crate) snapshot: Snapshot,
     /// Other members at the last round (pushes and anti-entropy go to them).
     pub(crate) members: Vec<String>,
+    /// Live peers that may write desired state at the last round (`None`: every peer may).
+    pub(crate) writers: Option<BTreeSet<String>>,
     pub(crate) settle: Settle,
     pub(crate) draining: bool,
     pub(crate) drain: Option<Drain>,
@@ -110,8 +115,10 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
         let store = Store::new(&cfg.dir);
         let me = cluster.me();
         let now = Instant::now();
+        let mut map = store.load();
+        adopt_unsealed(&mut map, &cfg.trust);
         Actor {
-            map: store.load(),
+            map,
             clock: Clock::new(me.clone()),
             me,
             store,
@@ -130,6 +137,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             published: None,
             snapshot: Snapshot::default(),
             members: Vec::new(),
+            writers: None,
             settle: Settle::default(),
             draining: false,
             drain: None,
@@ -201,6 +209,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             }
             Command::Rebalance { name, reply } => {
                 let result = match self.map.get(&name).cloned() {
+                    _ if !self.may_write() => Err(ServiceError::NotOperator),
                     None => Err(ServiceError::NotFound(name)),
                     Some(mut spec) => {
                         spec.rebalance = Some(self.now_ms().max(1));
@@ -211,13 +220,27 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
                 let _ = reply.send(result);
             }
             Command::Remove { name, reply } => {
-                let result = if self.map.get(&name).is_none() {
+                let result = if !self.may_write() {
+                    Err(ServiceError::NotOperator)
+                } else if self.map.get(&name).is_none() {
                     Err(ServiceError::NotFound(name))
                 } else {
-                    let hlc = self.clock.tick(wall_ms());
-                    self.map.remove(&name, hlc);
+                    let version = self.clock.tick(wall_ms());
+                    let seal = self.cfg.trust.seal(&name, &version, None);
+                    self.map.insert_entry(&name, Entry { version, spec: None, seal });
                     info!(service = %name, "service removed");
                     self.changed().await
+                };
+                let _ = reply.send(result);
+            }
+            Command::Revoke { revocation, reply } => {
+                let result = match &self.cfg.trust {
+                    Trust::Keyed { authority, .. } if authority.check_revocation(&revocation) => {
+                        let purged = self.map.revoke(revocation);
+                        info!(purged, "operator grant revoked");
+                        self.changed().await
+                    }
+                    _ => Err(ServiceError::BadRevocation),
                 };
                 let _ = reply.send(result);
             }
@@ -251,6 +274,9 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
     }
 
     async fn put(&mut self, spec: ServiceSpec, create: bool) -> Result<(), ServiceError> {
+        if !self.may_write() {
+            return Err(ServiceError::NotOperator);
+        }
         check_spec(&spec)?;
         let old = self.map.get(&spec.name).cloned();
         match (&old, create) {
@@ -275,10 +301,21 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
         self.write(spec).await
     }
 
+    /// Whether this peer may write desired state: it holds the operator key (or the cluster is
+    /// open) and its grant has not been revoked.
+    pub(crate) fn may_write(&self) -> bool {
+        self.cfg.trust.can_write() && self.cfg.trust.writer_key().is_none_or(|k| !self.map.is_writer_revoked(&k))
+    }
+
     /// Writes `spec` as the service's newest version, saves and pushes it.
     pub(crate) async fn write(&mut self, spec: ServiceSpec) -> Result<(), ServiceError> {
-        let hlc = self.clock.tick(wall_ms());
-        self.map.put(spec, hlc);
+        if !self.may_write() {
+            return Err(ServiceError::NotOperator);
+        }
+        let version = self.clock.tick(wall_ms());
+        let name = spec.name.clone();
+        let seal = self.cfg.trust.seal(&name, &version, Some(&spec));
+        self.map.insert_entry(&name, Entry { version, spec: Some(spec), seal });
         self.changed().await
     }
 
@@ -305,7 +342,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
     }
 
     async fn merge(&mut self, theirs: &ServiceMap) {
-        let theirs = &admissible(theirs, wall_ms());
+        let theirs = &admissible(theirs, wall_ms(), &self.cfg.trust);
         if let Some(v) = theirs.max_version() {
             self.clock.observe(v);
         }
@@ -444,30 +481,59 @@ async fn exited(exits: &mut Option<watch::Receiver<u64>>) -> Option<()> {
 /// How far ahead of this peer's clock a peer's stamp may be.
 pub(crate) const MAX_CLOCK_DRIFT: Duration = Duration::from_secs(60);
 
-/// What of a peer's map may be merged: entries whose spec passes the same checks as the API's
-/// and whose stamp is at most [`MAX_CLOCK_DRIFT`] ahead of `now_ms`. The rest is dropped: a
-/// spec with a bad name or a huge replica count cannot reach the planner, and an entry (or a
-/// tombstone) stamped far in the future cannot take a name for good or drag this peer's
-/// clock there.
-pub(crate) fn admissible(theirs: &ServiceMap, now_ms: u64) -> ServiceMap {
+/// What of a peer's map may be merged: in a keyed cluster, entries sealed by a writer the
+/// cluster's authority granted (and revocations the authority signed); entries whose spec
+/// passes the same checks as the API's; and whose stamp is at most [`MAX_CLOCK_DRIFT`] ahead of
+/// `now_ms`. The rest is dropped: a worker or a forger cannot write, a spec with a bad name or
+/// a huge replica count cannot reach the planner, and an entry (or a tombstone) stamped far in
+/// the future cannot take a name for good or drag this peer's clock there.
+pub(crate) fn admissible(theirs: &ServiceMap, now_ms: u64, trust: &Trust) -> ServiceMap {
     let max_ahead = MAX_CLOCK_DRIFT.as_millis() as u64;
     let mut kept = BTreeMap::new();
     for (name, entry) in theirs.entries() {
         let ahead = entry.version.millis.saturating_sub(now_ms);
         let invalid = entry.spec.as_ref().map(check_spec).transpose().err();
-        match (ahead > max_ahead, invalid) {
-            (true, _) => {
+        let untrusted = match trust {
+            Trust::Keyed { authority, .. } => authority.check_entry(name, entry).err(),
+            Trust::Open => None,
+        };
+        match (ahead > max_ahead, invalid, untrusted) {
+            (_, _, Some(e)) => {
+                warn!(service = name, writer = %entry.version.node, err = %e, "a peer's entry is not an operator's; ignored")
+            }
+            (true, _, _) => {
                 warn!(service = name, writer = %entry.version.node, ahead_ms = ahead, "a peer's entry is stamped too far ahead; ignored")
             }
-            (_, Some(e)) => {
+            (_, Some(e), _) => {
                 warn!(service = name, writer = %entry.version.node, err = %e, "a peer's entry is not a valid spec; ignored")
             }
-            (false, None) => {
+            (false, None, None) => {
                 kept.insert(name.to_string(), entry.clone());
             }
         }
     }
-    ServiceMap::try_from(kept).unwrap_or_default()
+    let mut out = ServiceMap::try_from(kept).unwrap_or_default();
+    if let Trust::Keyed { authority, .. } = trust {
+        for r in theirs.revocations() {
+            if authority.check_revocation(r) {
+                out.revoke(r.clone());
+            } else {
+                warn!("a peer's revocation is not signed by the operator key; ignored");
+            }
+        }
+    }
+    out
+}
+
+/// Seals, as this operator peer's, the entries loaded from disk that carry no seal (a map
+/// saved before entries were sealed): this peer vouches for the desired state it already ran.
+fn adopt_unsealed(map: &mut ServiceMap, trust: &Trust) {
+    if matches!(trust, Trust::Keyed { writer: Some(_), .. }) {
+        let n = map.seal_unsealed(|name, e| trust.seal(name, &e.version, e.spec.as_ref()));
+        if n > 0 {
+            info!(entries = n, "sealed the saved services that carried no seal");
+        }
+    }
 }
 
 pub(crate) fn wall_ms() -> u64 {
@@ -504,7 +570,7 @@ mod tests {
         theirs.put(spec("bad.name", 1), Hlc::new(now, 0, "evil"));
         theirs.put(spec("later", 1), Hlc::new(now + 3_600_000, 0, "evil"));
         theirs.remove("forever", Hlc::new(u64::MAX, u32::MAX, "evil"));
-        let kept = admissible(&theirs, now);
+        let kept = admissible(&theirs, now, &Trust::Open);
         let names: Vec<&str> = kept.entries().map(|(n, _)| n).collect();
         assert_eq!(names, ["soon", "web"]);
         assert!(kept.max_version().is_some_and(|v| v.millis == now + 30_000), "the clock sees only kept stamps");

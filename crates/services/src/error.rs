@@ -88,6 +88,14 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
+    /// This peer holds a worker key (403).
+    #[error(
+        "this peer holds a worker key: only a peer started with the cluster's operator key (made by `shoal keygen -o cluster.key`) changes services; run the command on an operator peer"
+    )]
+    NotOperator,
+    /// A revocation not signed by this cluster's operator key (403).
+    #[error("the revocation is not signed by this cluster's operator key")]
+    BadRevocation,
     /// The services actor has stopped (503).
     #[error("the services subsystem has stopped (the agent is shutting down)")]
     Stopped,

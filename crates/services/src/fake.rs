@@ -133,6 +133,7 @@ struct FakePeer {
     alive: bool,
     reports: Option<serde_json::Value>,
     services: Option<Services>,
+    operator: bool,
 }
 
 struct Net {
@@ -173,7 +174,9 @@ impl FakeNet {
             labels: BTreeMap::new(),
             draining: false,
         };
-        lock(&self.inner).peers.insert(id.to_string(), FakePeer { view, alive: true, reports: None, services: None });
+        lock(&self.inner)
+            .peers
+            .insert(id.to_string(), FakePeer { view, alive: true, reports: None, services: None, operator: true });
         self.bump();
         FakeCluster { net: self.clone(), me: id.to_string() }
     }
@@ -183,6 +186,14 @@ impl FakeNet {
         if let Some(p) = lock(&self.inner).peers.get_mut(id) {
             p.services = Some(services);
         }
+    }
+
+    /// Marks a peer as holding a worker key (its record carries no operator grant).
+    pub fn set_worker(&self, id: &str) {
+        if let Some(p) = lock(&self.inner).peers.get_mut(id) {
+            p.operator = false;
+        }
+        self.bump();
     }
 
     /// Marks a peer dead or alive; its record goes with it.
@@ -220,6 +231,7 @@ impl Cluster for FakeCluster {
                 name: p.view.id.clone(),
                 reports: p.reports.clone(),
                 has_record: true,
+                operator: p.operator,
             })
             .collect();
         Ok(ClusterView { members, known: net.peers.len().saturating_sub(1) })

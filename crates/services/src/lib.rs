@@ -73,6 +73,8 @@ pub struct Config {
     pub name: String,
     /// Time between two rounds when nothing happens.
     pub tick: Duration,
+    /// Who may write desired state, and this peer's means to (see `shoal_scheduler::trust`).
+    pub trust: shoal_scheduler::Trust,
 }
 
 /// One service as the network needs it: its address, its published ports and where its
@@ -155,6 +157,11 @@ impl Services {
         let n = name.to_string();
         self.ask(|reply| actor::Command::Rebalance { name: n, reply }).await??;
         self.get(name).await
+    }
+
+    /// Retires an operator peer's grant (the revocation is the authority's, checked here too).
+    pub async fn revoke(&self, revocation: shoal_scheduler::Revocation) -> Result<(), ServiceError> {
+        self.ask(|reply| actor::Command::Revoke { revocation, reply }).await?
     }
 
     /// Removes a service everywhere.

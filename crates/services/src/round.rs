@@ -107,6 +107,16 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             .flat_map(|m| m.reports.as_ref().map(|v| reports::decode(v, &m.view.id)).unwrap_or_default())
             .collect();
         self.members = view.members.iter().map(|m| m.view.id.clone()).filter(|id| *id != self.me).collect();
+        self.writers = match &self.cfg.trust {
+            shoal_scheduler::Trust::Open => None,
+            _ => Some(
+                view.members
+                    .iter()
+                    .filter(|m| if m.view.id == self.me { self.may_write() } else { m.operator })
+                    .map(|m| m.view.id.clone())
+                    .collect(),
+            ),
+        };
         self.forget(&local, &theirs);
         let acting = self.settled(&view);
         let refs: Vec<&Report> = theirs.iter().collect();
@@ -187,6 +197,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             failures: &self.failures,
             starting: &self.starting,
             scaled: &self.scaled,
+            writers: self.writers.as_ref(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The services actor against in-memory effects: several peers on a fake network, containers
 //! that start at once. Time is tokio's paused clock, so health checks and back-offs run fast.
 
-use shoal_scheduler::Fault;
+use shoal_scheduler::{Authority, Fault, Hlc, ServiceMap, Trust, Writer};
 use shoal_services::fake::{FakeContainers, FakeNet};
 use shoal_services::{Config, Running, ServiceError, Services};
 use shoal_types::{ServiceMode, ServiceSpec};
@@ -21,9 +21,13 @@ impl Peer {
 }
 
 fn spawn(net: &FakeNet, id: &str, dir: tempfile::TempDir) -> Peer {
+    spawn_with(net, id, dir, Trust::Open)
+}
+
+fn spawn_with(net: &FakeNet, id: &str, dir: tempfile::TempDir, trust: Trust) -> Peer {
     let containers = FakeContainers::new();
     let cluster = net.join(id);
-    let cfg = Config { dir: dir.path().to_path_buf(), name: id.to_string(), tick: Duration::from_millis(500) };
+    let cfg = Config { dir: dir.path().to_path_buf(), name: id.to_string(), tick: Duration::from_millis(500), trust };
     let running = Services::spawn(cfg, containers.clone(), cluster);
     net.register(id, running.services.clone());
     Peer { id: id.to_string(), containers, running, _dir: dir }
@@ -160,11 +164,79 @@ async fn the_desired_state_survives_a_restart_and_shutdown_stops_the_actor() {
     let Peer { running, _dir, .. } = p;
     running.task.await.expect("the actor ended");
     let again = Services::spawn(
-        Config { dir: path, name: "solo".into(), tick: Duration::from_millis(500) },
+        Config { dir: path, name: "solo".into(), tick: Duration::from_millis(500), trust: Trust::Open },
         FakeContainers::new(),
         net.join("solo"),
     );
     assert_eq!(again.services.spec("web").await.expect("kept").replicas, 2);
     assert!(matches!(again.services.merge(b"\x09junk".to_vec()).await, Ok(Err(_))), "a bad map is refused");
     drop(_dir);
+}
+
+/// Two operator peers and a worker: the worker runs replicas but cannot write; what an
+/// operator writes reaches it; a map written with a key the authority never granted is
+/// ignored everywhere; a revoked operator's later writes vanish and the valid ones return.
+#[tokio::test(start_paused = true)]
+async fn only_operators_write_and_a_revoked_operator_is_undone() {
+    let op = [7u8; 32];
+    let authority = Authority::from_secret(&op);
+    let keyed = |i: u8, operator: bool| Trust::Keyed {
+        authority: authority.clone(),
+        writer: operator.then(|| Writer::new(&[i; 32], &op)),
+    };
+    let net = FakeNet::new();
+    let dir = || tempfile::tempdir().expect("tempdir");
+    let a = spawn_with(&net, "peer-a", dir(), keyed(1, true));
+    let b = spawn_with(&net, "peer-b", dir(), keyed(2, true));
+    let w = spawn_with(&net, "peer-w", dir(), keyed(3, false));
+    net.set_worker("peer-w");
+    let refused = w.svc().create(web(3)).await.expect_err("a worker cannot create");
+    assert!(matches!(refused, ServiceError::NotOperator), "{refused}");
+    assert!(refused.to_string().contains("operator key"), "{refused}");
+    a.svc().create(web(3)).await.expect("an operator creates");
+    until("3 running, the worker's included", async || w.svc().get("web").await.is_ok_and(|s| s.running == 3)).await;
+    assert_eq!(w.containers.all().len(), 1, "the worker runs its share");
+    assert!(matches!(w.svc().scale("web", 1).await, Err(ServiceError::NotOperator)));
+
+    // A forger with the membership secret but no grant: an unsealed map and one sealed by a
+    // key of its own. Neither changes anything on any peer.
+    let mut forged = ServiceMap::new();
+    forged.put(ServiceSpec { image: "evil:1".into(), ..web(3) }, Hlc::new(u64::from(u32::MAX), 0, "x"));
+    assert!(w.svc().merge(forged.encode()).await.expect("alive").is_ok());
+    let rogue = Writer::new(&[9; 32], &[9; 32]);
+    let v = Hlc::new(u64::from(u32::MAX), 1, "x");
+    let evil = ServiceSpec { image: "evil:2".into(), ..web(3) };
+    let mut sealed = ServiceMap::new();
+    sealed.insert_entry(
+        "web",
+        shoal_scheduler::Entry { seal: Some(rogue.seal("web", &v, Some(&evil))), version: v, spec: Some(evil) },
+    );
+    assert!(b.svc().merge(sealed.encode()).await.expect("alive").is_ok());
+    for p in [&a, &b, &w] {
+        assert_eq!(p.svc().spec("web").await.expect("web").image, "app:1", "{}", p.id);
+    }
+
+    // b is retired: its grant revoked from now on. Its earlier update stays; what it writes
+    // after the revocation is refused at b itself and ignored by every other peer.
+    b.svc().update(ServiceSpec { image: "app:2".into(), ..web(3) }).await.expect("b updates");
+    until("the worker sees b's update", async || w.svc().spec("web").await.is_ok_and(|s| s.image == "app:2")).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let b_key = Writer::new(&[2; 32], &op).public();
+    a.svc().revoke(shoal_scheduler::trust::revoke(&op, b_key, Hlc::new(now + 1, 0, ""))).await.expect("a revokes b");
+    until("b hears of it", async || matches!(b.svc().scale("web", 2).await, Err(ServiceError::NotOperator))).await;
+    let mut late = ServiceMap::new();
+    let v = Hlc::new(now + 5, 0, "peer-b");
+    let spec = ServiceSpec { image: "app:3".into(), ..web(3) };
+    let b_writer = Writer::new(&[2; 32], &op);
+    late.insert_entry(
+        "web",
+        shoal_scheduler::Entry { seal: Some(b_writer.seal("web", &v, Some(&spec))), version: v, spec: Some(spec) },
+    );
+    assert!(w.svc().merge(late.encode()).await.expect("alive").is_ok());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for p in [&a, &b, &w] {
+        assert_eq!(p.svc().spec("web").await.expect("web").image, "app:2", "{}", p.id);
+    }
+    let bad = shoal_scheduler::trust::revoke(&[8; 32], Writer::new(&[1; 32], &op).public(), Hlc::new(0, 0, ""));
+    assert!(matches!(w.svc().revoke(bad).await, Err(ServiceError::BadRevocation)));
 }

@@ -101,6 +101,7 @@ impl Case {
             failures: &self.failures,
             starting: &self.starting,
             scaled: &self.scaled,
+            writers: None,
         })
     }
 

@@ -625,6 +625,7 @@ impl Sim {
             failures: &p.failures,
             starting: &p.starting,
             scaled: &NONE_SCALED,
+            writers: None,
         }
     }
 
