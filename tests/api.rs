@@ -155,7 +155,8 @@ async fn no_flags_gives_a_working_single_peer_cluster() -> anyhow::Result<()> {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key)?.permissions()) & 0o777;
     assert_eq!(mode, 0o600, "the key is the owner's only");
     let text = std::fs::read_to_string(&log)?;
-    assert!(text.contains("made a cluster key") && text.contains("--cluster-key"), "{text}");
+    assert!(text.contains("made an operator key") && text.contains("--cluster-key"), "{text}");
+    assert!(std::fs::read_to_string(&key)?.contains("/shoal/operator/1/"), "a new cluster gets an operator key");
     assert!(s.listen_addrs.iter().any(|a| a.contains("/tcp/4100/")), "{:?}", s.listen_addrs);
     // libp2p's QUIC has no pre-shared-key mode: a keyed cluster speaks TCP only.
     assert!(!s.listen_addrs.iter().any(|a| a.contains("quic")), "{:?}", s.listen_addrs);

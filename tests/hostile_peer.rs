@@ -77,7 +77,10 @@ fn raw(protocol: &'static str) -> request_response::Behaviour<RawCodec> {
 }
 
 fn hostile_swarm(key: ClusterKey) -> Swarm<Hostile> {
-    let id = Keypair::generate_ed25519();
+    hostile_swarm_as(key, Keypair::generate_ed25519())
+}
+
+fn hostile_swarm_as(key: ClusterKey, id: Keypair) -> Swarm<Hostile> {
     let peer = id.public().to_peer_id();
     let transport = shoal_overlay::behaviour::transport(&id, Some(key)).unwrap();
     let behaviour = Hostile { swim: raw("/shoal/swim/1"), ctl: raw("/shoal/ctl/1") };
@@ -224,5 +227,75 @@ async fn idle_data_connections_cannot_starve_a_peer() -> anyhow::Result<()> {
     assert!(!log.contains("Too many open files"), "the agent ran out of descriptors:\n{log}");
     assert!(log.contains("data connections at their limit"), "the cap closed the flood's excess:\n{log}");
     drop(idle);
+    Ok(())
+}
+
+/// A keyed peer gossips that another peer is dead, at a generation that peer never had (one
+/// far in the future, and the next one): SWIM would keep it dead for a day. The victim stays
+/// alive on every peer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_down_with_a_huge_generation_evicts_nobody() -> anyhow::Result<()> {
+    use bytes::BufMut;
+    use foca::{Codec, Header, Member, Message, PostcardCodec, State};
+    use shoal_overlay::swim::SwimId;
+    let c = Cluster::start(3, true).await?;
+    let target_addr: Multiaddr = c.agents[0].join_addr().await?.parse()?;
+    let target = c.agents[0].status().await?;
+    let victim = c.agents[1].status().await?;
+    for a in &c.agents {
+        shoal_testkit::eventually(Duration::from_secs(15), "3 alive", || async {
+            (a.peers().await.ok()?.iter().filter(|p| p.state == PeerState::Alive).count() == 3).then_some(())
+        })
+        .await?;
+    }
+    let id = Keypair::generate_ed25519();
+    let me = id.public().to_peer_id();
+    let mut swarm = hostile_swarm_as(ClusterKey::load(c.key.as_ref().unwrap())?, id);
+    swarm.dial(target_addr)?;
+    loop {
+        if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
+            break;
+        }
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let src = SwimId { peer: me, generation: now, addrs: vec![] };
+    // Foca takes a payload only if it is addressed to the target's exact identity.
+    let addrs: Vec<Multiaddr> = target
+        .listen_addrs
+        .iter()
+        .map(|a| {
+            let mut m: Multiaddr = a.parse().unwrap();
+            m.pop();
+            m
+        })
+        .collect();
+    assert_eq!(addrs.len(), 1, "one listen address: {addrs:?}");
+    let dst = SwimId { peer: target.id.parse()?, generation: target.generation, addrs };
+    let victim_peer: PeerId = victim.id.parse()?;
+    let mut packet = Vec::new();
+    let h = Header { src, src_incarnation: 0, dst, message: Message::Gossip };
+    Codec::<SwimId>::encode_header(&mut PostcardCodec, &h, &mut packet).unwrap();
+    let forged = [u64::MAX - 1, victim.generation + 1]
+        .map(|g| Member::new(SwimId { peer: victim_peer, generation: g, addrs: vec![] }, u16::MAX, State::Down));
+    packet.put_u16(forged.len() as u16);
+    for m in &forged {
+        Codec::<SwimId>::encode_member(&mut PostcardCodec, m, &mut packet).unwrap();
+    }
+    let target_peer: PeerId = target.id.parse()?;
+    for _ in 0..5 {
+        swarm.behaviour_mut().swim.send_request(&target_peer, packet.clone());
+        let _ = tokio::time::timeout(Duration::from_millis(400), async {
+            loop {
+                swarm.select_next_some().await;
+            }
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for a in [&c.agents[0], &c.agents[2]] {
+        let peers = a.peers().await?;
+        assert_eq!(state_of(&peers, &victim.id), Some(PeerState::Alive), "{}: {peers:?}\n{}", a.spec.name, c.logs());
+    }
+    assert_eq!(c.agents[1].status().await?.generation, victim.generation, "the victim never had to rejoin");
     Ok(())
 }

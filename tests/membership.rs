@@ -220,3 +220,57 @@ async fn a_peer_of_an_open_cluster_is_not_given_a_new_key() -> anyhow::Result<()
     assert!(!a.dir.join("cluster.key").exists(), "no key was made");
     Ok(())
 }
+
+/// Operators and workers: `shoal keygen` makes an operator key and `--worker` a worker key of
+/// the same cluster. The worker joins and sees the services an operator creates, but its own
+/// `service create` (and revocations) are refused with a message that names the operator key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workers_service_create_is_refused_and_an_operators_reaches_it() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let (op_key, worker_key) = (root.path().join("cluster.key"), root.path().join("worker.key"));
+    let keygen = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(shoal_testkit::shoal_bin()).arg("keygen").args(args).output()
+    };
+    assert!(keygen(&["-o".as_ref(), op_key.as_os_str()])?.status.success());
+    let out = keygen(&["--worker".as_ref(), op_key.as_os_str(), "-o".as_ref(), worker_key.as_os_str()])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read_to_string(&worker_key)?.contains("/shoal/authority/1/"));
+
+    let mut spec = AgentSpec::new("operator");
+    spec.cluster_key = Some(op_key);
+    let mut operator = Agent::start(root.path(), spec)?;
+    operator.ready().await?;
+    let mut spec = AgentSpec::new("worker");
+    spec.cluster_key = Some(worker_key);
+    spec.join = vec![operator.join_addr().await?];
+    let mut worker = Agent::start(root.path(), spec)?;
+    let worker_id = worker.ready().await?.id;
+    all_see(&[&operator], &worker_id, PeerState::Alive, Duration::from_secs(15)).await?;
+    assert!(
+        worker.log_text().contains("role=\"worker\"") || worker.log_text().contains("role=worker"),
+        "{}",
+        worker.log_text()
+    );
+
+    let cli = |a: &Agent, args: &[&str]| {
+        std::process::Command::new(shoal_testkit::shoal_bin()).arg("--addr").arg(&a.socket).args(args).output()
+    };
+    let refused = cli(&worker, &["service", "create", "--name", "web", "--replicas", "1", "app:v1"])?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("operator key"), "{err}");
+    let (status, _) = worker
+        .client()
+        .raw(hyper::Method::POST, &format!("/v1/peers/{}/revoke", operator.status().await?.id), None)
+        .await?;
+    assert_eq!(status, 403, "a worker cannot revoke");
+
+    let made = cli(&operator, &["service", "create", "--name", "web", "--replicas", "1", "app:v1"])?;
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    eventually(Duration::from_secs(15), "the worker to see the operator's service", || async {
+        let out = cli(&worker, &["service", "ls", "--json"]).ok()?;
+        String::from_utf8_lossy(&out.stdout).contains("\"web\"").then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", worker.log_text()))?;
+    Ok(())
+}

@@ -17,9 +17,27 @@ pub(crate) struct Args {
     /// Show full peer ids and every address.
     #[arg(long, short)]
     wide: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Retire a peer's operator grant: the services it changes from now on are void on every
+    /// peer (run on an operator peer; give the retired peer a worker key).
+    Revoke {
+        /// Peer id or name.
+        peer: String,
+    },
 }
 
 pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
+    if let Some(Cmd::Revoke { peer }) = &args.command {
+        let path = format!("/v1/peers/{}/revoke", super::lifecycle::encode(peer));
+        super::content::expect_no_content(client.raw(hyper::Method::POST, &path, None).await?)?;
+        eprintln!("revoked the operator grant of {peer}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let path = match &args.state {
         Some(s) => format!("/v1/peers?state={s}"),
         None => "/v1/peers".to_string(),

@@ -26,6 +26,9 @@ pub enum ApiError {
     /// Conflicts with the current state (409)
     #[error("{0}")]
     Conflict(String),
+    /// This peer may not do it (403)
+    #[error("{0}")]
+    Forbidden(String),
     /// Out of space (507)
     #[error("{0}")]
     Full(String),
@@ -45,6 +48,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Peers(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(cause) => {
@@ -63,6 +67,7 @@ impl From<NodeError> for ApiError {
             ErrorKind::BadRequest => ApiError::BadRequest(msg),
             ErrorKind::NotFound => ApiError::NotFound(msg),
             ErrorKind::Conflict => ApiError::Conflict(msg),
+            ErrorKind::Forbidden => ApiError::Forbidden(msg),
             ErrorKind::Full => ApiError::Full(msg),
             ErrorKind::Peers => ApiError::Peers(msg),
             ErrorKind::Unavailable => ApiError::Unavailable(msg),

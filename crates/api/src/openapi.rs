@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(title = "Shoal agent API", description = "Every Shoal agent serves this API on its unix socket (root only) and, with --api-listen, on TCP behind a bearer token."),
     paths(
-        crate::v1::get_status, crate::v1::list_peers, crate::v1::get_peer, crate::v1::get_network,
+        crate::v1::get_status, crate::v1::list_peers, crate::v1::get_peer, crate::v1::revoke_peer, crate::v1::get_network,
         crate::v1::content::share, crate::v1::content::list, crate::v1::content::read, crate::v1::content::fetch,
         crate::v1::content::progress, crate::v1::content::transfers, crate::v1::content::remove,
         crate::v1::content::pin, crate::v1::content::unpin,

@@ -1,6 +1,6 @@
 //! Errors of the agent core, each with the [`ErrorKind`] the API answers it with: what the
 //! user must fix (400), what does not exist (404), what conflicts with the current state
-//! (409), a full disk (507), peers that could not provide something (502), an agent that
+//! (409), what this peer may not do (403), a full disk (507), peers that could not provide something (502), an agent that
 //! cannot serve now (503), and faults of the agent itself (500, the cause only in its log).
 
 use shoal_overlay::{KeyError, OverlayError};
@@ -15,6 +15,8 @@ pub enum ErrorKind {
     NotFound,
     /// The request conflicts with the current state.
     Conflict,
+    /// This peer may not do it (a worker asked to change desired state).
+    Forbidden,
     /// Out of space.
     Full,
     /// Peers could not provide what was needed.
@@ -177,6 +179,7 @@ fn services_kind(e: &ServiceError) -> ErrorKind {
         ServiceError::Save { .. } if e.is_disk_full() => K::Full,
         ServiceError::Save { .. } => K::Internal,
         ServiceError::Stopped => K::Unavailable,
+        ServiceError::NotOperator | ServiceError::BadRevocation => K::Forbidden,
     }
 }
 

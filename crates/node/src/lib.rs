@@ -20,6 +20,7 @@ pub mod resources;
 mod service_logs;
 mod services;
 mod streams;
+mod trust;
 
 pub use config::{AgentConfig, ConfigError, FileConfig, Overrides};
 pub use error::{ErrorKind, NodeError};

@@ -2,7 +2,7 @@
 
 use crate::config::AgentConfig;
 use crate::error::NodeError;
-use shoal_overlay::{ClusterKey, LocalInfo, Overlay, OverlayConfig, load_or_create_identity};
+use shoal_overlay::{KeyFile, LocalInfo, Overlay, OverlayConfig, load_or_create_identity};
 use shoal_types::{AgentStatus, PeerInfo, PeerState, Resources};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -42,6 +42,9 @@ struct Inner {
     tasks: TaskTracker,
     started: Instant,
     capacity: Resources,
+    /// The key file (`None` in an open cluster) and what it allows.
+    keys: Option<KeyFile>,
+    trust: shoal_scheduler::Trust,
 }
 
 impl Node {
@@ -55,21 +58,21 @@ impl Node {
         // key now would split it from its peers silently. Only a new data dir gets a new key.
         let is_new = !dir.join("identity.key").exists();
         let keypair = load_or_create_identity(&dir.join("identity.key"))?;
-        let cluster_key = match &cfg.cluster_key {
+        let keys = match &cfg.cluster_key {
             Some(p) if *p == crate::config::default_key_path(dir) && !p.exists() && !is_new => {
                 return Err(NodeError::NoKeyForOldCluster { data_dir: dir.clone() });
             }
             // Secure by default: the first start makes the data dir's own key.
             Some(p) if *p == crate::config::default_key_path(dir) && !p.exists() => {
-                let key = ClusterKey::generate();
+                let key = KeyFile::generate();
                 shoal_overlay::keys::write_secret(p, key.to_file_text().as_bytes())?;
                 info!(
                     key = %p.display(),
-                    "made a cluster key for a new cluster; to add a peer, copy this file to it (mode 0600) and run `shoal agent --cluster-key FILE --join <this peer's address>`"
+                    "made an operator key for a new cluster; to add a peer, copy this file to it (mode 0600) and run `shoal agent --cluster-key FILE --join <this peer's address>`; for a peer that runs work but changes no services, give it a worker key instead: `shoal keygen --worker FILE -o worker.key`"
                 );
                 Some(key)
             }
-            Some(p) => Some(ClusterKey::load(p)?),
+            Some(p) => Some(KeyFile::load(p)?),
             None => {
                 warn!(
                     "INSECURE (--insecure): no cluster key; any machine that can reach this peer can join the cluster, run containers on it and change its services. Drop --insecure to use a key."
@@ -78,14 +81,19 @@ impl Node {
             }
         };
         let capacity = crate::resources::detect(cfg.cpus, cfg.memory);
-        info!(peer = %keypair.public().to_peer_id(), name = %cfg.name, %capacity, key = ?cluster_key, "starting agent");
-        let local = LocalInfo {
-            name: cfg.name.clone(),
-            labels: cfg.labels.clone(),
-            capacity,
-            free: capacity,
-            ext: Default::default(),
+        let cluster_key = keys.as_ref().map(|k| k.cluster);
+        let trust = crate::trust::trust_of(keys.as_ref(), &keypair);
+        let role = match &trust {
+            shoal_scheduler::Trust::Open => "open",
+            t if t.can_write() => "operator",
+            _ => "worker",
         };
+        info!(peer = %keypair.public().to_peer_id(), name = %cfg.name, %capacity, key = ?cluster_key, role, "starting agent");
+        let mut ext = std::collections::BTreeMap::new();
+        if let Some(g) = crate::trust::grant_value(&trust) {
+            ext.insert(crate::trust::GRANT_KEY.to_string(), g);
+        }
+        let local = LocalInfo { name: cfg.name.clone(), labels: cfg.labels.clone(), capacity, free: capacity, ext };
         let (overlay, task) = Overlay::start(OverlayConfig {
             keypair,
             cluster_key,
@@ -128,6 +136,8 @@ impl Node {
                 tasks: TaskTracker::new(),
                 started: Instant::now(),
                 capacity,
+                keys,
+                trust,
             }),
         };
         let upstreams =
@@ -151,6 +161,7 @@ impl Node {
                 dir: node.inner.cfg.data_dir.clone(),
                 name: node.inner.cfg.name.clone(),
                 tick: Duration::from_millis(500),
+                trust: node.inner.trust.clone(),
             },
             crate::services::NodeContainers { node: node.clone() },
             crate::services::NodeCluster { overlay: node.inner.overlay.clone(), node: node.clone() },
@@ -167,6 +178,16 @@ impl Node {
         }
         node.serve_state_protocol()?;
         Ok(node)
+    }
+
+    /// The key file this peer runs with (`None`: an open cluster).
+    pub(crate) fn keys(&self) -> Option<&KeyFile> {
+        self.inner.keys.as_ref()
+    }
+
+    /// What this peer's key allows.
+    pub(crate) fn trust(&self) -> &shoal_scheduler::Trust {
+        &self.inner.trust
     }
 
     pub(crate) fn services(&self) -> &shoal_services::Services {

@@ -4,6 +4,20 @@
 //! mode 0600, libp2p protobuf encoding), so the peer id survives restarts. The cluster key is a
 //! libp2p private-network pre-shared key in the same file format IPFS uses for `swarm.key`:
 //! a peer without it cannot complete even the first handshake with a cluster peer.
+//!
+//! A key file ([`KeyFile`]) holds the cluster key and, after it, the peer's role: an
+//! **operator** key carries the secret half of the cluster's authority (an Ed25519 key that
+//! grants the right to change desired state), a **worker** key only its public half:
+//! ```text
+//! /key/swarm/psk/1.0.0/          /key/swarm/psk/1.0.0/
+//! /base16/                       /base16/
+//! <64 hex: membership secret>    <64 hex: membership secret>
+//! /shoal/operator/1/             /shoal/authority/1/
+//! <64 hex: authority secret>     <64 hex: authority public key>
+//! ```
+//! A file with only the first three lines (made before roles existed) is an operator key whose
+//! authority is derived from the membership secret, so every peer that holds it is an
+//! operator, as before; no worker key can be made from it.
 
 use libp2p::identity::Keypair;
 use libp2p::pnet::PreSharedKey;
@@ -66,6 +80,131 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     Ok(())
 }
 
+const OPERATOR_LINE: &str = "/shoal/operator/1/";
+const AUTHORITY_LINE: &str = "/shoal/authority/1/";
+
+/// What a key file allows besides membership.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The authority's secret: this peer may change desired state.
+    Operator([u8; 32]),
+    /// The authority's public key: this peer runs work but changes no desired state.
+    Worker([u8; 32]),
+}
+
+/// A whole key file: the cluster key and the role (see the module docs).
+#[derive(Clone)]
+pub struct KeyFile {
+    /// The membership secret.
+    pub cluster: ClusterKey,
+    /// Operator or worker.
+    pub role: Role,
+    /// Whether the file predates roles (its authority derives from the membership secret).
+    pub shared: bool,
+}
+
+impl std::fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let role = match self.role {
+            Role::Operator(_) => "operator",
+            Role::Worker(_) => "worker",
+        };
+        write!(f, "KeyFile({}, {role})", self.cluster.fingerprint())
+    }
+}
+
+fn hex32(line: Option<&str>) -> Result<[u8; 32], String> {
+    let text = line.map(str::trim).ok_or("the key line is missing")?;
+    let bytes = hex::decode(text).map_err(|e| format!("the key line is not hex: {e}"))?;
+    bytes.try_into().map_err(|_| "the key line is not 32 bytes".to_string())
+}
+
+fn public_of(secret: &[u8; 32]) -> [u8; 32] {
+    let mut s = *secret;
+    let sk = libp2p::identity::ed25519::SecretKey::try_from_bytes(&mut s).expect("any 32 bytes are an Ed25519 secret");
+    libp2p::identity::ed25519::Keypair::from(sk).public().to_bytes()
+}
+
+impl KeyFile {
+    /// A new cluster: a random membership secret and a random authority (an operator key).
+    pub fn generate() -> Self {
+        KeyFile { cluster: ClusterKey::generate(), role: Role::Operator(rand::random()), shared: false }
+    }
+
+    /// Reads a key file; refuses one that other users can read.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let meta = fs::metadata(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::TooOpen { path: path.to_path_buf(), mode });
+        }
+        let text = fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text).map_err(|reason| KeyError::BadClusterKey { path: path.to_path_buf(), reason })
+    }
+
+    /// Parses the text of a key file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let cluster = ClusterKey::parse(text)?;
+        let mut rest = text.lines().skip(3).filter(|l| !l.trim().is_empty());
+        match rest.next().map(str::trim) {
+            None => Ok(KeyFile {
+                role: Role::Operator(cluster.derive("shoal 2026 shared operator key v1")),
+                cluster,
+                shared: true,
+            }),
+            Some(OPERATOR_LINE) => Ok(KeyFile { cluster, role: Role::Operator(hex32(rest.next())?), shared: false }),
+            Some(AUTHORITY_LINE) => {
+                let public = hex32(rest.next())?;
+                libp2p::identity::ed25519::PublicKey::try_from_bytes(&public)
+                    .map_err(|_| "the authority key is not a valid Ed25519 public key".to_string())?;
+                Ok(KeyFile { cluster, role: Role::Worker(public), shared: false })
+            }
+            Some(other) => Err(format!("unknown line {other:?} after the cluster key")),
+        }
+    }
+
+    /// The file text.
+    pub fn to_file_text(&self) -> String {
+        let mut out = self.cluster.to_file_text();
+        match (&self.role, self.shared) {
+            (_, true) => {}
+            (Role::Operator(s), false) => out.push_str(&format!("{OPERATOR_LINE}\n{}\n", hex::encode(s))),
+            (Role::Worker(p), false) => out.push_str(&format!("{AUTHORITY_LINE}\n{}\n", hex::encode(p))),
+        }
+        out
+    }
+
+    /// The worker key of this operator key: the same membership secret and only the public
+    /// half of the authority.
+    pub fn worker(&self) -> Result<KeyFile, String> {
+        match (&self.role, self.shared) {
+            (Role::Worker(_), _) => Err("this is a worker key already; make worker keys from the operator key".into()),
+            (Role::Operator(_), true) => Err(
+                "this cluster key predates operator keys: every peer that holds it is an operator, and a worker key made from it would be one too. Make a new cluster key with `shoal keygen -o cluster.key` and give it to every peer".into(),
+            ),
+            (Role::Operator(s), false) => {
+                Ok(KeyFile { cluster: self.cluster, role: Role::Worker(public_of(s)), shared: false })
+            }
+        }
+    }
+
+    /// The authority's public key.
+    pub fn authority(&self) -> [u8; 32] {
+        match &self.role {
+            Role::Operator(s) => public_of(s),
+            Role::Worker(p) => *p,
+        }
+    }
+
+    /// The authority's secret, on an operator key.
+    pub fn operator_secret(&self) -> Option<&[u8; 32]> {
+        match &self.role {
+            Role::Operator(s) => Some(s),
+            Role::Worker(_) => None,
+        }
+    }
+}
+
 /// The secret every peer of one cluster shares.
 #[derive(Clone, Copy)]
 pub struct ClusterKey(PreSharedKey);
@@ -83,18 +222,12 @@ impl ClusterKey {
         ClusterKey(PreSharedKey::new(bytes))
     }
 
-    /// Reads a key file; refuses one that other users can read.
+    /// Reads a key file (operator or worker); refuses one that other users can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let meta = fs::metadata(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::TooOpen { path: path.to_path_buf(), mode });
-        }
-        let text = fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?;
-        Self::parse(&text).map_err(|reason| KeyError::BadClusterKey { path: path.to_path_buf(), reason })
+        KeyFile::load(path).map(|k| k.cluster)
     }
 
-    /// Parses the text of a key file.
+    /// Parses the membership secret at the start of a key file.
     pub fn parse(text: &str) -> Result<Self, String> {
         text.parse::<PreSharedKey>().map(ClusterKey).map_err(|e| e.to_string())
     }
@@ -150,6 +283,29 @@ mod tests {
         assert_eq!(a.derive("x"), ClusterKey::parse(&a.to_file_text()).unwrap().derive("x"));
         assert_ne!(a.derive("x"), a.derive("y"));
         assert_ne!(a.derive("x"), b.derive("x"));
+    }
+
+    #[test]
+    fn operator_and_worker_keys_share_the_cluster_and_the_authority() {
+        let op = KeyFile::generate();
+        let back = KeyFile::parse(&op.to_file_text()).unwrap();
+        assert!(back.role == op.role && !back.shared);
+        let worker = KeyFile::parse(&op.worker().unwrap().to_file_text()).unwrap();
+        assert_eq!(worker.cluster.fingerprint(), op.cluster.fingerprint());
+        assert_eq!(worker.cluster.derive("x"), op.cluster.derive("x"), "same derived secrets");
+        assert_eq!(worker.authority(), op.authority());
+        assert!(
+            worker.operator_secret().is_none()
+                && !worker.to_file_text().contains(&hex::encode(op.operator_secret().unwrap()))
+        );
+        assert!(worker.worker().is_err());
+        // A key made before roles: every holder is an operator; no worker key from it.
+        let old = KeyFile::parse(&op.cluster.to_file_text()).unwrap();
+        assert!(old.shared && old.operator_secret().is_some());
+        assert_eq!(old.authority(), KeyFile::parse(&op.cluster.to_file_text()).unwrap().authority());
+        assert!(old.worker().unwrap_err().contains("predates"));
+        assert!(KeyFile::parse(&format!("{}/shoal/authority/1/\nzz\n", op.cluster.to_file_text())).is_err());
+        assert!(KeyFile::parse(&format!("{}/what/\n", op.cluster.to_file_text())).is_err());
     }
 
     #[test]

@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use event_loop::{Member, Published};
-pub use keys::{ClusterKey, KeyError, load_or_create_identity};
+pub use keys::{ClusterKey, KeyError, KeyFile, Role, load_or_create_identity};
 pub use libp2p;
 pub use libp2p_stream;
 pub use swim::SwimTuning;

@@ -164,13 +164,20 @@ impl SignedRecord {
     }
 }
 
+/// The most records a peer holds. A cluster larger than this is out of Shoal's range; past it,
+/// only records of peers that SWIM knows replace others (a flood of identities made with the
+/// cluster key cannot crowd out the members).
+pub const MAX_RECORDS: usize = 10_000;
+
 /// What [`RecordBook::offer`] did with a record.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offer {
     /// Newer than what we had: stored.
     Accepted,
-    /// Same or older than what we hold.
+    /// Same or older than what we hold (or than what we forgot).
     Stale,
+    /// A new peer's record while the book is full.
+    Full,
 }
 
 /// The latest record of every peer we know, shared between the foca broadcast handler and the
@@ -178,6 +185,9 @@ pub enum Offer {
 #[derive(Debug, Default)]
 pub struct RecordBook {
     records: HashMap<PeerId, SignedRecord>,
+    /// Records removed as no longer wanted, by (generation, version): an older or equal copy
+    /// relayed back by a peer that still holds it is stale, so it cannot live forever.
+    forgotten: HashMap<PeerId, (u64, u64)>,
     /// Peers whose record changed since the event loop last looked.
     changed: Vec<PeerId>,
 }
@@ -186,10 +196,11 @@ impl RecordBook {
     /// Stores `rec` if it is newer than the one held. `rec` must be verified.
     pub fn insert_verified(&mut self, rec: SignedRecord) -> Offer {
         let peer = rec.record.peer;
-        if let Some(old) = self.records.get(&peer)
-            && old.record.order() >= rec.record.order()
-        {
+        if self.is_stale(&rec.record) {
             return Offer::Stale;
+        }
+        if !self.records.contains_key(&peer) && self.records.len() >= MAX_RECORDS {
+            return Offer::Full;
         }
         self.records.insert(peer, rec);
         self.changed.push(peer);
@@ -208,6 +219,24 @@ impl RecordBook {
 
     fn is_stale(&self, r: &PeerRecord) -> bool {
         self.records.get(&r.peer).is_some_and(|old| old.record.order() >= r.order())
+            || self.forgotten.get(&r.peer).is_some_and(|&o| o >= r.order())
+    }
+
+    /// Removes `peer`'s record and refuses the same or older copies of it from now on (until
+    /// [`RecordBook::welcome`]). The memory of forgotten records is bounded too: past
+    /// [`MAX_RECORDS`] it starts afresh.
+    pub fn forget(&mut self, peer: &PeerId) {
+        if let Some(r) = self.records.remove(peer) {
+            if self.forgotten.len() >= MAX_RECORDS {
+                self.forgotten.clear();
+            }
+            self.forgotten.insert(*peer, r.record.order());
+        }
+    }
+
+    /// `peer` is a member again: any copy of its record may be taken.
+    pub fn welcome(&mut self, peer: &PeerId) {
+        self.forgotten.remove(peer);
     }
 
     pub fn get(&self, peer: &PeerId) -> Option<&SignedRecord> {
@@ -221,6 +250,11 @@ impl RecordBook {
 
     pub fn remove(&mut self, peer: &PeerId) {
         self.records.remove(peer);
+    }
+
+    /// Peers whose records are held.
+    pub fn peers(&self) -> impl Iterator<Item = &PeerId> {
+        self.records.keys()
     }
 
     /// Takes the list of peers whose records changed.
@@ -409,5 +443,32 @@ mod tests {
         let mut r = record(&key, 1, 1);
         r.ext.insert("big".into(), serde_json::Value::String("x".repeat(MAX_RECORD_BYTES)));
         assert!(matches!(SignedRecord::sign(r, &key), Err(RecordError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn the_book_is_bounded_and_forgotten_records_stay_out() {
+        let mut book = RecordBook::default();
+        let keys: Vec<Keypair> = (0..MAX_RECORDS + 1).map(|_| Keypair::generate_ed25519()).collect();
+        for k in &keys[..MAX_RECORDS] {
+            let rec = SignedRecord::sign(record(k, 1, 1), k).unwrap();
+            assert_eq!(book.insert_verified(rec), Offer::Accepted);
+        }
+        let last = &keys[MAX_RECORDS];
+        assert_eq!(book.offer(SignedRecord::sign(record(last, 1, 1), last).unwrap().wire).unwrap(), Offer::Full);
+        let first = &keys[0];
+        let peer = first.public().to_peer_id();
+        assert_eq!(
+            book.offer(SignedRecord::sign(record(first, 1, 2), first).unwrap().wire).unwrap(),
+            Offer::Accepted,
+            "a held peer's newer record still replaces its old one"
+        );
+        book.forget(&peer);
+        assert!(book.get(&peer).is_none());
+        let again = SignedRecord::sign(record(first, 1, 2), first).unwrap().wire;
+        assert_eq!(book.offer(again.clone()).unwrap(), Offer::Stale, "relayed back");
+        assert_eq!(book.offer(SignedRecord::sign(record(last, 1, 1), last).unwrap().wire).unwrap(), Offer::Accepted);
+        book.welcome(&peer);
+        book.forget(&last.public().to_peer_id());
+        assert_eq!(book.offer(again).unwrap(), Offer::Accepted, "a member again");
     }
 }

@@ -29,7 +29,7 @@ impl Identity for SwimId {
     type Addr = PeerId;
 
     fn renew(&self) -> Option<Self> {
-        Some(SwimId { generation: self.generation + 1, ..self.clone() })
+        Some(SwimId { generation: self.generation.saturating_add(1), ..self.clone() })
     }
 
     fn addr(&self) -> PeerId {
@@ -109,6 +109,94 @@ pub fn swim_config(n: usize, t: &SwimTuning) -> Config {
     }
 }
 
+/// How far ahead of this peer's clock a generation may be: generations are the Unix
+/// milliseconds of an agent's start (plus one per rejoin), so a larger one is forged.
+pub const MAX_GENERATION_AHEAD_MS: u64 = 60_000;
+
+/// What [`vet_packet`] needs to know about a member.
+pub trait Generations {
+    /// The generation in the member's signed record, if one is held.
+    fn signed(&self, peer: &PeerId) -> Option<u64>;
+}
+
+impl<F: Fn(&PeerId) -> Option<u64>> Generations for F {
+    fn signed(&self, peer: &PeerId) -> Option<u64> {
+        self(peer)
+    }
+}
+
+/// Checks a SWIM packet from `sender` against what peers have signed, and drops the member
+/// updates in it that claim more than SWIM's own probing can know:
+/// - any generation more than [`MAX_GENERATION_AHEAD_MS`] ahead of `now_ms`, and of this peer
+///   (`me`) any generation it has not reached (one forged `Down` with a huge generation would
+///   otherwise evict a peer for as long as dead members are remembered);
+/// - a `Suspect` or `Down` about a third peer at a generation newer than its signed record, or
+///   about a peer whose record is not held: a peer is only suspected at a generation it has
+///   announced itself. `Alive` about a newer generation passes (records can lag a rejoin), as
+///   does anything the sender says about itself (the connection proves who it is).
+///
+/// Returns `Ok(None)` when the packet can go to foca as it is, `Ok(Some(bytes))` for the packet
+/// without the dropped updates (and how many were dropped), `Err` when the sender's own
+/// identity is forged or the packet does not decode.
+pub fn vet_packet(
+    data: &[u8],
+    me: &SwimId,
+    sender: PeerId,
+    records: &impl Generations,
+    now_ms: u64,
+) -> Result<Option<(Vec<u8>, usize)>, String> {
+    use bytes::{Buf, BufMut};
+    use foca::{Codec, PostcardCodec, State};
+    let ahead = |g: u64| g > now_ms.saturating_add(MAX_GENERATION_AHEAD_MS);
+    let mut buf = data;
+    let header = Codec::<SwimId>::decode_header(&mut PostcardCodec, &mut buf).map_err(|e| e.to_string())?;
+    if header.src.peer != sender {
+        return Err(format!("packet claims to come from {}", header.src.peer));
+    }
+    if ahead(header.src.generation) {
+        return Err(format!("sender's generation {} is far in the future", header.src.generation));
+    }
+    if buf.remaining() < 2 || header.message == foca::Message::Broadcast {
+        return Ok(None);
+    }
+    let count = buf.get_u16();
+    let mut kept = Vec::with_capacity(count as usize);
+    let mut dropped = 0;
+    for _ in 0..count {
+        let m = Codec::<SwimId>::decode_member(&mut PostcardCodec, &mut buf).map_err(|e| e.to_string())?;
+        let id = m.id();
+        let ok = if ahead(id.generation) {
+            false
+        } else if id.peer == me.peer {
+            id.generation <= me.generation
+        } else if id.peer == sender {
+            true
+        } else {
+            match (m.state(), records.signed(&id.peer)) {
+                (State::Alive, _) => true,
+                (_, Some(signed)) => id.generation <= signed,
+                (_, None) => false,
+            }
+        };
+        if ok {
+            kept.push(m);
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped == 0 {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(data.len());
+    Codec::<SwimId>::encode_header(&mut PostcardCodec, &header, &mut out).map_err(|e| e.to_string())?;
+    out.put_u16(kept.len() as u16);
+    for m in &kept {
+        Codec::<SwimId>::encode_member(&mut PostcardCodec, m, &mut out).map_err(|e| e.to_string())?;
+    }
+    out.extend_from_slice(buf);
+    Ok(Some((out, dropped)))
+}
+
 /// How many members to announce to after a rejoin or when SWIM has gone quiet.
 pub const REJOIN_FANOUT: usize = 3;
 
@@ -144,6 +232,61 @@ mod tests {
         assert!(b.win_addr_conflict(&a));
         assert!(!a.win_addr_conflict(&b));
         assert_eq!(a.addr(), b.addr());
+    }
+
+    fn packet(src: &SwimId, updates: &[foca::Member<SwimId>], tail: &[u8]) -> Vec<u8> {
+        use bytes::BufMut;
+        use foca::{Codec, Header, Message, PostcardCodec};
+        let h = Header { src: src.clone(), src_incarnation: 0, dst: src.clone(), message: Message::Gossip };
+        let mut out = Vec::new();
+        Codec::<SwimId>::encode_header(&mut PostcardCodec, &h, &mut out).unwrap();
+        out.put_u16(updates.len() as u16);
+        for m in updates {
+            Codec::<SwimId>::encode_member(&mut PostcardCodec, m, &mut out).unwrap();
+        }
+        out.extend_from_slice(tail);
+        out
+    }
+
+    #[test]
+    fn forged_generations_and_third_party_deaths_are_dropped() {
+        use foca::{Codec, Member, PostcardCodec, State};
+        let now = 1_800_000_000_000u64;
+        let id = |g| SwimId { peer: PeerId::random(), generation: g, addrs: vec![] };
+        let (me, sender, known, stranger) = (id(now - 10), id(now - 5), id(now - 100), id(now - 7));
+        let known_peer = known.peer;
+        let records = move |p: &PeerId| (*p == known_peer).then_some(now - 100);
+        let at = |who: &SwimId, g: u64, state| Member::new(SwimId { generation: g, ..who.clone() }, 0, state);
+        let honest = [
+            at(&known, now - 100, State::Down),   // SWIM's own conclusion at its signed generation
+            at(&known, now + 1, State::Alive),    // a rejoin whose record lags
+            at(&sender, now - 5, State::Down),    // the sender leaving
+            at(&me, now - 10, State::Suspect),    // we are suspected: foca refutes
+            at(&stranger, now - 7, State::Alive), // a new member spreads
+        ];
+        let p = packet(&sender, &honest, b"records");
+        assert_eq!(vet_packet(&p, &me, sender.peer, &records, now), Ok(None));
+
+        let forged = [
+            at(&known, u64::MAX, State::Down),
+            at(&known, now - 50, State::Down), // newer than its record says
+            at(&me, now - 9, State::Down),     // a generation of ours we never had
+            at(&stranger, now - 7, State::Down),
+            at(&known, now + 3_600_000, State::Alive),
+        ];
+        let mixed: Vec<_> = honest.iter().chain(forged.iter()).cloned().collect();
+        let p = packet(&sender, &mixed, b"records");
+        let (clean, dropped) = vet_packet(&p, &me, sender.peer, &records, now).unwrap().expect("rewritten");
+        assert_eq!(dropped, forged.len());
+        assert_eq!(clean, packet(&sender, &honest, b"records"), "the honest updates and the tail are kept");
+        let mut buf = clean.as_slice();
+        let h = Codec::<SwimId>::decode_header(&mut PostcardCodec, &mut buf).unwrap();
+        assert_eq!(h.src, sender);
+
+        assert!(vet_packet(&p, &me, PeerId::random(), &records, now).is_err(), "another sender");
+        let future = id(now + 3_600_000);
+        assert!(vet_packet(&packet(&future, &[], b""), &me, future.peer, &records, now).is_err());
+        assert!(vet_packet(&p[..p.len() / 2], &me, sender.peer, &records, now).is_err() || p.len() < 4);
     }
 
     #[test]

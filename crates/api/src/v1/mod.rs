@@ -15,6 +15,7 @@ use axum::routing::{get, post, put};
 pub(crate) use network::__path_get_network;
 pub(crate) use peers::__path_get_peer;
 pub(crate) use peers::__path_list_peers;
+pub(crate) use peers::__path_revoke_peer;
 pub(crate) use status::__path_get_status;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -22,6 +23,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/status", get(status::get_status))
         .route("/v1/peers", get(peers::list_peers))
         .route("/v1/peers/{id}", get(peers::get_peer))
+        .route("/v1/peers/{id}/revoke", post(peers::revoke_peer))
         .route("/v1/network", get(network::get_network))
         .route("/v1/content", get(content::list).post(content::share))
         .route("/v1/content/{id}", get(content::read).delete(content::remove))

@@ -24,6 +24,27 @@ pub(crate) async fn list_peers(
     Ok(ApiJson(s.node.peers(q.state).await?))
 }
 
+/// Retires a peer's operator grant: the desired-state writes it makes from now on are void on
+/// every peer. Only an operator peer can do it (403 on a worker).
+#[utoipa::path(post, path = "/v1/peers/{id}/revoke", tag = "cluster",
+    params(("id" = String, Path, description = "peer id or name")),
+    responses((status = 204), (status = 403, body = shoal_types::ErrorBody), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn revoke_peer(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    check_id(&id)?;
+    s.node.revoke(&id).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 256 || id.chars().any(|c| c.is_control()) {
+        return Err(ApiError::BadRequest(format!("`{}` is not a peer id or name", id.escape_debug())));
+    }
+    Ok(())
+}
+
 /// One peer, by peer id or name.
 #[utoipa::path(get, path = "/v1/peers/{id}", tag = "cluster",
     params(("id" = String, Path, description = "peer id or name")),
@@ -32,8 +53,6 @@ pub(crate) async fn get_peer(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<PeerInfo>, ApiError> {
-    if id.is_empty() || id.len() > 256 || id.chars().any(|c| c.is_control()) {
-        return Err(ApiError::BadRequest(format!("`{}` is not a peer id or name", id.escape_debug())));
-    }
+    check_id(&id)?;
     Ok(ApiJson(s.node.peer(&id).await?))
 }

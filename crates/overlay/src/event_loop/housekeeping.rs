@@ -61,6 +61,17 @@ impl EventLoop {
                 self.known.retain(|k| k.peer != p);
             }
             self.last_sync.retain(|_, t| now.duration_since(*t) < Duration::from_secs(60));
+            // Records of peers SWIM has not known for a whole prune period (identities nobody
+            // runs, a long-gone peer's record relayed back): forgotten, so the book holds the
+            // members and little else.
+            let mut book = record::lock(&self.book);
+            let orphans: std::collections::HashSet<_> =
+                book.peers().filter(|p| **p != self.me.peer && self.view.get(p).is_none()).copied().collect();
+            for p in orphans.intersection(&self.orphans) {
+                book.forget(p);
+            }
+            drop(book);
+            self.orphans = orphans;
         }
         if now.duration_since(self.last_flush) > Duration::from_secs(5) {
             self.flush_store(false);

@@ -135,6 +135,8 @@ pub(crate) struct EventLoop {
     pub(crate) store: PeerStore,
     pub(crate) dirty: HashSet<PeerId>,
     pub(crate) forget: Vec<PeerId>,
+    /// Records of peers SWIM did not know at the last prune: forgotten if still so at the next.
+    pub(crate) orphans: std::collections::HashSet<PeerId>,
     pub(crate) bad_msg_log: LogLimiter,
     pub(crate) dropped: u64,
     pub(crate) dial_log: LogLimiter,
@@ -217,6 +219,7 @@ impl EventLoop {
             store: p.store,
             dirty: HashSet::new(),
             forget: Vec::new(),
+            orphans: Default::default(),
             bad_msg_log: LogLimiter::new(Duration::from_secs(5)),
             dropped: 0,
             dial_log: LogLimiter::new(Duration::from_secs(10)),

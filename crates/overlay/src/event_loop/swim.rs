@@ -6,7 +6,7 @@ use crate::record;
 use crate::swim::SwimId;
 use crate::view::ViewChange;
 use crate::wire::Frame;
-use foca::{Codec, OwnedNotification, PostcardCodec};
+use foca::OwnedNotification;
 use libp2p::PeerId;
 use libp2p::request_response;
 use std::time::{Duration, Instant};
@@ -106,6 +106,7 @@ impl EventLoop {
         match change {
             Some(ViewChange::Up { peer, generation }) => {
                 info!(%peer, generation, "peer alive");
+                record::lock(&self.book).welcome(&peer);
                 // Every member goes into the DHT routing table, which is also where the swarm
                 // finds addresses when a subsystem opens a stream to a member.
                 for a in self.view.get(&peer).map(|e| e.addrs.clone()).unwrap_or_default() {
@@ -182,14 +183,23 @@ impl EventLoop {
     }
 
     fn on_swim_packet(&mut self, peer: PeerId, data: &[u8]) {
-        match Codec::<SwimId>::decode_header(&mut PostcardCodec, data) {
-            Ok(h) if h.src.peer == peer => {}
-            Ok(h) => {
-                let err = format!("packet claims to come from {}", h.src.peer);
-                return self.bad_message(peer, "swim", &err);
-            }
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let book = self.book.clone();
+        let signed = move |p: &PeerId| record::lock(&book).get(p).map(|r| r.record.generation);
+        let vetted = match crate::swim::vet_packet(data, &self.me, peer, &signed, now_ms) {
+            Ok(v) => v,
             Err(e) => return self.bad_message(peer, "swim", &e),
-        }
+        };
+        let data = match &vetted {
+            Some((clean, dropped)) => {
+                // Not a refused message: an honest peer can relay a suspicion that reached it
+                // before the suspect's record reached us. The rest of the packet still counts.
+                debug!(%peer, dropped, "dropped member updates beyond what signed records show");
+                clean.as_slice()
+            }
+            None => data,
+        };
         self.last_swim_rx = Instant::now();
         let r = self.foca.handle_data(data, &mut self.rt);
         self.foca_result(r, Some(peer));

@@ -1,0 +1,75 @@
+//! The agent's side of the trust model (`shoal_scheduler::trust` has the rules): the
+//! [`Trust`] a key file gives, the grant an operator peer publishes in its record, checking
+//! other peers' grants, and revoking an operator peer.
+
+use crate::error::NodeError;
+use crate::node::Node;
+use shoal_overlay::KeyFile;
+use shoal_overlay::libp2p::PeerId;
+use shoal_overlay::libp2p::identity::{Keypair, PublicKey};
+use shoal_scheduler::{Authority, Hlc, Trust, Writer};
+use std::collections::BTreeMap;
+use tracing::info;
+
+/// The record `ext` key under which an operator peer publishes its grant (hex).
+pub(crate) const GRANT_KEY: &str = "operator";
+
+/// What `keys` allows this peer (`None`: an open cluster).
+pub(crate) fn trust_of(keys: Option<&KeyFile>, identity: &Keypair) -> Trust {
+    let Some(keys) = keys else { return Trust::Open };
+    let authority = Authority::from_public(&keys.authority()).expect("a loaded key file's authority is a valid key");
+    let writer = keys.operator_secret().map(|op| {
+        let ed = identity.clone().try_into_ed25519().expect("Shoal identities are Ed25519");
+        let secret: [u8; 32] = ed.secret().as_ref().try_into().expect("an Ed25519 secret is 32 bytes");
+        Writer::new(&secret, op)
+    });
+    Trust::Keyed { authority, writer }
+}
+
+/// The grant this peer publishes, if it is an operator.
+pub(crate) fn grant_value(trust: &Trust) -> Option<serde_json::Value> {
+    match trust {
+        Trust::Keyed { writer: Some(w), .. } => Some(serde_json::Value::String(hex::encode(w.grant()))),
+        _ => None,
+    }
+}
+
+/// The Ed25519 key behind a peer id.
+pub(crate) fn ed25519_of(peer: &PeerId) -> Option<[u8; 32]> {
+    let key = PublicKey::try_decode_protobuf(peer.as_ref().digest()).ok()?;
+    Some(key.try_into_ed25519().ok()?.to_bytes())
+}
+
+/// Whether `peer`'s record (`ext`) carries a grant of this cluster's authority. In an open
+/// cluster every peer may write.
+pub(crate) fn is_operator(trust: &Trust, peer: &PeerId, ext: &BTreeMap<String, serde_json::Value>) -> bool {
+    match trust {
+        Trust::Open => true,
+        Trust::Keyed { authority, .. } => {
+            let grant = ext.get(GRANT_KEY).and_then(|v| v.as_str()).and_then(|h| hex::decode(h).ok());
+            match (grant, ed25519_of(peer)) {
+                (Some(g), Some(key)) => authority.grant_ok(&key, &g),
+                _ => false,
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Retires the operator grant of `peer` (id or name) from now on: its desired-state writes
+    /// from now are void on every peer. Only an operator peer can sign the revocation.
+    pub async fn revoke(&self, peer: &str) -> Result<(), NodeError> {
+        let Some(op) = self.keys().and_then(KeyFile::operator_secret) else {
+            return Err(NodeError::Services(shoal_services::ServiceError::NotOperator));
+        };
+        let info = self.peer(peer).await?;
+        let id: PeerId = info.id.parse().map_err(|_| NodeError::NoPeer(peer.to_string()))?;
+        let key = ed25519_of(&id).ok_or_else(|| NodeError::NoPeer(peer.to_string()))?;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let at = Hlc::new(now, 0, self.overlay().peer_id().to_string());
+        self.services().revoke(shoal_scheduler::trust::revoke(op, key, at)).await?;
+        info!(peer = %info.id, name = %info.name, "revoked the peer's operator grant");
+        Ok(())
+    }
+}
