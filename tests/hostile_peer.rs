@@ -299,3 +299,65 @@ async fn a_forged_down_with_a_huge_generation_evicts_nobody() -> anyhow::Result<
     assert_eq!(c.agents[1].status().await?.generation, victim.generation, "the victim never had to rejoin");
     Ok(())
 }
+
+/// A peer with a worker key imports its own image under a tag an operator published, and
+/// one under a tag no operator has: a third peer pulling the first gets the operator's image,
+/// and the second is refused with a message that names the operator key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poisoned_image_tag_is_not_believed() -> anyhow::Result<()> {
+    use shoal_testkit::images::{layer, write_docker_archive};
+    use shoal_testkit::{Agent, AgentSpec, eventually};
+    let root = tempfile::tempdir()?;
+    let op = shoal_overlay::KeyFile::generate();
+    let (op_key, worker_key) = (root.path().join("op.key"), root.path().join("worker.key"));
+    shoal_overlay::keys::write_secret(&op_key, op.to_file_text().as_bytes())?;
+    shoal_overlay::keys::write_secret(&worker_key, op.worker().unwrap().to_file_text().as_bytes())?;
+    let start = |name: &str, key: &std::path::Path, join: Vec<String>| -> anyhow::Result<Agent> {
+        let mut spec = AgentSpec::new(name);
+        spec.cluster_key = Some(key.to_path_buf());
+        spec.join = join;
+        Agent::start(root.path(), spec)
+    };
+    let mut operator = start("operator", &op_key, vec![])?;
+    operator.ready().await?;
+    let join = vec![operator.join_addr().await?];
+    let mut worker = start("worker", &worker_key, join.clone())?;
+    worker.ready().await?;
+    let mut puller = start("puller", &op_key, join)?;
+    puller.ready().await?;
+    for a in [&operator, &worker, &puller] {
+        eventually(Duration::from_secs(15), "3 alive", || async {
+            (a.peers().await.ok()?.iter().filter(|p| p.state == PeerState::Alive).count() == 3).then_some(())
+        })
+        .await?;
+    }
+    let cli = |a: &Agent, args: &[&str]| -> anyhow::Result<(bool, String, String)> {
+        let out =
+            std::process::Command::new(shoal_testkit::shoal_bin()).arg("--addr").arg(&a.socket).args(args).output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        ))
+    };
+    let dir = tempfile::tempdir()?;
+    let (good, evil, only) = (dir.path().join("good.tar"), dir.path().join("evil.tar"), dir.path().join("only.tar"));
+    write_docker_archive(&good, "app:v1", &[layer(&[("app", b"the operator's app")])]);
+    write_docker_archive(&evil, "app:v1", &[layer(&[("app", b"a worker's trojan")])]);
+    write_docker_archive(&only, "app:v2", &[layer(&[("app", b"a worker's own v2")])]);
+    let (ok, out, err) = cli(&operator, &["image", "import", good.to_str().unwrap()])?;
+    assert!(ok, "{err}");
+    let good_digest = out.split_whitespace().nth(1).unwrap().to_string();
+    for f in [&evil, &only] {
+        let (ok, _, err) = cli(&worker, &["image", "import", f.to_str().unwrap()])?;
+        assert!(ok, "a worker imports for its own use: {err}");
+    }
+    // Both holders advertise app:v1; give the records time to spread.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ok, out, err) = cli(&puller, &["image", "pull", "app:v1"])?;
+    assert!(ok, "{err}\n{}", puller.log_text());
+    assert_eq!(out.split_whitespace().nth(1), Some(good_digest.as_str()), "{out}");
+    let (ok, _, err) = cli(&puller, &["image", "pull", "app:v2"])?;
+    assert!(!ok && err.contains("operator key"), "{err}");
+    Ok(())
+}

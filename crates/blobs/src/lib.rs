@@ -33,7 +33,7 @@ mod session;
 pub mod store;
 
 pub use cid::ContentId;
-pub use service::{Blobs, BlobsConfig, BlobsError, ImageSummary};
+pub use service::{Blobs, BlobsConfig, BlobsError, ImageSummary, TagSeals};
 
 pub use store::{BlobRecord, ImageRecord, StoreError};
 

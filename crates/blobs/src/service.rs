@@ -42,6 +42,19 @@ pub struct BlobsConfig {
     pub download_limit: Option<u64>,
     /// Test only: corrupt every piece served (to test that peers cannot be poisoned).
     pub corrupt_uploads: bool,
+    /// Who vouches for image tags in a keyed cluster (`None`: an open cluster, where the first
+    /// peer that describes a tag is believed).
+    pub tags: Option<Arc<dyn TagSeals>>,
+}
+
+/// Signs and checks image tags: in a keyed cluster a tag is desired state, so only an
+/// operator's word says which manifest it names. A pull takes an image record from a peer only
+/// with a valid seal, and of several the newest, so a peer cannot poison a tag.
+pub trait TagSeals: Send + Sync + std::fmt::Debug + 'static {
+    /// This peer's seal on `reference` → `manifest_digest`, if it may vouch (an operator).
+    fn seal(&self, reference: &str, manifest_digest: &str) -> Option<String>;
+    /// When `seal` was made (ms), if it is an operator's seal on `reference` → `manifest_digest`.
+    fn check(&self, reference: &str, manifest_digest: &str, seal: &str) -> Option<u64>;
 }
 
 /// Errors of content operations, each saying what to do.
@@ -63,6 +76,10 @@ pub enum BlobsError {
     Transfer { cid: ContentId, reason: String, failure: crate::TransferFailure },
     #[error("no peer holds image {0}; `shoal image ls` shows what the cluster has")]
     NoImageHolder(String),
+    #[error(
+        "image {0} is offered only by peers whose tag no operator signed (a worker's own import, or a poisoned tag); import it on a peer that holds the operator key"
+    )]
+    UnsignedTag(String),
     #[error("image {reference} from a peer is inconsistent: {reason}")]
     BadImage { reference: String, reason: String },
     #[error("the archive names no image; pass --name NAME:TAG")]
@@ -93,6 +110,7 @@ pub struct ImageSummary {
 #[derive(Clone)]
 pub struct Blobs {
     ctx: Arc<Ctx>,
+    tags: Option<Arc<dyn TagSeals>>,
 }
 
 /// Most image references a peer advertises in its record.
@@ -172,8 +190,9 @@ impl Blobs {
                 }
             }
         });
-        let blobs = Blobs { ctx };
+        let blobs = Blobs { ctx, tags: cfg.tags.clone() };
         info!(port = data_port, usage = blobs.ctx.store.usage(), "content store ready");
+        blobs.seal_unsealed_images().await;
         // Resume downloads, announce what we hold.
         let b = blobs.clone();
         tokio::spawn(async move {
@@ -457,7 +476,7 @@ impl Blobs {
         if let Some(n) = &name {
             n.parse::<Reference>().map_err(|_| BlobsError::BadReference(n.clone()))?;
         }
-        let (store, path) = (self.ctx.store.clone(), path.to_path_buf());
+        let (store, path, tags) = (self.ctx.store.clone(), path.to_path_buf(), self.tags.clone());
         let rec = tokio::task::spawn_blocking(move || -> Result<ImageRecord, BlobsError> {
             let mut sink = StoreSink::new(&store);
             let imported = shoal_image::import_archive(&path, &ImportOptions { name }, &mut sink)?;
@@ -478,6 +497,7 @@ impl Blobs {
                 config: blob_ref(&imported.config)?,
                 layers: imported.layers.iter().map(&blob_ref).collect::<Result<_, _>>()?,
                 created_ms: now_ms(),
+                seal: tags.as_ref().and_then(|t| t.seal(&reference, &imported.manifest.digest.to_string())),
             };
             store.put_image(&rec)?;
             Ok(rec)
@@ -489,6 +509,30 @@ impl Blobs {
         }
         self.advertise_images().await;
         Ok(rec)
+    }
+
+    /// On an operator peer, seals the images it holds that carry no seal (imported or pulled
+    /// before tags were sealed): it vouches for what it already has.
+    async fn seal_unsealed_images(&self) {
+        let Some(tags) = self.tags.clone() else { return };
+        let sealed = self
+            .blocking(move |s| {
+                let mut n = 0;
+                for mut img in s.images()?.into_iter().filter(|i| i.seal.is_none()) {
+                    img.seal = tags.seal(&img.reference, &img.manifest.digest.to_string());
+                    if img.seal.is_some() {
+                        s.put_image(&img)?;
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+            .await;
+        match sealed {
+            Ok(0) => {}
+            Ok(n) => info!(images = n, "sealed the tags of images held from before"),
+            Err(e) => warn!(err = %e, "cannot seal the images held from before"),
+        }
     }
 
     /// Publishes the images this peer holds in its record, so others can find them.
@@ -611,17 +655,46 @@ impl Blobs {
                 order.push(m.peer);
             }
         }
+        // In a keyed cluster: the newest operator-sealed answer of up to this many.
+        const SEALED_ANSWERS: usize = 3;
+        let mut sealed: Vec<(u64, ImageRecord)> = Vec::new();
+        let mut unsealed = false;
         for peer in order {
-            if let Ok(Response::Image { record }) =
+            let Ok(Response::Image { record }) =
                 self.ctx.ask(peer, &Request::Describe { reference: reference.to_string() }).await
-            {
-                match serde_json::from_slice::<ImageRecord>(&record) {
-                    Ok(r) => return Ok(r),
-                    Err(e) => warn!(%peer, err = %e, "a peer described an image in a form this agent cannot read"),
+            else {
+                continue;
+            };
+            let rec = match serde_json::from_slice::<ImageRecord>(&record) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%peer, err = %e, "a peer described an image in a form this agent cannot read");
+                    continue;
+                }
+            };
+            let Some(tags) = &self.tags else { return Ok(rec) };
+            let digest = rec.manifest.digest.to_string();
+            match rec.seal.as_deref().and_then(|s| tags.check(reference, &digest, s)) {
+                Some(at) => {
+                    sealed.push((at, rec));
+                    if sealed.len() >= SEALED_ANSWERS {
+                        break;
+                    }
+                }
+                None => {
+                    unsealed = true;
+                    warn!(%peer, reference, digest, "a peer offered an image tag no operator signed; ignored");
                 }
             }
         }
-        Err(BlobsError::NoImageHolder(reference.to_string()))
+        match sealed
+            .into_iter()
+            .max_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.manifest.digest.cmp(&b.1.manifest.digest)))
+        {
+            Some((_, rec)) => Ok(rec),
+            None if unsealed => Err(BlobsError::UnsignedTag(reference.to_string())),
+            None => Err(BlobsError::NoImageHolder(reference.to_string())),
+        }
     }
 
     /// Writes `reference` as an OCI archive at `out` (atomically: a temp file, then rename).

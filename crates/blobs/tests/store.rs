@@ -77,6 +77,7 @@ fn quota_evicts_least_recently_used_but_never_pinned_or_image_blobs() {
         config: r(&c),
         layers: vec![],
         created_ms: 0,
+        seal: None,
     })
     .unwrap();
     let d = data(2 << 20, 4);

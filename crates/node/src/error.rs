@@ -136,7 +136,9 @@ fn content_kind(e: &shoal_blobs::BlobsError) -> ErrorKind {
     use ErrorKind as K;
     use shoal_blobs::{BlobsError as B, StoreError as S};
     match e {
-        B::NoMatch(_) | B::NoImageHolder(_) | B::Store(S::NotFound { .. } | S::NoImage { .. }) => K::NotFound,
+        B::NoMatch(_) | B::NoImageHolder(_) | B::UnsignedTag(_) | B::Store(S::NotFound { .. } | S::NoImage { .. }) => {
+            K::NotFound
+        }
         B::Ambiguous { .. } | B::BadReference(_) | B::NoName | B::Import(_) => K::BadRequest,
         B::Store(S::DigestMismatch { .. } | S::SizeMismatch { .. }) => K::BadRequest,
         B::Store(S::InUse { .. }) => K::Conflict,

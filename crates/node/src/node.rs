@@ -116,6 +116,10 @@ impl Node {
                 upload_limit: cfg.upload_limit.map(|b| b / 8),
                 download_limit: cfg.download_limit.map(|b| b / 8),
                 corrupt_uploads,
+                tags: match &trust {
+                    shoal_scheduler::Trust::Open => None,
+                    keyed => Some(std::sync::Arc::new(crate::trust::OperatorTags(keyed.clone()))),
+                },
             },
             overlay.clone(),
         )

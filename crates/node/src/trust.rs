@@ -73,3 +73,25 @@ impl Node {
         Ok(())
     }
 }
+
+/// Image tags sealed by this cluster's operators (see `shoal_blobs::TagSeals`). A seal is the
+/// hex of postcard `(made_ms, Seal)`.
+#[derive(Debug)]
+pub(crate) struct OperatorTags(pub(crate) Trust);
+
+impl shoal_blobs::TagSeals for OperatorTags {
+    fn seal(&self, reference: &str, manifest_digest: &str) -> Option<String> {
+        let Trust::Keyed { writer: Some(w), .. } = &self.0 else { return None };
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let seal = w.seal_tag(reference, manifest_digest, now);
+        postcard::to_stdvec(&(now, seal)).ok().map(hex::encode)
+    }
+
+    fn check(&self, reference: &str, manifest_digest: &str, seal: &str) -> Option<u64> {
+        let Trust::Keyed { authority, .. } = &self.0 else { return None };
+        let bytes = hex::decode(seal).ok().filter(|b| b.len() <= 1024)?;
+        let (at, seal): (u64, shoal_scheduler::Seal) = postcard::from_bytes(&bytes).ok()?;
+        authority.check_tag(reference, manifest_digest, at, &seal).ok().map(|_| at)
+    }
+}

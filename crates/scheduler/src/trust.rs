@@ -90,6 +90,10 @@ fn entry_digest(name: &str, version: &Hlc, spec: Option<&ServiceSpec>) -> [u8; 3
     digest("shoal 2026 desired-state entry v1", &[name.as_bytes(), &v, &s])
 }
 
+fn tag_digest(reference: &str, manifest: &str, at_ms: u64) -> [u8; 32] {
+    digest("shoal 2026 image tag v1", &[reference.as_bytes(), manifest.as_bytes(), &at_ms.to_le_bytes()])
+}
+
 fn revocation_digest(writer: &PublicKey, at: &Hlc) -> [u8; 32] {
     let v = postcard::to_stdvec(at).expect("an Hlc always serialises");
     digest("shoal 2026 operator revocation v1", &[writer, &v])
@@ -139,6 +143,18 @@ impl Authority {
         Ok(seal.writer)
     }
 
+    /// Checks a writer's seal on "image `reference` is manifest `manifest`, as of `at_ms`".
+    pub fn check_tag(&self, reference: &str, manifest: &str, at_ms: u64, seal: &Seal) -> Result<PublicKey, TrustError> {
+        if !self.grant_ok(&seal.writer, &seal.grant) {
+            return Err(TrustError::BadGrant);
+        }
+        let writer = VerifyingKey::from_bytes(&seal.writer).map_err(|_| TrustError::BadKey)?;
+        if !verify(&writer, &tag_digest(reference, manifest, at_ms), &seal.sig) {
+            return Err(TrustError::BadSignature);
+        }
+        Ok(seal.writer)
+    }
+
     /// Whether `r` is signed by this authority.
     pub fn check_revocation(&self, r: &Revocation) -> bool {
         verify(&self.0, &revocation_digest(&r.writer, &r.at), &r.sig)
@@ -178,6 +194,12 @@ impl Writer {
     /// Its grant (the authority's signature of its public key).
     pub fn grant(&self) -> &[u8] {
         &self.grant
+    }
+
+    /// Seals "image `reference` is manifest `manifest`, as of `at_ms`".
+    pub fn seal_tag(&self, reference: &str, manifest: &str, at_ms: u64) -> Seal {
+        let sig = self.key.sign(&tag_digest(reference, manifest, at_ms)).to_bytes().to_vec();
+        Seal { writer: self.public(), grant: self.grant.clone(), sig }
     }
 
     /// Seals the entry `version`/`spec` of service `name`.
@@ -274,6 +296,19 @@ mod tests {
         let selfish = Writer::new(&[2; 32], &[2; 32]);
         let entry = Entry { version: v.clone(), spec: None, seal: Some(selfish.seal("web", &v, None)) };
         assert_eq!(auth.check_entry("web", &entry), Err(TrustError::BadGrant));
+    }
+
+    #[test]
+    fn a_tag_seal_binds_reference_manifest_and_time() {
+        let auth = Authority::from_secret(&[1; 32]);
+        let w = Writer::new(&[2; 32], &[1; 32]);
+        let seal = w.seal_tag("app:v1", "sha256:aa", 5);
+        assert_eq!(auth.check_tag("app:v1", "sha256:aa", 5, &seal), Ok(w.public()));
+        assert!(auth.check_tag("app:v1", "sha256:bb", 5, &seal).is_err(), "another manifest");
+        assert!(auth.check_tag("app:v2", "sha256:aa", 5, &seal).is_err(), "another tag");
+        assert!(auth.check_tag("app:v1", "sha256:aa", 6, &seal).is_err(), "another time");
+        let rogue = Writer::new(&[3; 32], &[3; 32]).seal_tag("app:v1", "sha256:bb", 9);
+        assert_eq!(auth.check_tag("app:v1", "sha256:bb", 9, &rogue), Err(TrustError::BadGrant));
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub struct ImageRecord {
     pub config: BlobRef,
     pub layers: Vec<BlobRef>,
     pub created_ms: u64,
+    /// An operator's seal on "this reference names this manifest" (hex; see
+    /// [`crate::TagSeals`]); `None` in an open cluster or for a worker's own import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
 impl ImageRecord {
