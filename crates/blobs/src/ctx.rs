@@ -168,14 +168,20 @@ impl Ctx {
     }
 
     /// Issues a single-use ticket for `peer` to open a data channel about `cid`.
-    pub(crate) fn issue_ticket(&self, peer: PeerId, cid: ContentId) -> ([u8; 16], [u8; 32]) {
+    /// A single-use ticket for `peer` to fetch `cid` on the data channel; `None` (answered
+    /// `Busy`) when [`MAX_TICKETS`] are outstanding, or [`MAX_TICKETS_PER_PEER`] for this peer:
+    /// a peer that asks and never connects cannot grow the table.
+    pub(crate) fn issue_ticket(&self, peer: PeerId, cid: ContentId) -> Option<([u8; 16], [u8; 32])> {
         let ticket: [u8; 16] = rand::random();
         let key: [u8; 32] = rand::random();
         let now = Instant::now();
         let mut t = lock(&self.tickets);
         t.retain(|_, v| v.expires > now);
+        if t.len() >= MAX_TICKETS || t.values().filter(|v| v.peer == peer).count() >= MAX_TICKETS_PER_PEER {
+            return None;
+        }
         t.insert(ticket, Ticket { peer, cid, key, expires: now + TICKET_TTL });
-        (ticket, key)
+        Some((ticket, key))
     }
 
     /// Redeems a ticket (once).
@@ -300,11 +306,13 @@ pub(crate) async fn serve_control(ctx: Arc<Ctx>, peer: PeerId, mut stream: shoal
     let resp = match req {
         Request::Hello { cid, want_manifest } => match ctx.holding(&cid) {
             _ if ctx.sessions.load(std::sync::atomic::Ordering::Relaxed) >= MAX_SESSIONS => Response::Busy,
-            Some(have) => {
-                let manifest = if want_manifest { ctx.store.manifest_bytes(&cid).ok().flatten() } else { None };
-                let (ticket, key) = ctx.issue_ticket(peer, cid);
-                Response::Offer(Offer { have, manifest, ticket, key, port: ctx.data_port })
-            }
+            Some(have) => match ctx.issue_ticket(peer, cid) {
+                Some((ticket, key)) => {
+                    let manifest = if want_manifest { ctx.store.manifest_bytes(&cid).ok().flatten() } else { None };
+                    Response::Offer(Offer { have, manifest, ticket, key, port: ctx.data_port })
+                }
+                None => Response::Busy,
+            },
             None => Response::NotHere,
         },
         Request::Describe { reference } => match ctx.store.image(&reference) {
@@ -317,18 +325,38 @@ pub(crate) async fn serve_control(ctx: Arc<Ctx>, peer: PeerId, mut stream: shoal
     let _ = write_msg(&mut stream, &resp).await;
 }
 
+/// Most outstanding tickets.
+pub(crate) const MAX_TICKETS: usize = 4096;
+/// Most outstanding tickets of one peer (a download holds a few per holder).
+pub(crate) const MAX_TICKETS_PER_PEER: usize = 256;
+
 /// Serves one inbound data connection: the first 16 bytes must be a ticket we issued.
 /// How long a data connection may take to send its ticket (a downloader sends it at once).
 pub(crate) const TICKET_WAIT: Duration = Duration::from_secs(2);
 
-pub(crate) async fn serve_data(ctx: Arc<Ctx>, mut stream: TcpStream) {
+///
+/// `waiting` is the connection's place among those that have not sent a ticket yet; once its
+/// ticket checks out it trades it for one of `sessions` (or is closed when they are all taken),
+/// so hosts that connect and send nothing can hold only the small waiting pool, never the
+/// sessions of peers that hold tickets.
+pub(crate) async fn serve_data(
+    ctx: Arc<Ctx>,
+    mut stream: TcpStream,
+    waiting: tokio::sync::OwnedSemaphorePermit,
+    sessions: Arc<tokio::sync::Semaphore>,
+) {
     use tokio::io::AsyncReadExt;
     let mut ticket = [0u8; 16];
     if tokio::time::timeout(TICKET_WAIT, stream.read_exact(&mut ticket)).await.map_or(true, |r| r.is_err()) {
         return;
     }
+    drop(waiting);
     let Some(t) = ctx.redeem(&ticket) else {
         tracing::debug!("data connection with an unknown or expired ticket refused");
+        return;
+    };
+    let Ok(_session) = sessions.try_acquire_owned() else {
+        tracing::debug!("data sessions at their limit; connection closed");
         return;
     };
     let manifest = match ctx.store.manifest(&t.cid) {

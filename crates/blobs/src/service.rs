@@ -115,6 +115,10 @@ pub struct Blobs {
 
 /// Most image references a peer advertises in its record.
 const MAX_ADVERTISED_IMAGES: usize = 64;
+/// Control streams (`/shoal/blob/1`) served at once.
+const MAX_CONTROL_STREAMS: usize = 256;
+/// Data connections waiting for their ticket at once.
+pub(crate) const MAX_WAITING_CONNECTIONS: usize = 128;
 /// Data connections served at once (each one piece transfer with one peer).
 pub(crate) const MAX_DATA_CONNECTIONS: usize = 512;
 
@@ -147,20 +151,22 @@ impl Blobs {
             shutdown: CancellationToken::new(),
             sent: Default::default(),
         });
-        // Data connections, at most MAX_DATA_CONNECTIONS at once: one past it is closed at
-        // once (a downloader retries), so a flood of idle connections cannot take every file
-        // descriptor. One that sends no ticket is closed after TICKET_WAIT.
+        // Data connections: at most MAX_WAITING_CONNECTIONS that have not sent a ticket yet
+        // (one past it is closed at once; a downloader retries), each closed after TICKET_WAIT
+        // without one, and MAX_DATA_CONNECTIONS sessions of ticket holders. A flood of idle
+        // connections can neither take every file descriptor nor the ticket holders' sessions.
         let c = ctx.clone();
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_DATA_CONNECTIONS));
+        let waiting = Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_CONNECTIONS));
+        let sessions = Arc::new(tokio::sync::Semaphore::new(MAX_DATA_CONNECTIONS));
         tokio::spawn(async move {
             let mut refused = 0u64;
             loop {
                 tokio::select! {
                     r = listener.accept() => match r {
-                        Ok((s, from)) => match slots.clone().try_acquire_owned() {
+                        Ok((s, from)) => match waiting.clone().try_acquire_owned() {
                             Ok(slot) => {
-                                let c = c.clone();
-                                tokio::spawn(async move { serve_data(c, s).await; drop(slot); });
+                                let (c, sessions) = (c.clone(), sessions.clone());
+                                tokio::spawn(serve_data(c, s, slot, sessions));
                             }
                             Err(_) => {
                                 refused += 1;
@@ -179,11 +185,20 @@ impl Blobs {
         let mut incoming =
             overlay.streams().accept(crate::proto::BLOB_PROTOCOL).map_err(|_| BlobsError::ProtocolTaken)?;
         let c = ctx.clone();
+        let control_slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_STREAMS));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     next = incoming.next() => match next {
-                        Some((peer, stream)) => { tokio::spawn(serve_control(c.clone(), peer, stream)); }
+                        // Bounded: past MAX_CONTROL_STREAMS at once a new stream is dropped
+                        // (the asker tries another holder or again later).
+                        Some((peer, stream)) => match control_slots.clone().try_acquire_owned() {
+                            Ok(slot) => {
+                                let c = c.clone();
+                                tokio::spawn(async move { serve_control(c, peer, stream).await; drop(slot); });
+                            }
+                            Err(_) => tracing::debug!(%peer, "control streams at their limit; stream dropped"),
+                        },
                         None => return,
                     },
                     _ = c.shutdown.cancelled() => return,

@@ -27,6 +27,8 @@ use tracing::debug;
 pub(crate) const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/state/1");
 /// Longest one inbound `/shoal/state/1` exchange may take (the asker gives up after 8 s).
 const STATE_SERVE_LIMIT: Duration = Duration::from_secs(15);
+/// Most `/shoal/state/1` exchanges served at once (each holds up to two 4 MiB maps).
+const MAX_STATE_STREAMS: usize = 32;
 /// Largest message of the protocol.
 const MAX_STATE_MSG: usize = shoal_services::store::MAX_MAP + 64;
 
@@ -191,6 +193,7 @@ impl Node {
             self.overlay().streams().accept(STATE_PROTOCOL).map_err(|_| NodeError::ProtocolTaken("/shoal/state/1"))?;
         let node = self.clone();
         let cancel = self.cancel().clone();
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_STATE_STREAMS));
         self.tasks().spawn(async move {
             use futures::StreamExt;
             loop {
@@ -198,11 +201,18 @@ impl Node {
                     next = incoming.next() => match next { Some(s) => s, None => return },
                     () = cancel.cancelled() => return,
                 };
+                // Bounded: past MAX_STATE_STREAMS exchanges at once, a new stream is dropped
+                // unanswered (the asker's anti-entropy tries again later).
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    debug!(%peer, "state exchanges at their limit; stream dropped");
+                    continue;
+                };
                 let (node2, cancel2) = (node.clone(), cancel.clone());
                 node.tasks().spawn(async move {
+                    let _slot = slot;
                     // A peer that opens a stream and goes quiet does not hold it for ever.
                     tokio::select! {
-                        r = tokio::time::timeout(STATE_SERVE_LIMIT, node2.serve_state(stream)) => match r {
+                        r = tokio::time::timeout(STATE_SERVE_LIMIT, node2.serve_state(peer, stream)) => match r {
                             Ok(Err(e)) => debug!(%peer, err = %e, "state exchange failed"),
                             Err(_) => debug!(%peer, "state exchange timed out"),
                             Ok(Ok(())) => {}
@@ -217,15 +227,18 @@ impl Node {
 
     async fn serve_state(
         &self,
+        peer: PeerId,
         mut stream: shoal_overlay::libp2p::Stream,
     ) -> Result<(), shoal_blobs::proto::ProtoError> {
         use shoal_blobs::proto::{read_msg, write_msg};
         let msg: StateMsg = read_msg(&mut stream, MAX_STATE_MSG).await?;
         let answer = match msg {
             StateMsg::Logs { container, since_nanos, tail } => {
-                // Only service replicas' logs are for other peers; a plain `shoal run`
-                // container's are not (its owner reads them through this peer's API).
-                let replica = self.container(&container).await.is_ok_and(|c| c.spec.labels.contains_key(LABEL_SERVICE));
+                // Only service replicas' logs are for other peers, and only for operator
+                // peers; a plain `shoal run` container's are not (its owner reads them through
+                // this peer's API).
+                let replica = self.peer_is_operator(&peer).await
+                    && self.container(&container).await.is_ok_and(|c| c.spec.labels.contains_key(LABEL_SERVICE));
                 let lines =
                     if replica { self.local_log_lines(&container, since_nanos, tail).await } else { Vec::new() };
                 StateMsg::LogLines(lines)

@@ -56,6 +56,15 @@ pub(crate) fn is_operator(trust: &Trust, peer: &PeerId, ext: &BTreeMap<String, s
 }
 
 impl Node {
+    /// Whether `peer`, as this peer knows it, is an operator (its record carries a valid grant).
+    pub(crate) async fn peer_is_operator(&self, peer: &PeerId) -> bool {
+        if matches!(self.trust(), Trust::Open) {
+            return true;
+        }
+        let members = self.overlay().members().await.unwrap_or_default();
+        members.iter().find(|m| m.peer == *peer).is_some_and(|m| is_operator(self.trust(), peer, &m.ext))
+    }
+
     /// Retires the operator grant of `peer` (id or name) from now on: its desired-state writes
     /// from now are void on every peer. Only an operator peer can sign the revocation.
     pub async fn revoke(&self, peer: &str) -> Result<(), NodeError> {
