@@ -31,7 +31,10 @@ pub mod trust;
 
 pub use crdt::{DecodeError, Entry, MAX_REVOCATIONS, ServiceMap, WIRE_FORMAT};
 pub use hlc::{Clock, ClockError, Hlc, HlcParseError};
-pub use place::{Assignment, MAX_REPLICAS_PER_SERVICE, PeerView, ReplicaKey, Unplaced, place};
+pub use place::{
+    Assignment, MAX_REPLICAS_PER_PEER, MAX_REPLICAS_PER_SERVICE, MAX_UNPLACED_PER_SERVICE, PeerView, ReplicaKey,
+    Unplaced, place,
+};
 pub use plan::{Check, Health, Input, LocalReplica, Plan, Start, StartFailure, Stop, StopReason, plan, spec_version};
 pub use report::{Fault, ReplicaState, Report};
 pub use rollout::{Now, Write, WriteReason};

@@ -161,6 +161,7 @@ fn check_sticky(
                     );
                 }
                 Unplaced::TooManyReplicas { .. } => prop_assert!(false, "no spec here asks for that many"),
+                Unplaced::PeersFull { .. } => prop_assert!(false, "no peer here runs that many"),
             }
         }
     }

@@ -368,6 +368,13 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             return;
         }
         self.last_sync = Instant::now();
+        let collected = collect_tombstones(&mut self.map, wall_ms());
+        if collected > 0 {
+            info!(collected, "collected tombstones of services removed over a week ago");
+            if let Err(e) = self.store.save(self.map.encode()).await {
+                warn!(err = %e, "cannot save the services");
+            }
+        }
         self.refresh_members().await;
         if self.members.is_empty() {
             return;
@@ -481,6 +488,18 @@ async fn exited(exits: &mut Option<watch::Receiver<u64>>) -> Option<()> {
 /// How far ahead of this peer's clock a peer's stamp may be.
 pub(crate) const MAX_CLOCK_DRIFT: Duration = Duration::from_secs(60);
 
+/// How long a removed service's tombstone is kept. Every live peer has it within seconds
+/// (anti-entropy every second); keeping it a week covers a peer that was switched off or
+/// partitioned for that long. The trade-off: a peer away for longer that comes back holding
+/// the removed service's older entry brings the service back (`shoal service rm` it again).
+/// Without collection the map only grows, and replication stops once it passes 4 MiB.
+pub(crate) const TOMBSTONE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Drops tombstones older than [`TOMBSTONE_RETENTION`]; returns how many.
+pub(crate) fn collect_tombstones(map: &mut ServiceMap, now_ms: u64) -> usize {
+    map.gc_tombstones(now_ms.saturating_sub(TOMBSTONE_RETENTION.as_millis() as u64))
+}
+
 /// What of a peer's map may be merged: in a keyed cluster, entries sealed by a writer the
 /// cluster's authority granted (and revocations the authority signed); entries whose spec
 /// passes the same checks as the API's; and whose stamp is at most [`MAX_CLOCK_DRIFT`] ahead of
@@ -551,6 +570,20 @@ fn seed() -> u64 {
 mod tests {
     use super::*;
     use shoal_scheduler::Hlc;
+
+    #[test]
+    fn tombstones_go_after_a_week_and_live_services_stay() {
+        let now = 1_800_000_000_000u64;
+        let week = TOMBSTONE_RETENTION.as_millis() as u64;
+        let mut m = ServiceMap::new();
+        let spec = ServiceSpec { name: "old".into(), image: "app".into(), replicas: 1, ..Default::default() };
+        m.put(spec.clone(), Hlc::new(now - 2 * week, 0, "a"));
+        m.remove("gone", Hlc::new(now - week - 1, 0, "a"));
+        m.remove("recent", Hlc::new(now - week + 1_000, 0, "a"));
+        assert_eq!(collect_tombstones(&mut m, now), 1);
+        assert!(m.get("old").is_some(), "a live service is never collected, however old");
+        assert!(m.entry("gone").is_none() && m.entry("recent").is_some());
+    }
 
     /// A peer's map is merged only as far as it is valid and stamped near now: a huge replica
     /// count, a bad name, an entry and a tombstone from the far future are dropped.

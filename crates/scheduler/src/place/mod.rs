@@ -63,6 +63,12 @@ use std::fmt;
 /// The most replicas placed for one service; a spec asking for more gets the excess reported as
 /// [`Unplaced::TooManyReplicas`] (this bounds the work a single spec from a peer can cause).
 pub const MAX_REPLICAS_PER_SERVICE: u32 = 10_000;
+/// Most replicas placed on one peer (Kubernetes' default is 110 pods per node): what the
+/// planner places is bounded by the number of peers, whatever the specs ask for.
+pub const MAX_REPLICAS_PER_PEER: u32 = 1_000;
+/// Most replicas of one service that carry the reason they are not placed (the rest show as
+/// pending with no reason of their own).
+pub const MAX_UNPLACED_PER_SERVICE: usize = 100;
 
 /// What placement needs to know about a peer that is alive.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -130,6 +136,13 @@ pub enum Unplaced {
         /// Number of matching peers.
         matching: usize,
     },
+    /// Every matching peer already runs as many replicas as one peer may.
+    PeersFull {
+        /// [`MAX_REPLICAS_PER_PEER`].
+        limit: u32,
+        /// Number of matching peers.
+        matching: usize,
+    },
     /// The service asks for more replicas than one service may have.
     TooManyReplicas {
         /// Replicas asked for.
@@ -166,6 +179,10 @@ impl fmt::Display for Unplaced {
                  free is {} cpu and {}",
                 most_free.cpus(),
                 shoal_types::ByteSize(most_free.memory_bytes)
+            ),
+            Unplaced::PeersFull { limit, matching } => write!(
+                f,
+                "all {matching} matching peers run {limit} replicas, the most one peer runs: add peers or lower replica counts"
             ),
             Unplaced::TooManyReplicas { asked, limit } => {
                 write!(f, "the service asks for {asked} replicas; at most {limit} are placed")
@@ -278,7 +295,7 @@ pub fn place<'a>(
                     let held = by_replica
                         .get(&(name, slot.clone()))
                         .is_some_and(|l| l.iter().any(|(i, r)| *i == peer && r.holds()));
-                    if held && placer.free[peer].fits(&needs) {
+                    if held && placer.room(peer, &needs) {
                         placer.take(name, slot, peer, needs, pool, tally);
                     }
                 }
@@ -290,7 +307,7 @@ pub fn place<'a>(
                     match (holders.next(), holders.next()) {
                         // A start in progress (or failing) is placed with the fresh replicas.
                         (Some(&(_, r)), None) if r.is_tentative() => {}
-                        (Some(&(peer, _)), None) if placer.free[peer].fits(&needs) => {
+                        (Some(&(peer, _)), None) if placer.room(peer, &needs) => {
                             placer.take(name, Slot::Index(index), peer, needs, pool, tally);
                         }
                         (Some(_), Some(_)) => contested.push((name, index, list)),
@@ -308,7 +325,7 @@ pub fn place<'a>(
         let key = replica_key(name, index);
         let best = list
             .iter()
-            .filter(|(i, r)| r.holds() && pool.is_eligible(*i) && placer.free[*i].fits(&needs(spec)))
+            .filter(|(i, r)| r.holds() && pool.is_eligible(*i) && placer.room(*i, &needs(spec)))
             .min_by_key(|(i, r)| (r.version != current, !r.state.is_live(), placer.rank(*i, key, pool, tally)));
         if let Some(&(peer, _)) = best {
             placer.take(name, Slot::Index(index), peer, needs(spec), pool, tally);
@@ -328,7 +345,7 @@ pub fn place<'a>(
             if placer.out.placed.contains_key(&(name.to_string(), slot.clone())) {
                 continue;
             }
-            if placer.free[peer].fits(&needs(spec)) {
+            if placer.room(peer, &needs(spec)) {
                 placer.take(name, slot, peer, needs(spec), pool, tally);
             } else {
                 let why = placer.no_room(needs(spec), &[peer]);

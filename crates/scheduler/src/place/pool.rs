@@ -20,6 +20,8 @@ pub(super) struct Placer<'p> {
     active: Vec<usize>,
     /// Room left per peer.
     pub(super) free: Vec<Resources>,
+    /// Replicas placed per peer (at most [`super::MAX_REPLICAS_PER_PEER`]).
+    count: Vec<u32>,
     /// The result so far.
     pub(super) out: Assignment,
 }
@@ -81,6 +83,7 @@ impl<'p> Placer<'p> {
             seeds: peers.iter().map(|p| seed("shoal-scheduler 2025 placement peer v1", &[p.id.as_bytes()])).collect(),
             active: (0..peers.len()).filter(|&i| !peers[i].draining).collect(),
             free: peers.iter().map(|p| p.capacity).collect(),
+            count: vec![0; peers.len()],
             out: Assignment::default(),
         }
     }
@@ -134,8 +137,16 @@ impl<'p> Placer<'p> {
         tally: &mut Tally,
     ) {
         self.free[peer] = self.free[peer].saturating_sub(&needs);
+        self.count[peer] += 1;
         tally.add(pool, peer, 1);
         self.out.placed.insert((name.to_string(), slot), self.peers[peer].id.clone());
+    }
+
+    /// Whether one more replica reserving `needs` fits on `peer`: its free CPU and memory, and
+    /// its replica count under [`super::MAX_REPLICAS_PER_PEER`] (so what the planner places is
+    /// bounded by the cluster's size, whatever replica counts the specs ask for).
+    pub(super) fn room(&self, peer: usize, needs: &Resources) -> bool {
+        self.free[peer].fits(needs) && self.count[peer] < super::MAX_REPLICAS_PER_PEER
     }
 
     /// Peer `peer`'s rank for the replica with rendezvous key `key`.
@@ -154,7 +165,7 @@ impl<'p> Placer<'p> {
         let pick = |allow_avoided: bool| {
             let mut best: Option<(Rank, usize)> = None;
             for &peer in &pool.eligible {
-                if !self.free[peer].fits(needs) || (!allow_avoided && avoid.contains(&peer)) {
+                if !self.room(peer, needs) || (!allow_avoided && avoid.contains(&peer)) {
                     continue;
                 }
                 let rank = self.rank(peer, key, pool, tally);
@@ -183,6 +194,7 @@ impl<'p> Placer<'p> {
     ) {
         let needs = super::needs(spec);
         let mut exhausted: Option<Unplaced> = None;
+        let mut unplaced_shown = 0;
         for index in 0..replica_count(spec) {
             let key_pair = (name.to_string(), Slot::Index(index));
             if self.out.placed.contains_key(&key_pair) {
@@ -192,10 +204,16 @@ impl<'p> Placer<'p> {
                 exhausted = exhausted.or_else(|| Some(self.nobody(spec, pool)));
             }
             if let Some(why) = &exhausted {
-                self.out.unplaced.insert(key_pair, why.clone());
+                // The reason is the same for every later replica: a bounded number of them
+                // carry it (`service ps` shows the rest as pending), so a huge replica count
+                // costs no memory here.
+                if unplaced_shown < super::MAX_UNPLACED_PER_SERVICE {
+                    self.out.unplaced.insert(key_pair, why.clone());
+                    unplaced_shown += 1;
+                }
                 continue;
             }
-            if let Some(peer) = pinned(index).filter(|&p| self.free[p].fits(&needs)) {
+            if let Some(peer) = pinned(index).filter(|&p| self.room(p, &needs)) {
                 self.take(name, Slot::Index(index), peer, needs, pool, tally);
                 continue;
             }
@@ -206,6 +224,7 @@ impl<'p> Placer<'p> {
                     // Free room only shrinks, so no later replica of this service fits either.
                     let why = self.no_room(needs, &pool.eligible);
                     self.out.unplaced.insert(key_pair, why.clone());
+                    unplaced_shown += 1;
                     exhausted = Some(why);
                 }
             }
@@ -257,7 +276,9 @@ impl<'p> Placer<'p> {
                 Resources::new(m.millicpus.max(r.millicpus), m.memory_bytes.max(r.memory_bytes))
             })
         };
-        if candidates.iter().any(|&i| self.peers[i].capacity.fits(&needs)) {
+        if !candidates.is_empty() && candidates.iter().all(|&i| self.count[i] >= super::MAX_REPLICAS_PER_PEER) {
+            Unplaced::PeersFull { limit: super::MAX_REPLICAS_PER_PEER, matching: candidates.len() }
+        } else if candidates.iter().any(|&i| self.peers[i].capacity.fits(&needs)) {
             Unplaced::Insufficient { needs, most_free: max(&|i| self.free[i]), matching: candidates.len() }
         } else {
             Unplaced::TooLarge { needs, largest: max(&|i| self.peers[i].capacity), matching: candidates.len() }

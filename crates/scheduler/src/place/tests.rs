@@ -118,9 +118,25 @@ fn reasons_for_unplaced_replicas() {
 
 #[test]
 fn too_many_replicas_are_capped() {
-    let a = run(&[svc("huge", u32::MAX, 0, 0)], &[peer("p", 1, 1, &[])]);
+    let peers: Vec<PeerView> = (0..20).map(|i| peer(&format!("p{i:02}"), 1, 1, &[])).collect();
+    let a = run(&[svc("huge", u32::MAX, 0, 0)], &peers);
     assert_eq!(a.placed.len(), MAX_REPLICAS_PER_SERVICE as usize);
-    assert!(matches!(a.unplaced.values().next(), Some(Unplaced::TooManyReplicas { .. })));
+    assert!(a.unplaced.values().any(|u| matches!(u, Unplaced::TooManyReplicas { .. })));
+}
+
+/// Specs that ask for millions of replicas that reserve nothing: what is placed is bounded by
+/// the peers (at most MAX_REPLICAS_PER_PEER each), what carries a reason by the services.
+#[test]
+fn what_is_placed_is_bounded_by_the_peers_not_by_the_specs() {
+    let peers: Vec<PeerView> = (0..3).map(|i| peer(&format!("p{i}"), 1, 1, &[])).collect();
+    let specs: Vec<ServiceSpec> = (0..300).map(|i| svc(&format!("s{i:03}"), MAX_REPLICAS_PER_SERVICE, 0, 0)).collect();
+    let started = std::time::Instant::now();
+    let a = run(&specs, &peers);
+    assert_eq!(a.placed.len(), 3 * MAX_REPLICAS_PER_PEER as usize);
+    assert!(a.unplaced.len() <= 300 * MAX_UNPLACED_PER_SERVICE, "{}", a.unplaced.len());
+    let full = a.unplaced.values().find(|u| matches!(u, Unplaced::PeersFull { .. })).expect("a reason");
+    assert!(full.to_string().contains("add peers"), "{full}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
 }
 
 #[test]
