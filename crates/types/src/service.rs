@@ -7,9 +7,12 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A service as declared.
+/// A service as declared. It has no host volumes: a bind mount of a peer's files comes only
+/// from a local `shoal run` on that peer, never through the cluster. Unknown fields are
+/// refused, so a spec that asks for one (`volumes`, a typo) is an error, not silently less.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Unique name in the cluster.
     pub name: String,
@@ -235,4 +238,20 @@ pub struct ServiceLogLine {
     /// The line.
     #[serde(flatten)]
     pub entry: crate::LogEntry,
+}
+
+#[cfg(test)]
+mod spec_tests {
+    use super::ServiceSpec;
+
+    #[test]
+    fn a_spec_with_host_volumes_or_unknown_fields_is_refused() {
+        let ok = serde_json::from_str::<ServiceSpec>(r#"{"name":"web","image":"app:v1","replicas":1}"#);
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = serde_json::from_str::<ServiceSpec>(
+            r#"{"name":"web","image":"app:v1","replicas":1,"volumes":[{"host":"/","container":"/host"}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("volumes"), "{err}");
+    }
 }
