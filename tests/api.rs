@@ -94,19 +94,42 @@ async fn tcp_api_requires_the_token() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut a = Agent::start(dir.path(), spec)?;
     a.ready().await?;
-    let url = format!("http://127.0.0.1:{port}");
-    let err = Client::new(&url, None)?.get::<serde_json::Value>("/v1/status").await.unwrap_err();
+    let url = format!("https://127.0.0.1:{port}");
+    let token_file = a.dir.join("api.token");
+    let (token, pin) = shoal_api::auth::parse_token_file(&std::fs::read_to_string(&token_file)?);
+    let (token, pin) = (token.expect("a token"), pin.expect("the certificate's fingerprint"));
+    // TLS with the pinned certificate; then the token.
+    let err = Client::pinned(&url, None, Some(pin.clone()))?.get::<serde_json::Value>("/v1/status").await.unwrap_err();
     assert!(err.to_string().contains("SHOAL_TOKEN"), "{err}");
-    let err = Client::new(&url, Some("wrong".into()))?.get::<serde_json::Value>("/v1/status").await.unwrap_err();
+    let err = Client::pinned(&url, Some("wrong".into()), Some(pin.clone()))?
+        .get::<serde_json::Value>("/v1/status")
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("SHOAL_TOKEN"), "{err}");
-    let token = std::fs::read_to_string(a.dir.join("api.token"))?;
-    let s: serde_json::Value = Client::new(&url, Some(token.trim().into()))?.get("/v1/status").await?;
+    let s: serde_json::Value = Client::pinned(&url, Some(token.clone()), Some(pin.clone()))?.get("/v1/status").await?;
     assert_eq!(s["name"], "tcp");
-    // The CLI uses SHOAL_ADDR and SHOAL_TOKEN.
+    // Another certificate's pin: the handshake fails before the token is sent.
+    let other = format!("sha256:{}", "0".repeat(64));
+    let err = Client::pinned(&url, Some(token.clone()), Some(other))?
+        .get::<serde_json::Value>("/v1/status")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("pinned"), "{err}");
+    // No pin: a clear error; plain HTTP: refused (the agent speaks TLS only).
+    let err = Client::new(&url, Some(token.clone()))?.get::<serde_json::Value>("/v1/status").await.unwrap_err();
+    assert!(err.to_string().contains("SHOAL_TOKEN_FILE"), "{err}");
+    assert!(Client::new(&format!("http://127.0.0.1:{port}"), None).is_err());
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    std::io::Write::write_all(&mut plain, b"GET /v1/status HTTP/1.0\r\n\r\n")?;
+    plain.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut got);
+    assert!(!String::from_utf8_lossy(&got).contains("\"name\""), "plaintext gets no answer");
+    // The CLI uses SHOAL_ADDR and SHOAL_TOKEN_FILE (a copy of api.token).
     let out = Command::new(shoal_bin())
         .args(["status", "--json"])
         .env("SHOAL_ADDR", &url)
-        .env("SHOAL_TOKEN", token.trim())
+        .env("SHOAL_TOKEN_FILE", &token_file)
         .output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     Ok(())

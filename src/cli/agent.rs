@@ -177,9 +177,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let unix = shoal_api::bind_unix(&cfg.api_socket).await?;
     let tcp = match cfg.api_listen {
         Some(a) => {
-            let token = shoal_api::auth::load_or_create_token(&cfg.api_token_file)
+            let tls = shoal_api::tls::load_or_create(&cfg.data_dir)
+                .with_context(|| format!("the API certificate in {}", cfg.data_dir.display()))?;
+            let token = shoal_api::auth::load_or_create_token(&cfg.api_token_file, &tls.fingerprint)
                 .with_context(|| format!("reading or creating the API token {}", cfg.api_token_file.display()))?;
-            Some((shoal_api::bind_tcp(a).await?, token))
+            Some((shoal_api::bind_tcp(a).await?, token, tls))
         }
         None => None,
     };
@@ -194,8 +196,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let (app, path, stop) = (app.clone(), cfg.api_socket.clone(), stopped(stop_rx.clone()));
         async move { shoal_api::serve_unix(unix, &path, app, stop).await }
     })];
-    if let Some((listener, token)) = tcp {
-        servers.push(tokio::spawn(shoal_api::serve_tcp(listener, token, app, stopped(stop_rx.clone()))));
+    if let Some((listener, token, tls)) = tcp {
+        servers.push(tokio::spawn(shoal_api::serve_tcp(listener, token, tls, app, stopped(stop_rx.clone()))));
     }
     let status = node.status().await?;
     info!(peer = %status.id, name = %status.name, api = %cfg.api_socket.display(), "agent ready");

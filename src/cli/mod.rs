@@ -134,12 +134,20 @@ impl Cli {
     }
 }
 
-/// The client for the agent named by `--addr`/`SHOAL_ADDR`, with `SHOAL_TOKEN` if set.
+/// The client for the agent named by `--addr`/`SHOAL_ADDR`. For `https://` agents: the token
+/// and certificate fingerprint from `SHOAL_TOKEN_FILE` (a copy of the agent's `api.token`),
+/// or `SHOAL_TOKEN` and `SHOAL_API_FINGERPRINT`.
 pub(crate) fn client(addr: Option<&str>) -> anyhow::Result<Client> {
+    use anyhow::Context;
     let default = shoal_node::config::default_api_socket();
     let addr = addr.map(str::to_string).unwrap_or_else(|| default.display().to_string());
-    let token = std::env::var("SHOAL_TOKEN").ok().filter(|t| !t.is_empty());
-    Ok(Client::new(&addr, token)?)
+    let env = |k: &str| std::env::var(k).ok().filter(|t| !t.is_empty());
+    let (mut token, mut pin) = (None, None);
+    if let Some(f) = env("SHOAL_TOKEN_FILE") {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading SHOAL_TOKEN_FILE {f}"))?;
+        (token, pin) = shoal_api::auth::parse_token_file(&text);
+    }
+    Ok(Client::pinned(&addr, env("SHOAL_TOKEN").or(token), env("SHOAL_API_FINGERPRINT").or(pin))?)
 }
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

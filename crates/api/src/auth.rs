@@ -14,19 +14,36 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Reads the token at `path`, creating a random one (mode 0600) if the file does not exist.
-pub fn load_or_create_token(path: &Path) -> std::io::Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
-        Ok(_) => {} // empty file: write a token into it
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+/// Reads the token at `path`, creating a random one if the file does not exist, and makes
+/// sure the file's second line is the agent's certificate `fingerprint` (see [`crate::tls`]):
+/// the file (mode 0600) is all a remote CLI needs. Returns the token.
+pub fn load_or_create_token(path: &Path, fingerprint: &str) -> std::io::Result<String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
+    };
+    let (token, pin) = parse_token_file(&text);
+    if pin.as_deref() == Some(fingerprint)
+        && let Some(t) = token
+    {
+        return Ok(t);
     }
-    let token = hex::encode(rand::random::<[u8; 32]>());
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(token.as_bytes())?;
+    let token = token.unwrap_or_else(|| hex::encode(rand::random::<[u8; 32]>()));
+    let tmp = path.with_extension("token.tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(format!("{token}\n{fingerprint}\n").as_bytes())?;
     f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
     Ok(token)
+}
+
+/// A token file's token (first line) and certificate fingerprint (second line), if present.
+pub fn parse_token_file(text: &str) -> (Option<String>, Option<String>) {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let token = lines.next().map(str::to_string);
+    let pin = lines.next().filter(|l| l.starts_with("sha256:")).map(str::to_string);
+    (token, pin)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -59,10 +76,15 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("api.token");
-        let a = load_or_create_token(&p).unwrap();
-        let b = load_or_create_token(&p).unwrap();
+        let a = load_or_create_token(&p, "sha256:aa").unwrap();
+        let b = load_or_create_token(&p, "sha256:aa").unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len(), 64);
+        let c = load_or_create_token(&p, "sha256:bb").unwrap();
+        assert_eq!(a, c, "a new certificate keeps the token");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(parse_token_file(&text), (Some(a.clone()), Some("sha256:bb".into())));
+        assert_eq!(parse_token_file("tok"), (Some("tok".into()), None), "a token file from before");
         assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(
             constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd") && !constant_time_eq(b"a", b"ab")

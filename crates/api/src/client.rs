@@ -1,8 +1,9 @@
 //! The client the CLI (and tests) use to talk to an agent.
 //!
-//! `addr` is a unix socket path (the default: `<data-dir>/shoal.sock`) or `http://host:port`
-//! for an agent started with `--api-listen`, in which case a bearer token is sent. Every
-//! failure becomes a [`ClientError`] whose message says what to do.
+//! `addr` is a unix socket path (the default: `<data-dir>/shoal.sock`) or `https://host:port`
+//! for an agent started with `--api-listen`: TLS with the agent's certificate pinned by its
+//! fingerprint (see [`crate::tls`]), and a bearer token. Every failure becomes a
+//! [`ClientError`] whose message says what to do.
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -21,7 +22,7 @@ use tokio::net::{TcpStream, UnixStream};
 #[derive(Debug, Clone)]
 enum Target {
     Unix(PathBuf),
-    Tcp { authority: String },
+    Tls { authority: String, pin: Option<String> },
 }
 
 /// Why a request to the agent failed.
@@ -35,9 +36,14 @@ pub enum ClientError {
     /// The socket is root-only
     #[error("permission denied opening {addr}: the agent's API socket is root-only; run this command as root")]
     PermissionDenied { addr: String },
-    /// The address is neither a path nor an http URL
-    #[error("`{addr}` is not an agent address: use a socket path or http://host:port")]
+    /// The address is neither a path nor an https URL
+    #[error("`{addr}` is not an agent address: use a socket path or https://host:port (the TCP API speaks TLS)")]
     BadAddr { addr: String },
+    /// No certificate pin for a TCP agent
+    #[error(
+        "the agent at {addr} proves itself with its own certificate: set SHOAL_TOKEN_FILE to a copy of its api.token (the token and the certificate's fingerprint), or SHOAL_API_FINGERPRINT"
+    )]
+    NoPin { addr: String },
     /// The agent wants a token
     #[error("the agent refused the request: set SHOAL_TOKEN to its API token (the file api.token in its data dir)")]
     Unauthorized,
@@ -62,15 +68,21 @@ pub struct Client {
 }
 
 impl Client {
-    /// `addr`: a socket path or `http://host:port`.
+    /// `addr`: a socket path or `https://host:port`.
     pub fn new(addr: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let target = if let Some(rest) = addr.strip_prefix("http://") {
+        Self::pinned(addr, token, None)
+    }
+
+    /// [`Client::new`] with the agent's certificate fingerprint (`sha256:<hex>`) for
+    /// `https://` addresses.
+    pub fn pinned(addr: &str, token: Option<String>, pin: Option<String>) -> Result<Self, ClientError> {
+        let target = if let Some(rest) = addr.strip_prefix("https://") {
             let authority = rest.trim_end_matches('/').to_string();
             if authority.is_empty() || authority.contains('/') {
                 return Err(ClientError::BadAddr { addr: addr.to_string() });
             }
-            Target::Tcp { authority }
-        } else if addr.starts_with("https://") || addr.is_empty() {
+            Target::Tls { authority, pin }
+        } else if addr.starts_with("http://") || addr.is_empty() {
             return Err(ClientError::BadAddr { addr: addr.to_string() });
         } else {
             Target::Unix(PathBuf::from(addr))
@@ -112,10 +124,18 @@ impl Client {
                 let s = UnixStream::connect(p).await.map_err(connect_err)?;
                 ("localhost".to_string(), handshake(s).await?)
             }
-            Target::Tcp { authority } => {
+            Target::Tls { authority, pin } => {
+                let pin = pin.as_deref().ok_or_else(|| ClientError::NoPin { addr: self.shown.clone() })?;
+                let config = crate::tls::pinned_client(pin).map_err(ClientError::Http)?;
                 let s = TcpStream::connect(authority.as_str()).await.map_err(connect_err)?;
                 let _ = s.set_nodelay(true);
-                (authority.clone(), handshake(s).await?)
+                let name = rustls::pki_types::ServerName::try_from(crate::tls::AGENT_NAME)
+                    .map_err(|e| ClientError::Http(e.to_string()))?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, s)
+                    .await
+                    .map_err(|source| ClientError::Connect { addr: self.shown.clone(), source })?;
+                (authority.clone(), handshake(tls).await?)
             }
         };
         let mut req = Request::builder().method(method).uri(path).header("host", host);

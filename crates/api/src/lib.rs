@@ -13,6 +13,7 @@ pub mod client;
 mod error;
 pub mod openapi;
 mod serve;
+pub mod tls;
 mod v1;
 
 pub use error::ApiError;

@@ -90,17 +90,19 @@ pub async fn bind_tcp(addr: std::net::SocketAddr) -> Result<TcpListener, ServeEr
     TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr: addr.to_string(), source })
 }
 
-/// Serves `app` on `listener`, requiring `Authorization: Bearer <token>` on every request.
+/// Serves `app` over TLS on `listener`, requiring `Authorization: Bearer <token>` on every
+/// request.
 pub async fn serve_tcp(
     listener: TcpListener,
     token: String,
+    tls: crate::tls::AgentTls,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let app = app.layer(axum::middleware::from_fn_with_state(Arc::new(token), require_token));
-    if let Ok(a) = listener.local_addr() {
-        info!(addr = %a, "API listening on TCP (token required)");
-    }
+    let addr = listener.local_addr().map_err(ServeError::Serve)?;
+    let listener = crate::tls::TlsListener::new(listener, tls.config).map_err(ServeError::Serve)?;
+    info!(%addr, fingerprint = %tls.fingerprint, "API listening on TCP (TLS, token required)");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(ServeError::Serve)
 }
 
