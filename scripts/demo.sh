@@ -2,8 +2,9 @@
 # The demo: a lab of containerized Shoal peers on this machine (each in its own network
 # namespace and cgroup, links shaped to 50 Mbit/s) running a sample service (3 replicas of a
 # busybox web server), reached by name from a client container on another peer and through the
-# published port of a peer that runs no replica; then a peer loses power and its replica comes
-# back elsewhere; then a partition heals.
+# published port of a peer that runs no replica; peer 4 holds only a worker key, so it runs
+# replicas but its attempt to change the service is refused; then a peer loses power and its
+# replica comes back elsewhere; then a partition heals.
 #   bash scripts/demo.sh        bring it up and show it (it keeps running)
 #   bash scripts/demo.sh stop   tear it down
 set -euo pipefail
@@ -29,8 +30,8 @@ wait_alive() { # viewer count
   echo "timed out waiting for $2 alive peers" >&2; return 1
 }
 
-say "shoal lab up --peers 5 --bandwidth 50mbit"
-$SHOAL lab up --peers 5 --bandwidth 50mbit
+say "shoal lab up --peers 5 --bandwidth 50mbit --workers 1 (peers 0-3 hold the operator key, peer 4 a worker key)"
+$SHOAL lab up --peers 5 --bandwidth 50mbit --workers 1
 
 say "the cluster as peer 3 sees it (shoal lab exec 3 -- shoal peers):"
 $SHOAL lab exec 3 -- shoal peers
@@ -64,6 +65,9 @@ done
 for _ in 1 2 3; do $SHOAL lab exec $client -- shoal exec client wget -qO- http://web/who; done
 say "tasks.web: every healthy replica's own address (shoal exec client nslookup tasks.web)"
 $SHOAL lab exec $client -- shoal exec client nslookup tasks.web | grep -A9 '^Name:' || true
+
+say "peer 4 holds a worker key: it runs work, but changing a service is refused (shoal service scale web 5 on peer 4)"
+if $SHOAL lab exec 4 -- shoal service scale web 5; then echo "unexpected: a worker changed a service" >&2; exit 1; fi
 
 ps_json=$($SHOAL lab exec 0 -- shoal service ps web --json)
 spare=""
@@ -107,7 +111,7 @@ cat <<EOT
 The lab and the service keep running. Try:
   $SHOAL lab exec 2 -- shoal service ps web
   $SHOAL lab exec 0 -- shoal service scale web 5
-  $SHOAL lab exec 4 -- shoal service logs web
+  $SHOAL lab exec 3 -- shoal service logs web
   $SHOAL lab status
   $SHOAL lab exec 2 -- shoal peers --json
   $SHOAL lab logs 1

@@ -96,6 +96,10 @@ struct UpArgs {
     /// Extra argument for every agent, repeatable.
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     agent_args: Vec<String>,
+    /// Give the last N peers a worker key (`shoal keygen --worker`): they run replicas and
+    /// serve content, but cannot change services.
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -305,6 +309,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 peer_memory: up.peer_memory,
                 mdns: up.mdns,
                 agent_args: up.agent_args,
+                workers: up.workers,
             })?;
             wait_ready(&mut lab, Duration::from_secs(60)).await?;
             wait_formed(&lab, Duration::from_secs(60)).await;

@@ -29,7 +29,7 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, about, propagate_version = true)]
 pub(crate) struct Cli {
-    /// The agent to talk to: its API socket path or http://host:port.
+    /// The agent to talk to: its API socket path or https://host:port.
     /// [default: <data-dir>/shoal.sock]
     #[arg(long, env = "SHOAL_ADDR", global = true)]
     addr: Option<String>,

@@ -30,7 +30,7 @@ enum Target {
 pub enum ClientError {
     /// The agent could not be reached
     #[error(
-        "cannot reach the Shoal agent at {addr}: {source}. Is `shoal agent` running? Point --addr or SHOAL_ADDR at its API socket or http://host:port"
+        "cannot reach the Shoal agent at {addr}: {source}. Is `shoal agent` running? Point --addr or SHOAL_ADDR at its API socket or https://host:port"
     )]
     Connect { addr: String, source: std::io::Error },
     /// The socket is root-only

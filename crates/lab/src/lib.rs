@@ -112,6 +112,8 @@ pub struct UpOptions {
     /// Peers find each other by mDNS instead of joining peer 0.
     pub mdns: bool,
     pub agent_args: Vec<String>,
+    /// The last `workers` peers get a worker key (they run work but change no services).
+    pub workers: usize,
 }
 
 /// The default lab subnet: inside 198.18.0.0/15, reserved for network benchmarking.
@@ -229,6 +231,22 @@ impl Lab {
                 stderr: String::from_utf8_lossy(&out.stderr).into(),
             });
         }
+        if o.workers > 0 {
+            let out = Command::new(&o.shoal)
+                .arg("keygen")
+                .arg("--worker")
+                .arg(&key)
+                .arg("-o")
+                .arg(dir.join("worker.key"))
+                .output()
+                .map_err(|source| LabError::Io { path: o.shoal.clone(), source })?;
+            if !out.status.success() {
+                return Err(LabError::Command {
+                    cmd: "shoal keygen --worker".into(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into(),
+                });
+            }
+        }
         net::create_hub(&o.name)?;
         if o.link.needs_netem() {
             net::probe_netem(&o.name)?;
@@ -258,6 +276,7 @@ impl Lab {
                 peer_memory: o.peer_memory.clone(),
                 mdns: o.mdns,
                 agent_args: o.agent_args.clone(),
+                workers: o.workers.min(o.peers),
                 peers,
                 groups: None,
             },
@@ -318,6 +337,11 @@ impl Lab {
         c
     }
 
+    /// Whether peer `i` holds a worker key (the last `workers` peers do).
+    pub fn is_worker(&self, i: usize) -> bool {
+        i + self.state.workers >= self.state.peers.len()
+    }
+
     /// Starts peer `i`'s agent (same identity and data as before, if it ran already).
     pub fn start(&mut self, i: usize) -> Result<(), LabError> {
         self.check_index(i)?;
@@ -340,7 +364,7 @@ impl Lab {
             .args(["--name", &format!("peer-{i}")])
             .args(["--listen", &format!("/ip4/0.0.0.0/tcp/{}", self.state.port)])
             .arg("--cluster-key")
-            .arg(self.state.dir.join("cluster.key"))
+            .arg(self.state.dir.join(if self.is_worker(i) { "worker.key" } else { "cluster.key" }))
             .args(["--cpus", &self.state.peer_cpus, "--memory", &self.state.peer_memory]);
         if self.state.mdns {
             c.arg("--mdns");

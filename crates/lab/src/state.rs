@@ -31,6 +31,9 @@ pub struct LabState {
     pub peer_memory: String,
     pub mdns: bool,
     pub agent_args: Vec<String>,
+    /// The last `workers` peers hold a worker key.
+    #[serde(default)]
+    pub workers: usize,
     pub peers: Vec<PeerState>,
     /// The current partition, if any.
     pub groups: Option<Vec<Vec<usize>>>,
