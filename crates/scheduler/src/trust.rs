@@ -10,9 +10,11 @@
 //! only a worker key (the membership secret and the authority's public half) can run work but
 //! can neither write nor forge desired state, and every entry names the peer that wrote it.
 //!
-//! A [`Revocation`], signed by the authority, retires one writer: its entries stamped at or
-//! after the revocation's version are no longer valid anywhere (see
-//! [`crate::ServiceMap::purge_revoked`]). It is for a peer that was an operator and is no
+//! A [`Revocation`], signed by the authority, retires one writer: every entry it sealed is
+//! void everywhere, whatever its stamp (a writer picks its own stamps, so a bound by version
+//! could be dodged by backdating; see [`crate::ServiceMap::purge_revoked`]). The operator peer
+//! that revokes re-seals, at their versions, the entries of that writer it holds, so the
+//! desired state it saw stays. It is for a peer that was an operator and is no
 //! longer one (its operator key file replaced by a worker key, or the machine retired): the
 //! grant it may have kept is then worthless. A leaked operator key is not revocable this way
 //! (its holder can grant itself again): that takes a new cluster key.
@@ -40,12 +42,13 @@ pub struct Seal {
     pub sig: Vec<u8>,
 }
 
-/// The authority's word that `writer` may no longer write, from version `at` on.
+/// The authority's word that `writer` may no longer write: all its entries are void. `at` is
+/// when it was made (of two revocations of one writer, the earlier is kept).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revocation {
     /// The retired writer.
     pub writer: PublicKey,
-    /// Entries it stamped at or after this version are invalid.
+    /// When the revocation was made.
     pub at: Hlc,
     /// The authority's signature (64 bytes).
     pub sig: Vec<u8>,

@@ -115,8 +115,8 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
         let store = Store::new(&cfg.dir);
         let me = cluster.me();
         let now = Instant::now();
-        let mut map = store.load();
-        adopt_unsealed(&mut map, &cfg.trust);
+        let (saved, unsealed_format) = store.load();
+        let map = trusted_from_disk(saved, unsealed_format, &cfg.trust);
         Actor {
             map,
             clock: Clock::new(me.clone()),
@@ -235,9 +235,22 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             }
             Command::Revoke { revocation, reply } => {
                 let result = match &self.cfg.trust {
+                    _ if !self.may_write() => Err(ServiceError::NotOperator),
                     Trust::Keyed { authority, .. } if authority.check_revocation(&revocation) => {
-                        let purged = self.map.revoke(revocation);
-                        info!(purged, "operator grant revoked");
+                        // Keep what the retired writer wrote as this peer sees it now: the same
+                        // entries, at the same versions, under this peer's seal.
+                        let keep: Vec<(String, Entry)> = self
+                            .map
+                            .entries()
+                            .filter(|(_, e)| e.seal.as_ref().is_some_and(|s| s.writer == revocation.writer))
+                            .map(|(n, e)| (n.to_string(), e.clone()))
+                            .collect();
+                        self.map.revoke(revocation);
+                        for (name, mut e) in keep {
+                            e.seal = self.cfg.trust.seal(&name, &e.version, e.spec.as_ref());
+                            self.map.insert_entry(&name, e);
+                        }
+                        info!("operator grant revoked; its entries re-sealed by this peer");
                         self.changed().await
                     }
                     _ => Err(ServiceError::BadRevocation),
@@ -544,15 +557,38 @@ pub(crate) fn admissible(theirs: &ServiceMap, now_ms: u64, trust: &Trust) -> Ser
     out
 }
 
-/// Seals, as this operator peer's, the entries loaded from disk that carry no seal (a map
-/// saved before entries were sealed): this peer vouches for the desired state it already ran.
-fn adopt_unsealed(map: &mut ServiceMap, trust: &Trust) {
-    if matches!(trust, Trust::Keyed { writer: Some(_), .. }) {
-        let n = map.seal_unsealed(|name, e| trust.seal(name, &e.version, e.spec.as_ref()));
+/// The map saved on disk, checked as a peer's would be (seals and revocations, not the clock):
+/// a map saved under another key (a cluster that was given a new key after a leak) or while
+/// the cluster was open keeps nothing it cannot prove. Only a map saved before entries were
+/// sealed (`unsealed_format`) is adopted: an operator peer seals its entries as its own, since
+/// it ran them.
+fn trusted_from_disk(saved: ServiceMap, unsealed_format: bool, trust: &Trust) -> ServiceMap {
+    let mut saved = saved;
+    if unsealed_format && matches!(trust, Trust::Keyed { writer: Some(_), .. }) {
+        let n = saved.seal_unsealed(|name, e| trust.seal(name, &e.version, e.spec.as_ref()));
         if n > 0 {
-            info!(entries = n, "sealed the saved services that carried no seal");
+            info!(entries = n, "sealed the saved services from before entries were sealed");
         }
     }
+    let Trust::Keyed { authority, .. } = trust else { return saved };
+    let mut out = ServiceMap::new();
+    for r in saved.revocations() {
+        if authority.check_revocation(r) {
+            out.revoke(r.clone());
+        }
+    }
+    let mut dropped = 0;
+    for (name, e) in saved.entries() {
+        if authority.check_entry(name, e).is_ok() {
+            out.insert_entry(name, e.clone());
+        } else {
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        warn!(dropped, "saved services that no operator of this cluster sealed were dropped");
+    }
+    out
 }
 
 pub(crate) fn wall_ms() -> u64 {
@@ -570,6 +606,44 @@ fn seed() -> u64 {
 mod tests {
     use super::*;
     use shoal_scheduler::Hlc;
+
+    #[test]
+    fn a_saved_map_keeps_only_what_this_clusters_operators_sealed() {
+        use shoal_scheduler::{Authority, Writer};
+        let op = [1u8; 32];
+        let trust = Trust::Keyed { authority: Authority::from_secret(&op), writer: Some(Writer::new(&[2; 32], &op)) };
+        let spec =
+            |name: &str| ServiceSpec { name: name.into(), image: "app".into(), replicas: 1, ..Default::default() };
+        let mine = Writer::new(&[2; 32], &op);
+        let stranger = Writer::new(&[3; 32], &[9; 32]);
+        let v = Hlc::new(5, 0, "a");
+        let mut saved = ServiceMap::new();
+        saved.insert_entry(
+            "ok",
+            Entry { seal: Some(mine.seal("ok", &v, Some(&spec("ok")))), version: v.clone(), spec: Some(spec("ok")) },
+        );
+        saved.insert_entry(
+            "old-key",
+            Entry {
+                seal: Some(stranger.seal("old-key", &v, Some(&spec("old-key")))),
+                version: v.clone(),
+                spec: Some(spec("old-key")),
+            },
+        );
+        saved.put(spec("open"), v.clone());
+        let kept = trusted_from_disk(saved.clone(), false, &trust);
+        assert_eq!(
+            kept.live().map(|(n, _, _)| n).collect::<Vec<_>>(),
+            ["ok"],
+            "another key's and an open cluster's entries go"
+        );
+        let adopted = trusted_from_disk(saved, true, &trust);
+        assert_eq!(
+            adopted.live().map(|(n, _, _)| n).collect::<Vec<_>>(),
+            ["ok", "open"],
+            "a map from before seals is adopted"
+        );
+    }
 
     #[test]
     fn tombstones_go_after_a_week_and_live_services_stay() {

@@ -26,17 +26,17 @@ impl Store {
         Store { path: dir.join("services.bin") }
     }
 
-    /// The saved map, or an empty one.
-    pub(crate) fn load(&self) -> ServiceMap {
-        let Ok(bytes) = std::fs::read(&self.path) else { return ServiceMap::new() };
+    /// The saved map (or an empty one), and whether it was saved before entries were sealed.
+    pub(crate) fn load(&self) -> (ServiceMap, bool) {
+        let Ok(bytes) = std::fs::read(&self.path) else { return (ServiceMap::new(), false) };
         match ServiceMap::decode(&bytes, MAX_MAP) {
-            Ok(m) => m,
+            Ok(m) => (m, bytes.first().is_some_and(|&f| f < shoal_scheduler::WIRE_FORMAT)),
             Err(e) => {
                 let bad = self.path.with_extension("bin.bad");
                 warn!(err = %e, path = %self.path.display(), kept = %bad.display(),
                     "cannot read the saved services; starting from the cluster's copy");
                 let _ = std::fs::rename(&self.path, bad);
-                ServiceMap::new()
+                (ServiceMap::new(), false)
             }
         }
     }
@@ -76,13 +76,13 @@ mod tests {
     async fn saves_and_loads_and_sets_damage_aside() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::new(dir.path());
-        assert!(store.load().is_empty());
+        assert!(store.load().0.is_empty());
         let mut m = ServiceMap::new();
         m.put(ServiceSpec { name: "web".into(), image: "app".into(), ..Default::default() }, Hlc::new(1, 0, "a"));
         store.save(m.encode()).await.unwrap();
-        assert_eq!(store.load(), m);
+        assert_eq!(store.load(), (m, false));
         std::fs::write(dir.path().join("services.bin"), b"\x09junk").unwrap();
-        assert!(store.load().is_empty());
+        assert!(store.load().0.is_empty());
         assert!(dir.path().join("services.bin.bad").exists());
     }
 }

@@ -216,8 +216,9 @@ async fn only_operators_write_and_a_revoked_operator_is_undone() {
         assert_eq!(p.svc().spec("web").await.expect("web").image, "app:1", "{}", p.id);
     }
 
-    // b is retired: its grant revoked from now on. Its earlier update stays; what it writes
-    // after the revocation is refused at b itself and ignored by every other peer.
+    // b is retired: its grant revoked. Its earlier update stays (a, revoking, re-seals what it
+    // holds); what b writes afterwards, backdated or not, is refused at b itself and ignored
+    // by every other peer.
     b.svc().update(ServiceSpec { image: "app:2".into(), ..web(3) }).await.expect("b updates");
     until("the worker sees b's update", async || w.svc().spec("web").await.is_ok_and(|s| s.image == "app:2")).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
@@ -232,11 +233,23 @@ async fn only_operators_write_and_a_revoked_operator_is_undone() {
         "web",
         shoal_scheduler::Entry { seal: Some(b_writer.seal("web", &v, Some(&spec))), version: v, spec: Some(spec) },
     );
+    let old = Hlc::new(now - 3_600_000, 0, "peer-b");
+    let sneak = ServiceSpec { name: "sneak".into(), image: "evil:3".into(), ..web(1) };
+    late.insert_entry(
+        "sneak",
+        shoal_scheduler::Entry {
+            seal: Some(b_writer.seal("sneak", &old, Some(&sneak))),
+            version: old,
+            spec: Some(sneak),
+        },
+    );
     assert!(w.svc().merge(late.encode()).await.expect("alive").is_ok());
     tokio::time::sleep(Duration::from_secs(3)).await;
     for p in [&a, &b, &w] {
         assert_eq!(p.svc().spec("web").await.expect("web").image, "app:2", "{}", p.id);
+        assert!(p.svc().spec("sneak").await.is_err(), "{}: a backdated entry of a revoked writer", p.id);
     }
     let bad = shoal_scheduler::trust::revoke(&[8; 32], Writer::new(&[1; 32], &op).public(), Hlc::new(0, 0, ""));
-    assert!(matches!(w.svc().revoke(bad).await, Err(ServiceError::BadRevocation)));
+    assert!(matches!(a.svc().revoke(bad.clone()).await, Err(ServiceError::BadRevocation)));
+    assert!(matches!(w.svc().revoke(bad).await, Err(ServiceError::NotOperator)), "a worker revokes nobody");
 }
