@@ -146,7 +146,7 @@ impl Cluster for NodeCluster {
             name: self.node.config().name.clone(),
             reports: None,
             has_record: true,
-            operator: self.node.trust().can_write(),
+            operator: self.node.trust().writer_key(),
         };
         let mut out = vec![me];
         out.extend(members.into_iter().map(|m| {
@@ -156,7 +156,7 @@ impl Cluster for NodeCluster {
                 name: m.name,
                 reports: m.ext.get(reports::EXT_KEY).cloned(),
                 has_record: m.has_record,
-                operator: crate::trust::is_operator(self.node.trust(), &m.peer, &m.ext),
+                operator: crate::trust::operator_key(self.node.trust(), &m.peer, &m.ext),
             }
         }));
         let known = status.known_peers.saturating_sub(1).max(status.remembered_peers);

@@ -40,29 +40,36 @@ pub(crate) fn ed25519_of(peer: &PeerId) -> Option<[u8; 32]> {
     Some(key.try_into_ed25519().ok()?.to_bytes())
 }
 
-/// Whether `peer`'s record (`ext`) carries a grant of this cluster's authority. In an open
-/// cluster every peer may write.
-pub(crate) fn is_operator(trust: &Trust, peer: &PeerId, ext: &BTreeMap<String, serde_json::Value>) -> bool {
+/// `peer`'s writer key, if its record (`ext`) carries a grant of this cluster's authority. In
+/// an open cluster every peer may write (its key, if it has one, is given).
+pub(crate) fn operator_key(
+    trust: &Trust,
+    peer: &PeerId,
+    ext: &BTreeMap<String, serde_json::Value>,
+) -> Option<[u8; 32]> {
+    let key = ed25519_of(peer)?;
     match trust {
-        Trust::Open => true,
+        Trust::Open => Some(key),
         Trust::Keyed { authority, .. } => {
-            let grant = ext.get(GRANT_KEY).and_then(|v| v.as_str()).and_then(|h| hex::decode(h).ok());
-            match (grant, ed25519_of(peer)) {
-                (Some(g), Some(key)) => authority.grant_ok(&key, &g),
-                _ => false,
-            }
+            let grant = ext.get(GRANT_KEY).and_then(|v| v.as_str()).and_then(|h| hex::decode(h).ok())?;
+            authority.grant_ok(&key, &grant).then_some(key)
         }
     }
 }
 
 impl Node {
-    /// Whether `peer`, as this peer knows it, is an operator (its record carries a valid grant).
+    /// Whether `peer`, as this peer knows it, is an operator: its record carries a valid grant
+    /// and its key is not revoked.
     pub(crate) async fn peer_is_operator(&self, peer: &PeerId) -> bool {
         if matches!(self.trust(), Trust::Open) {
             return true;
         }
         let members = self.overlay().members().await.unwrap_or_default();
-        members.iter().find(|m| m.peer == *peer).is_some_and(|m| is_operator(self.trust(), peer, &m.ext))
+        let Some(key) = members.iter().find(|m| m.peer == *peer).and_then(|m| operator_key(self.trust(), peer, &m.ext))
+        else {
+            return false;
+        };
+        !self.services().is_revoked(key).await.unwrap_or(true)
     }
 
     /// Retires the operator grant of `peer` (id or name) from now on: its desired-state writes
@@ -71,14 +78,17 @@ impl Node {
         let Some(op) = self.keys().and_then(KeyFile::operator_secret) else {
             return Err(NodeError::Services(shoal_services::ServiceError::NotOperator));
         };
-        let info = self.peer(peer).await?;
-        let id: PeerId = info.id.parse().map_err(|_| NodeError::NoPeer(peer.to_string()))?;
+        // A peer id works even for a peer this one has forgotten (a machine long retired).
+        let (id, name) = match self.peer(peer).await {
+            Ok(info) => (info.id.parse::<PeerId>().map_err(|_| NodeError::NoPeer(peer.to_string()))?, info.name),
+            Err(e) => (peer.parse::<PeerId>().map_err(|_| e)?, String::new()),
+        };
         let key = ed25519_of(&id).ok_or_else(|| NodeError::NoPeer(peer.to_string()))?;
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let at = Hlc::new(now, 0, self.overlay().peer_id().to_string());
         self.services().revoke(shoal_scheduler::trust::revoke(op, key, at)).await?;
-        info!(peer = %info.id, name = %info.name, "revoked the peer's operator grant");
+        info!(peer = %id, name, "revoked the peer's operator grant");
         Ok(())
     }
 }

@@ -188,6 +188,9 @@ pub struct RecordBook {
     /// Records removed as no longer wanted, by (generation, version): an older or equal copy
     /// relayed back by a peer that still holds it is stale, so it cannot live forever.
     forgotten: HashMap<PeerId, (u64, u64)>,
+    /// Peers SWIM counts as members (kept by the event loop): when the book is full, a
+    /// member's record takes the place of a non-member's.
+    members: std::collections::HashSet<PeerId>,
     /// Peers whose record changed since the event loop last looked.
     changed: Vec<PeerId>,
 }
@@ -200,7 +203,13 @@ impl RecordBook {
             return Offer::Stale;
         }
         if !self.records.contains_key(&peer) && self.records.len() >= MAX_RECORDS {
-            return Offer::Full;
+            if !self.members.contains(&peer) {
+                return Offer::Full;
+            }
+            let Some(evict) = self.records.keys().find(|p| !self.members.contains(*p)).copied() else {
+                return Offer::Full;
+            };
+            self.forget(&evict);
         }
         self.records.insert(peer, rec);
         self.changed.push(peer);
@@ -234,9 +243,16 @@ impl RecordBook {
         }
     }
 
-    /// `peer` is a member again: any copy of its record may be taken.
+    /// `peer` is a member (again): any copy of its record may be taken, and when the book is
+    /// full its record takes a non-member's place.
     pub fn welcome(&mut self, peer: &PeerId) {
         self.forgotten.remove(peer);
+        self.members.insert(*peer);
+    }
+
+    /// `peer` is no longer a member.
+    pub fn farewell(&mut self, peer: &PeerId) {
+        self.members.remove(peer);
     }
 
     pub fn get(&self, peer: &PeerId) -> Option<&SignedRecord> {
@@ -470,5 +486,14 @@ mod tests {
         book.welcome(&peer);
         book.forget(&last.public().to_peer_id());
         assert_eq!(book.offer(again).unwrap(), Offer::Accepted, "a member again");
+        // Full again: a member's record takes a non-member's place; a stranger's does not.
+        let (member, stranger) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        assert_eq!(book.len(), MAX_RECORDS);
+        let signed = |k: &Keypair| SignedRecord::sign(record(k, 1, 1), k).unwrap().wire;
+        assert_eq!(book.offer(signed(&stranger)).unwrap(), Offer::Full);
+        book.welcome(&member.public().to_peer_id());
+        assert_eq!(book.offer(signed(&member)).unwrap(), Offer::Accepted);
+        assert_eq!(book.len(), MAX_RECORDS);
+        assert!(book.get(&peer).is_some(), "members are never evicted");
     }
 }

@@ -33,6 +33,7 @@ pub(crate) enum Command {
     Rebalance { name: String, reply: oneshot::Sender<Result<(), ServiceError>> },
     Remove { name: String, reply: oneshot::Sender<Result<(), ServiceError>> },
     Revoke { revocation: Revocation, reply: oneshot::Sender<Result<(), ServiceError>> },
+    IsRevoked { key: [u8; 32], reply: oneshot::Sender<bool> },
     Spec { name: String, reply: oneshot::Sender<Option<ServiceSpec>> },
     List { reply: oneshot::Sender<Vec<ServiceInfo>> },
     Replicas { name: Option<String>, reply: oneshot::Sender<Vec<ReplicaInfo>> },
@@ -260,6 +261,9 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             Command::Spec { name, reply } => {
                 let _ = reply.send(self.map.get(&name).cloned());
             }
+            Command::IsRevoked { key, reply } => {
+                let _ = reply.send(self.map.is_writer_revoked(&key));
+            }
             Command::List { reply } => {
                 let _ = reply.send(view::services(&self.map, &self.snapshot));
             }
@@ -269,8 +273,10 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             Command::Merge { bytes, reply } => {
                 let answer = match ServiceMap::decode(&bytes, MAX_MAP) {
                     Ok(theirs) => {
-                        self.merge(&theirs).await;
-                        Ok((theirs.digest() != self.map.digest()).then(|| self.map.encode()))
+                        // Compared as merged: entries this peer refuses do not make it send its
+                        // map back on every exchange.
+                        let theirs = self.merge(&theirs).await;
+                        Ok((theirs != self.map.digest()).then(|| self.map.encode()))
                     }
                     Err(e) => Err(e),
                 };
@@ -354,7 +360,8 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
         }
     }
 
-    async fn merge(&mut self, theirs: &ServiceMap) {
+    /// Merges what is admissible of `theirs`; returns the digest of that admissible part.
+    async fn merge(&mut self, theirs: &ServiceMap) -> [u8; 32] {
         let theirs = &admissible(theirs, wall_ms(), &self.cfg.trust);
         if let Some(v) = theirs.max_version() {
             self.clock.observe(v);
@@ -365,6 +372,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             }
             self.wake();
         }
+        theirs.digest()
     }
 
     /// Sends the map to every member we know of (bounded; anti-entropy covers the rest).
@@ -452,7 +460,9 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
                 self.syncs = self.syncs.saturating_sub(1);
                 match answer {
                     Ok(Some(bytes)) => match ServiceMap::decode(&bytes, MAX_MAP) {
-                        Ok(theirs) => self.merge(&theirs).await,
+                        Ok(theirs) => {
+                            self.merge(&theirs).await;
+                        }
                         Err(e) => debug!(%peer, err = %e, "a peer answered with a service map that does not decode"),
                     },
                     Ok(None) => {}

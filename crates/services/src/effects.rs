@@ -39,9 +39,9 @@ pub struct Member {
     pub reports: Option<serde_json::Value>,
     /// Whether its record has arrived (without it, its replicas are unknown).
     pub has_record: bool,
-    /// Whether its record carries an operator grant that checks out (it may write desired
-    /// state, and automatic rewrites fall to such peers).
-    pub operator: bool,
+    /// Its writer key, when its record carries an operator grant that checks out (it may write
+    /// desired state unless that key is revoked, and automatic rewrites fall to such peers).
+    pub operator: Option<[u8; 32]>,
 }
 
 /// The cluster as this peer sees it now.

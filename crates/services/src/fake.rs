@@ -208,6 +208,15 @@ impl FakeNet {
     }
 }
 
+/// A stand-in writer key for fake peer `id` (the fake network checks no grants).
+pub fn fake_key(id: &str) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    for (i, b) in id.bytes().enumerate() {
+        k[i % 32] ^= b.wrapping_add(i as u8);
+    }
+    k
+}
+
 /// One peer's view of a [`FakeNet`].
 #[derive(Clone)]
 pub struct FakeCluster {
@@ -231,7 +240,7 @@ impl Cluster for FakeCluster {
                 name: p.view.id.clone(),
                 reports: p.reports.clone(),
                 has_record: true,
-                operator: p.operator,
+                operator: p.operator.then(|| fake_key(&p.view.id)),
             })
             .collect();
         Ok(ClusterView { members, known: net.peers.len().saturating_sub(1) })

@@ -164,6 +164,11 @@ impl Services {
         self.ask(|reply| actor::Command::Revoke { revocation, reply }).await?
     }
 
+    /// Whether the writer `key` has been revoked.
+    pub async fn is_revoked(&self, key: [u8; 32]) -> Result<bool, ServiceError> {
+        self.ask(|reply| actor::Command::IsRevoked { key, reply }).await
+    }
+
     /// Removes a service everywhere.
     pub async fn remove(&self, name: &str) -> Result<(), ServiceError> {
         let name = name.to_string();

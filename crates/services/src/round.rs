@@ -112,7 +112,13 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             _ => Some(
                 view.members
                     .iter()
-                    .filter(|m| if m.view.id == self.me { self.may_write() } else { m.operator })
+                    .filter(|m| {
+                        if m.view.id == self.me {
+                            self.may_write()
+                        } else {
+                            m.operator.is_some_and(|k| !self.map.is_writer_revoked(&k))
+                        }
+                    })
                     .map(|m| m.view.id.clone())
                     .collect(),
             ),

@@ -124,6 +124,7 @@ impl EventLoop {
                 self.need_record(peer, generation);
             }
             Some(ViewChange::Down { peer, generation }) => {
+                record::lock(&self.book).farewell(&peer);
                 let left = record::lock(&self.book)
                     .get(&peer)
                     .is_some_and(|r| r.record.leaving && r.record.generation == generation);
@@ -183,10 +184,11 @@ impl EventLoop {
     }
 
     fn on_swim_packet(&mut self, peer: PeerId, data: &[u8]) {
+        let book = self.book.clone();
+        let signed =
+            move |p: &PeerId| record::lock(&book).get(p).map(|r| (r.record.generation, r.record.addrs.clone()));
         let now_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let book = self.book.clone();
-        let signed = move |p: &PeerId| record::lock(&book).get(p).map(|r| r.record.generation);
         let vetted = match crate::swim::vet_packet(data, &self.me, peer, &signed, now_ms) {
             Ok(v) => v,
             Err(e) => return self.bad_message(peer, "swim", &e),
