@@ -66,6 +66,8 @@ impl request_response::Codec for RawCodec {
 struct Hostile {
     swim: request_response::Behaviour<RawCodec>,
     ctl: request_response::Behaviour<RawCodec>,
+    state: request_response::Behaviour<RawCodec>,
+    blob: request_response::Behaviour<RawCodec>,
 }
 
 fn raw(protocol: &'static str) -> request_response::Behaviour<RawCodec> {
@@ -83,8 +85,51 @@ fn hostile_swarm(key: ClusterKey) -> Swarm<Hostile> {
 fn hostile_swarm_as(key: ClusterKey, id: Keypair) -> Swarm<Hostile> {
     let peer = id.public().to_peer_id();
     let transport = shoal_overlay::behaviour::transport(&id, Some(key)).unwrap();
-    let behaviour = Hostile { swim: raw("/shoal/swim/1"), ctl: raw("/shoal/ctl/1") };
+    let behaviour = Hostile {
+        swim: raw("/shoal/swim/1"),
+        ctl: raw("/shoal/ctl/1"),
+        state: raw("/shoal/state/1"),
+        blob: raw("/shoal/blob/1"),
+    };
     Swarm::new(transport, behaviour, peer, shoal_overlay::libp2p::swarm::Config::with_tokio_executor())
+}
+
+/// Whether `ev` ends one hostile request (an answer or a failure), on any protocol.
+fn ends_a_request(ev: &SwarmEvent<HostileEvent>) -> bool {
+    use request_response::Event::{Message, OutboundFailure};
+    matches!(
+        ev,
+        SwarmEvent::Behaviour(
+            HostileEvent::Swim(Message { .. } | OutboundFailure { .. })
+                | HostileEvent::Ctl(Message { .. } | OutboundFailure { .. })
+                | HostileEvent::State(Message { .. } | OutboundFailure { .. })
+                | HostileEvent::Blob(Message { .. } | OutboundFailure { .. })
+        )
+    )
+}
+
+/// Drives `swarm` until `sent` requests have ended or `within` passes; how many ended.
+async fn finish(swarm: &mut Swarm<Hostile>, sent: usize, within: Duration) -> usize {
+    let mut done = 0;
+    let deadline = tokio::time::sleep(within);
+    tokio::pin!(deadline);
+    while done < sent {
+        tokio::select! {
+            ev = swarm.select_next_some() => if ends_a_request(&ev) { done += 1 },
+            _ = &mut deadline => break,
+        }
+    }
+    done
+}
+
+/// Dials `addr` and waits for the connection.
+async fn connect(swarm: &mut Swarm<Hostile>, addr: Multiaddr) -> anyhow::Result<()> {
+    swarm.dial(addr)?;
+    loop {
+        if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
+            return Ok(());
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,23 +179,7 @@ async fn garbage_oversized_and_forged_messages_are_dropped() -> anyhow::Result<(
     b.ctl.send_request(&target, vec![0x00; 5 * 1024 * 1024]); // oversized control message
     sent += 4;
 
-    let mut done = 0;
-    let deadline = tokio::time::sleep(Duration::from_secs(20));
-    tokio::pin!(deadline);
-    while done < sent {
-        tokio::select! {
-            ev = swarm.select_next_some() => {
-                if let SwarmEvent::Behaviour(
-                    HostileEvent::Swim(request_response::Event::Message { .. } | request_response::Event::OutboundFailure { .. })
-                    | HostileEvent::Ctl(request_response::Event::Message { .. } | request_response::Event::OutboundFailure { .. }),
-                ) = ev
-                {
-                    done += 1;
-                }
-            }
-            _ = &mut deadline => break,
-        }
-    }
+    let done = finish(&mut swarm, sent, Duration::from_secs(20)).await;
 
     // The agent is alive, its view intact, the forged record not believed.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -251,12 +280,7 @@ async fn a_forged_down_with_a_huge_generation_evicts_nobody() -> anyhow::Result<
     let id = Keypair::generate_ed25519();
     let me = id.public().to_peer_id();
     let mut swarm = hostile_swarm_as(ClusterKey::load(c.key.as_ref().unwrap())?, id);
-    swarm.dial(target_addr)?;
-    loop {
-        if let SwarmEvent::ConnectionEstablished { .. } = swarm.select_next_some().await {
-            break;
-        }
-    }
+    connect(&mut swarm, target_addr).await?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
     let src = SwimId { peer: me, generation: now, addrs: vec![] };
     // Foca takes a payload only if it is addressed to the target's exact identity.
@@ -359,5 +383,115 @@ async fn a_poisoned_image_tag_is_not_believed() -> anyhow::Result<()> {
     assert_eq!(out.split_whitespace().nth(1), Some(good_digest.as_str()), "{out}");
     let (ok, _, err) = cli(&puller, &["image", "pull", "app:v2"])?;
     assert!(!ok && err.contains("operator key"), "{err}");
+    Ok(())
+}
+
+/// 100,000 identities, each with a validly signed record, pushed by one keyed peer: the
+/// victim holds at most its bound of records, keeps answering, keeps its members alive, and
+/// a real peer that joins afterwards is seen and its record taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_signed_identities_is_bounded() -> anyhow::Result<()> {
+    const FLOOD: usize = 100_000;
+    let mut c = Cluster::start(2, true).await?;
+    let target_addr: Multiaddr = c.agents[0].join_addr().await?.parse()?;
+    let target: PeerId = c.agents[0].status().await?.id.parse()?;
+    let real = c.agents[1].status().await?.id;
+    // Records made on two threads, then pushed in messages under the control bound.
+    let make = |n: usize| {
+        std::thread::spawn(move || {
+            (0..n)
+                .map(|i| {
+                    let k = Keypair::generate_ed25519();
+                    let r = PeerRecord {
+                        peer: k.public().to_peer_id(),
+                        generation: 1,
+                        version: 1,
+                        name: format!("ghost-{i}"),
+                        addrs: vec![],
+                        labels: Default::default(),
+                        capacity: Default::default(),
+                        free: Default::default(),
+                        agent_version: "ghost".into(),
+                        leaving: false,
+                        ext: Default::default(),
+                    };
+                    let body = serde_json::to_vec(&r).unwrap();
+                    let signature = k.sign(&body).unwrap();
+                    WireRecord { body, signature }
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let (a, b) = (make(FLOOD / 2), make(FLOOD / 2));
+    let mut records = a.join().unwrap();
+    records.extend(b.join().unwrap());
+    let mut swarm = hostile_swarm(ClusterKey::load(c.key.as_ref().unwrap())?);
+    connect(&mut swarm, target_addr).await?;
+    let mut sent = 0;
+    for chunk in records.chunks(8_000) {
+        let msg = postcard::to_stdvec(&CtlRequest::Push { records: chunk.to_vec() })?;
+        assert!(msg.len() < shoal_overlay::wire::MAX_CTL_REQUEST, "{}", msg.len());
+        swarm.behaviour_mut().ctl.send_request(&target, msg);
+        sent += 1;
+    }
+    assert_eq!(finish(&mut swarm, sent, Duration::from_secs(60)).await, sent, "every push answered");
+    let started = std::time::Instant::now();
+    let peers = c.agents[0].peers().await?;
+    assert!(started.elapsed() < Duration::from_secs(2), "the victim answers at once");
+    assert!(peers.len() <= shoal_overlay::record::MAX_RECORDS + 2, "{} peers listed", peers.len());
+    assert_eq!(state_of(&peers, &real), Some(PeerState::Alive));
+    // A real peer that joins now is seen, and its record (name) is taken despite the flood.
+    let newcomer = c.add("newcomer").await?.status().await?.id;
+    shoal_testkit::eventually(Duration::from_secs(20), "the newcomer alive with its name", || async {
+        let peers = c.agents[0].peers().await.ok()?;
+        peers.iter().any(|p| p.id == newcomer && p.state == PeerState::Alive && p.name == "newcomer").then_some(())
+    })
+    .await?;
+    assert!(!c.agents[0].log_text().contains("panicked"));
+    Ok(())
+}
+
+/// Truncated, oversized and malformed messages on the length-prefixed protocols (desired state
+/// and replica logs, content control): each is dropped, and the agent keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn truncated_and_oversized_messages_on_every_protocol_are_dropped() -> anyhow::Result<()> {
+    let c = Cluster::start(2, true).await?;
+    let target_addr: Multiaddr = c.agents[0].join_addr().await?.parse()?;
+    let target: PeerId = c.agents[0].status().await?.id.parse()?;
+    let other = c.agents[1].status().await?.id;
+    let mut swarm = hostile_swarm(ClusterKey::load(c.key.as_ref().unwrap())?);
+    connect(&mut swarm, target_addr).await?;
+    let frames: Vec<Vec<u8>> = vec![
+        vec![],                                                                    // nothing at all
+        1000u32.to_be_bytes().into_iter().chain([1, 2, 3]).collect(),              // truncated
+        u32::MAX.to_be_bytes().to_vec(),                                           // a length far over any bound
+        (64u32 << 20).to_be_bytes().into_iter().chain(vec![0; 1 << 16]).collect(), // oversized
+        8u32.to_be_bytes().into_iter().chain([0xFF; 8]).collect(),                 // not postcard
+    ];
+    let mut sent = 0;
+    for f in &frames {
+        swarm.behaviour_mut().state.send_request(&target, f.clone());
+        swarm.behaviour_mut().blob.send_request(&target, f.clone());
+        sent += 2;
+    }
+    let done = finish(&mut swarm, sent, Duration::from_secs(30)).await;
+    assert_eq!(done, sent, "every hostile stream was answered or closed");
+    let peers = c.agents[0].peers().await?;
+    assert_eq!(state_of(&peers, &other), Some(PeerState::Alive));
+    // Content still flows: a file shared on the victim is fetched by the other peer.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("f");
+    std::fs::write(&file, vec![7u8; 1 << 20])?;
+    let share = |a: &shoal_testkit::Agent, args: &[&str]| {
+        std::process::Command::new(shoal_testkit::shoal_bin()).arg("--addr").arg(&a.socket).args(args).output()
+    };
+    let out = share(&c.agents[0], &["share", file.to_str().unwrap()])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().to_string();
+    let got = dir.path().join("got");
+    let out = share(&c.agents[1], &["get", &id, "-o", got.to_str().unwrap()])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&got)?, std::fs::read(&file)?);
+    assert!(!c.agents[0].log_text().contains("panicked"));
     Ok(())
 }
