@@ -495,3 +495,76 @@ async fn truncated_and_oversized_messages_on_every_protocol_are_dropped() -> any
     assert!(!c.agents[0].log_text().contains("panicked"));
     Ok(())
 }
+
+/// A peer with the membership secret but no operator key pushes desired state over
+/// `/shoal/state/1`: a changed health command for an existing service (a command in every
+/// replica), a service of 10,000 replicas, one stamped at the end of time, and one sealed by a
+/// key that granted itself. None is merged on any peer; both keep answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_desired_state_changes_nothing() -> anyhow::Result<()> {
+    use shoal_scheduler::{Entry, Hlc, ServiceMap, Writer};
+    use shoal_testkit::{Agent, AgentSpec, eventually};
+    use shoal_types::ServiceSpec;
+    let root = tempfile::tempdir()?;
+    let op = shoal_overlay::KeyFile::generate();
+    let key = root.path().join("op.key");
+    shoal_overlay::keys::write_secret(&key, op.to_file_text().as_bytes())?;
+    let start = |name: &str, join: Vec<String>| -> anyhow::Result<Agent> {
+        let mut spec = AgentSpec::new(name);
+        spec.cluster_key = Some(key.clone());
+        spec.join = join;
+        Agent::start(root.path(), spec)
+    };
+    let mut a = start("a", vec![])?;
+    a.ready().await?;
+    let mut b = start("b", vec![a.join_addr().await?])?;
+    b.ready().await?;
+    let cli = |ag: &Agent, args: &[&str]| {
+        std::process::Command::new(shoal_testkit::shoal_bin()).arg("--addr").arg(&ag.socket).args(args).output()
+    };
+    let out = cli(&a, &["service", "create", "--name", "web", "--replicas", "1", "app:v1"])?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let specs = |ag: &Agent| -> Vec<ServiceSpec> {
+        let out = cli(ag, &["service", "ls", "--json"]).unwrap();
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        list.iter().filter_map(|s| serde_json::from_value(s["spec"].clone()).ok()).collect()
+    };
+    eventually(Duration::from_secs(15), "b to see web", || async { (specs(&b).len() == 1).then_some(()) }).await?;
+    let before = specs(&a);
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    let web = before[0].clone();
+    let mut forged = ServiceMap::new();
+    forged.put(
+        ServiceSpec { health_cmd: Some(vec!["sh".into(), "-c".into(), "evil".into()]), ..web.clone() },
+        Hlc::new(now + 1, 0, "x"),
+    );
+    forged.put(ServiceSpec { name: "huge".into(), replicas: 10_000, ..web.clone() }, Hlc::new(now, 0, "x"));
+    forged.put(ServiceSpec { name: "forever".into(), ..web.clone() }, Hlc::new(u64::MAX, u32::MAX, "x"));
+    let rogue = Writer::new(&[5; 32], &[5; 32]);
+    let v = Hlc::new(now + 2, 0, "x");
+    let spec = ServiceSpec { name: "rogue".into(), ..web.clone() };
+    forged.insert_entry(
+        "rogue",
+        Entry { seal: Some(rogue.seal("rogue", &v, Some(&spec))), version: v, spec: Some(spec) },
+    );
+    // `/shoal/state/1`: a u32 length, then postcard `StateMsg::Sync(map)` (variant 0).
+    let body = [vec![0u8], postcard::to_stdvec(&forged.encode())?].concat();
+    let frame = [(body.len() as u32).to_be_bytes().to_vec(), body].concat();
+
+    let mut swarm = hostile_swarm(ClusterKey::load(&key)?);
+    connect(&mut swarm, a.join_addr().await?.parse()?).await?;
+    let target: PeerId = a.status().await?.id.parse()?;
+    for _ in 0..3 {
+        swarm.behaviour_mut().state.send_request(&target, frame.clone());
+    }
+    assert_eq!(finish(&mut swarm, 3, Duration::from_secs(20)).await, 3);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for ag in [&a, &b] {
+        assert_eq!(specs(ag), before, "{}: desired state unchanged", ag.spec.name);
+        assert_eq!(ag.status().await?.cluster_size, 2);
+    }
+    let log = a.log_text();
+    assert!(log.contains("not an operator's"), "the forgery is logged:\n{log}");
+    Ok(())
+}
