@@ -112,7 +112,14 @@ pub fn decide(
     last_scaled_ms: Option<u64>,
 ) -> Option<Write> {
     let current = crate::spec_version(spec);
-    let failing_peers: Vec<&str> = reports.iter().filter(|r| failing(r, &current)).map(|r| r.peer.as_str()).collect();
+    // A report counts only from the peer the placement gives its replica to: reports are
+    // self-declared, so a peer cannot make a service roll back with a replica it does not run.
+    let owners: std::collections::BTreeMap<&Slot, &str> = assignment.of_service(&spec.name).collect();
+    let failing_peers: Vec<&str> = reports
+        .iter()
+        .filter(|r| failing(r, &current) && owners.get(&r.slot) == Some(&r.peer.as_str()))
+        .map(|r| r.peer.as_str())
+        .collect();
     if let Some(previous) = &spec.previous_image
         && !failing_peers.is_empty()
         && acts(me, &failing_peers, writers)

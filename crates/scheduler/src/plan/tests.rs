@@ -69,6 +69,7 @@ struct Case {
     starting: BTreeSet<ReplicaKey>,
     scaled: BTreeMap<String, u64>,
     now_ms: u64,
+    writers: Option<BTreeSet<String>>,
 }
 
 impl Case {
@@ -84,6 +85,7 @@ impl Case {
             starting: BTreeSet::new(),
             scaled: BTreeMap::new(),
             now_ms: 100_000,
+            writers: None,
         }
     }
 
@@ -101,7 +103,7 @@ impl Case {
             failures: &self.failures,
             starting: &self.starting,
             scaled: &self.scaled,
-            writers: None,
+            writers: self.writers.as_ref(),
         })
     }
 
@@ -283,6 +285,28 @@ fn a_failing_update_is_rolled_back_by_the_peer_that_sees_it_fail() {
         c.run().writes.iter().all(|w| !matches!(w.why, WriteReason::RollBack { .. })),
         "only the failing peer writes"
     );
+}
+
+/// A worker claims that a replica it does not run is failing: the operator, which runs it
+/// fine, does not roll back. The same claim about the worker's own replica does.
+#[test]
+fn only_a_replicas_owner_can_report_it_failing() {
+    let mut spec = web(2);
+    spec.image = "app:2".into();
+    spec.previous_image = Some("app:1".into());
+    let mut c = Case::new(std::slice::from_ref(&spec), &["me", "worker"]);
+    c.writers = Some(["me".to_string()].into());
+    let v = c.v();
+    c.local = vec![local("mine", 0, &v, ContainerState::Running)];
+    let mut lie = remote("worker", 0, &v, ReplicaState::Unhealthy);
+    lie.restarts = crate::rollout::ROLLBACK_RESTARTS;
+    c.reports = vec![lie, remote("worker", 1, &v, ReplicaState::Running)];
+    assert!(c.run().writes.iter().all(|w| !matches!(w.why, WriteReason::RollBack { .. })), "a lie about slot 0");
+    let mut own = remote("worker", 1, &v, ReplicaState::Unhealthy);
+    own.restarts = crate::rollout::ROLLBACK_RESTARTS;
+    c.reports = vec![own];
+    let w = c.run().writes.into_iter().find(|w| matches!(w.why, WriteReason::RollBack { .. }));
+    assert!(w.is_some(), "the worker's own failing replica: the operator rolls back for it");
 }
 
 #[test]
