@@ -154,10 +154,16 @@ impl Ruleset<'_> {
         if let Some(tun) = self.tunnel {
             let _ = writeln!(out, "\t\toifname \"{tun}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu");
             let _ = writeln!(out, "\t\tiifname \"{tun}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu");
-            // Pool traffic leaves by the bridge or the tunnel, never by the default route: while
-            // the encrypted transport restarts (its device gone with its routes) it is dropped,
-            // not sent in plaintext.
-            let _ = writeln!(out, "\t\tip daddr {p} oifname != {{ \"{}\", \"{tun}\" }} drop", self.bridge);
+            // Pool traffic of this peer's containers leaves by the bridge or the tunnel, never by
+            // the default route: while the encrypted transport restarts (its device gone with
+            // its routes) it is dropped, not sent in plaintext. Only ours: traffic of another
+            // bridge on this host (another agent's, whose packets br_netfilter shows here too)
+            // is not this table's business.
+            let _ = writeln!(
+                out,
+                "\t\tiifname \"{b}\" ip daddr {p} oifname != {{ \"{b}\", \"{tun}\" }} drop",
+                b = self.bridge
+            );
         }
         let _ = writeln!(out, "\t\tip daddr {v} reject\n\t}}");
         let _ = writeln!(
@@ -279,6 +285,12 @@ mod tests {
         assert!(remote.contains("mark set") && remote.contains("dnat ip to 198.19.2.2:80"), "{remote}");
         assert!(text.contains("udp dport 4789 ip saddr != @members drop"), "{text}");
         assert!(text.contains("elements = { 198.18.0.2 }"), "{text}");
+        // Pool traffic is kept off the default route only for this peer's own containers: the
+        // traffic of another bridge on the host passes this table untouched.
+        assert!(
+            text.contains("iifname \"shoal0\" ip daddr 198.19.0.0/16 oifname != { \"shoal0\", \"shoal0vx\" } drop"),
+            "{text}"
+        );
     }
 
     /// The kernel accepts the script (`nft -c`, checked against this kernel without applying

@@ -33,6 +33,9 @@ pub fn shoal_bin() -> PathBuf {
     dir.join("shoal")
 }
 
+/// The cluster subnet of test agents started without network settings of their own.
+pub const PLAIN_AGENT_POOL: &str = "198.19.224.0/20";
+
 /// How to start one agent.
 #[derive(Debug, Clone)]
 pub struct AgentSpec {
@@ -106,6 +109,13 @@ impl Agent {
         }
         for j in &self.spec.join {
             cmd.arg("--join").arg(j);
+        }
+        // Agents of parallel tests share the host's network namespace. One that brings no
+        // network settings of its own claims its subnet from a range the container hosts'
+        // slots (198.19.20-219.0/24, see `containers`) never use, so its routes cannot cover
+        // another test's containers.
+        if !self.spec.extra.iter().any(|a| a == "--cluster-subnet" || a == "--container-subnet") {
+            cmd.args(["--cluster-subnet", PLAIN_AGENT_POOL]);
         }
         cmd.args(&self.spec.extra);
         self.child = Some(cmd.spawn().with_context(|| format!("starting {}", shoal_bin().display()))?);
