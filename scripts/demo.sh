@@ -49,7 +49,7 @@ rm -rf "$img"
 say "shoal service create --name web --replicas 3 (declared at peer 1; the others pull the image from peers)"
 $SHOAL lab exec 1 -- shoal service create --name web --replicas 3 -p 8080:80 demo/web:v1 \
   sh -c 'hostname > /www/who; exec httpd -f -p 80 -h /www'
-running() { $SHOAL lab exec "$1" -- shoal service ps web --json | grep -c '"state": "running"' || true; }
+running() { $SHOAL lab exec "$1" -- shoal service ps web --json 2>/dev/null | grep -c '"state": "running"' || true; }
 for _ in $(seq 300); do (($(running 0) == 3)) && break; sleep 0.1; done
 $SHOAL lab exec 0 -- shoal service ps web
 
