@@ -164,6 +164,12 @@ impl Ruleset<'_> {
                 "\t\tiifname \"{b}\" ip daddr {p} oifname != {{ \"{b}\", \"{tun}\" }} drop",
                 b = self.bridge
             );
+            // Published-port traffic this peer redirected to a replica elsewhere, likewise.
+            let _ = writeln!(
+                out,
+                "\t\tct status dnat ip daddr {p} oifname != {{ \"{b}\", \"{tun}\" }} drop",
+                b = self.bridge
+            );
         }
         let _ = writeln!(out, "\t\tip daddr {v} reject\n\t}}");
         let _ = writeln!(
@@ -290,6 +296,10 @@ mod tests {
         assert!(
             text.contains("iifname \"shoal0\" ip daddr 198.19.0.0/16 oifname != { \"shoal0\", \"shoal0vx\" } drop"),
             "{text}"
+        );
+        assert!(
+            text.contains("ct status dnat ip daddr 198.19.0.0/16 oifname != { \"shoal0\", \"shoal0vx\" } drop"),
+            "mesh traffic to another peer's replica: {text}"
         );
     }
 

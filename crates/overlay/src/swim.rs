@@ -178,7 +178,13 @@ pub fn vet_packet(
             match records.signed(&id.peer) {
                 Some((g, _)) if id.generation < g => true,
                 Some((g, addrs)) if id.generation == g => id.addrs == addrs,
-                Some((g, _)) => alive && id.generation - g <= MAX_GENERATIONS_AHEAD_OF_RECORD,
+                // A rejoin (+1 each) or a restart (a new start time, same addresses) that the
+                // record has not caught up with.
+                Some((g, addrs)) => {
+                    alive
+                        && (id.generation - g <= MAX_GENERATIONS_AHEAD_OF_RECORD
+                            || (id.addrs == addrs && id.generation <= now_ms.saturating_add(MAX_GENERATION_AHEAD_MS)))
+                }
                 None => alive && id.generation <= now_ms.saturating_add(MAX_GENERATION_AHEAD_MS),
             }
         };
@@ -271,6 +277,7 @@ mod tests {
             at(&me, now - 10, State::Suspect),   // we are suspected: foca refutes
             at(&known, now - 98, State::Alive),  // a rejoin its record has not caught up with
             at(&stranger, now - 7, State::Alive), // a joiner being spread
+            at(&known, now + 1, State::Alive),   // a restart at its own addresses
         ];
         let p = packet(&sender, &honest, b"records");
         assert_eq!(vet_packet(&p, &me, sender.peer, &records, now), Ok(None));
@@ -283,7 +290,7 @@ mod tests {
         let forged = [
             at(&known, u64::MAX, State::Down),
             at(&known, now - 50, State::Down),            // newer than its record says
-            at(&known, now + 1, State::Alive),            // far past its signed generation
+            at(&known, now + 3_600_000, State::Alive),    // far past its record and the clock
             other_addrs,                                  // its generation, but other addresses
             at(&me, now - 9, State::Down),                // a generation of ours we never had
             at(&stranger, now - 7, State::Down),          // the death of a peer whose record is unknown

@@ -237,6 +237,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             Command::Revoke { revocation, reply } => {
                 let result = match &self.cfg.trust {
                     _ if !self.may_write() => Err(ServiceError::NotOperator),
+                    _ if self.cfg.trust.writer_key() == Some(revocation.writer) => Err(ServiceError::BadRevocation),
                     Trust::Keyed { authority, .. } if authority.check_revocation(&revocation) => {
                         // Keep what the retired writer wrote as this peer sees it now: the same
                         // entries, at the same versions, under this peer's seal.
@@ -589,7 +590,7 @@ fn trusted_from_disk(saved: ServiceMap, unsealed_format: bool, trust: &Trust) ->
     }
     let mut dropped = 0;
     for (name, e) in saved.entries() {
-        if authority.check_entry(name, e).is_ok() {
+        if authority.check_entry(name, e).is_ok() && !out.is_revoked(e) {
             out.insert_entry(name, e.clone());
         } else {
             dropped += 1;

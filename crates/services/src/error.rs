@@ -94,7 +94,9 @@ pub enum ServiceError {
     )]
     NotOperator,
     /// A revocation not signed by this cluster's operator key (403).
-    #[error("the revocation is not signed by this cluster's operator key")]
+    #[error(
+        "the revocation is not signed by this cluster's operator key, or names this peer itself (revoke a peer from another operator peer)"
+    )]
     BadRevocation,
     /// The services actor has stopped (503).
     #[error("the services subsystem has stopped (the agent is shutting down)")]

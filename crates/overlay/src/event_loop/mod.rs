@@ -186,6 +186,8 @@ pub(crate) fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {
 impl EventLoop {
     pub(crate) fn new(p: LoopParts) -> Self {
         let book: SharedBook = Default::default();
+        // Our own record is never evicted from a full book.
+        crate::record::lock(&book).welcome(&p.me.peer);
         let rejected = Arc::new(AtomicU64::new(0));
         let handler = RecordHandler { book: book.clone(), rejected: rejected.clone() };
         let foca = Foca::with_custom_broadcast(
