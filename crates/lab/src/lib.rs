@@ -116,6 +116,22 @@ pub struct UpOptions {
     pub workers: usize,
 }
 
+/// Runs `shoal keygen ARGS` (the lab's operator key, or a worker key made from it).
+fn keygen(shoal: &Path, args: &[&std::ffi::OsStr]) -> Result<(), LabError> {
+    let out = Command::new(shoal)
+        .arg("keygen")
+        .args(args)
+        .output()
+        .map_err(|source| LabError::Io { path: shoal.to_path_buf(), source })?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: format!("shoal keygen {}", args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        });
+    }
+    Ok(())
+}
+
 /// The default lab subnet: inside 198.18.0.0/15, reserved for network benchmarking.
 pub const DEFAULT_SUBNET: &str = "198.18.0.0/24";
 /// The port every peer's agent listens on (each peer has its own namespace).
@@ -219,33 +235,12 @@ impl Lab {
     fn build(o: &UpOptions, dir: &Path) -> Result<Lab, LabError> {
         std::fs::create_dir_all(dir).map_err(|source| LabError::Io { path: dir.to_path_buf(), source })?;
         let key = dir.join("cluster.key");
-        let out = Command::new(&o.shoal)
-            .arg("keygen")
-            .arg("-o")
-            .arg(&key)
-            .output()
-            .map_err(|source| LabError::Io { path: o.shoal.clone(), source })?;
-        if !out.status.success() {
-            return Err(LabError::Command {
-                cmd: "shoal keygen".into(),
-                stderr: String::from_utf8_lossy(&out.stderr).into(),
-            });
-        }
+        keygen(&o.shoal, &["-o".as_ref(), key.as_os_str()])?;
         if o.workers > 0 {
-            let out = Command::new(&o.shoal)
-                .arg("keygen")
-                .arg("--worker")
-                .arg(&key)
-                .arg("-o")
-                .arg(dir.join("worker.key"))
-                .output()
-                .map_err(|source| LabError::Io { path: o.shoal.clone(), source })?;
-            if !out.status.success() {
-                return Err(LabError::Command {
-                    cmd: "shoal keygen --worker".into(),
-                    stderr: String::from_utf8_lossy(&out.stderr).into(),
-                });
-            }
+            keygen(
+                &o.shoal,
+                &["--worker".as_ref(), key.as_os_str(), "-o".as_ref(), dir.join("worker.key").as_os_str()],
+            )?;
         }
         net::create_hub(&o.name)?;
         if o.link.needs_netem() {
