@@ -12,7 +12,10 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'insta
 # libseccomp-dev: the container runtime's seccomp filters. busybox-static: the test images.
 # nftables, conntrack: the cluster network (service addresses, routing mesh, NAT);
 # tcpdump, iputils-ping: the network tests (what the lab switch sees, DF probes).
-for p in pkg-config iproute2 skopeo libseccomp-dev busybox-static nftables conntrack tcpdump iputils-ping; do
+# docker-registry: a real OCI registry (distribution v2) the registry-client tests run on
+# loopback (testkit::registry); apache2-utils: its `htpasswd -B` for the registry auth tests.
+for p in pkg-config iproute2 skopeo libseccomp-dev busybox-static nftables conntrack tcpdump iputils-ping \
+  docker-registry apache2-utils; do
   pkg_installed "$p" || need_pkgs+=("$p")
 done
 
@@ -25,6 +28,17 @@ if ((${#need_pkgs[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# The docker-registry package enables (and under systemd or sysvinit starts) a system registry on
+# :5000 with htpasswd auth. The tests start their own registries on free loopback ports and need
+# none: stop and disable that one service only, keeping :5000 free.
+if have systemctl && systemctl is-enabled docker-registry.service >/dev/null 2>&1; then
+  echo "stopping and disabling docker-registry.service (the tests run their own)" >&2
+  systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+fi
+if [[ -x /etc/init.d/docker-registry ]] && /etc/init.d/docker-registry status >/dev/null 2>&1; then
+  /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
 fi
 
 if ! have cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then

@@ -10,6 +10,7 @@
 pub mod containers;
 pub mod images;
 pub mod lab;
+pub mod registry;
 
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
