@@ -96,6 +96,10 @@ pub(crate) struct Args {
     /// UDP port of the VXLAN transport [default: 4789].
     #[arg(long, value_name = "PORT")]
     vxlan_port: Option<u16>,
+    /// A registry (HOST[:PORT]) to speak plain HTTP to, as Docker's flag of the same name
+    /// (registries on 127.0.0.0/8 always are). Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure_registries: Vec<String>,
     /// Name of this peer's container bridge [default: shoal0].
     #[arg(long, value_name = "NAME")]
     bridge: Option<String>,
@@ -169,6 +173,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             network_transport: args.network_transport,
             wg_port: args.wg_port,
             vxlan_port: args.vxlan_port,
+            insecure_registries: args.insecure_registries,
             bridge: args.bridge,
         },
     )?;

@@ -6,7 +6,7 @@ use super::output::{Table, print_json};
 use super::progress::bytes_bar;
 use anyhow::Context;
 use shoal_api::client::Client;
-use shoal_types::{ByteSize, ImageInfo, PullRequest, TransferInfo};
+use shoal_types::{ByteSize, ImageInfo, PullRequest, PullStatus, TransferInfo};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -31,7 +31,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Fetch an image another peer holds; layers come from every peer that has them.
+    /// Fetch an image: from the peers that hold it, else from its registry (`nginx:1.27` is
+    /// docker.io/library/nginx:1.27, as with docker); each layer is fetched from the registry
+    /// once per cluster and swarmed between the peers.
     Pull { reference: String },
     /// Write an image as an OCI archive (skopeo, podman and docker load it).
     Export {
@@ -78,23 +80,7 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
             t.print();
         }
         Cmd::Pull { reference } => {
-            let pb = bytes_bar(0, "pulling");
-            let req = PullRequest { reference: reference.clone() };
-            let pull = client.send_json::<_, ImageInfo>(hyper::Method::POST, "/v1/images/pull", &req);
-            tokio::pin!(pull);
-            let img = loop {
-                tokio::select! {
-                    r = &mut pull => break r?,
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                        if let Ok(ts) = client.get::<Vec<TransferInfo>>("/v1/transfers").await {
-                            pb.set_length(ts.iter().map(|t| t.size).sum());
-                            pb.set_position(ts.iter().map(|t| t.have_bytes).sum());
-                            pb.set_message(format!("{} blobs", ts.len()));
-                        }
-                    }
-                }
-            };
-            pb.finish_and_clear();
+            let img = pull_with_progress(client, &reference).await?;
             println!("{} {}", img.reference, img.digest);
         }
         Cmd::Export { reference, output } => {
@@ -112,4 +98,45 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pulls `reference`, drawing a bar per layer (bytes, rate, and whether it comes from the
+/// peers or the registry) while the agent works.
+pub(crate) async fn pull_with_progress(client: &Client, reference: &str) -> anyhow::Result<ImageInfo> {
+    let multi = indicatif::MultiProgress::new();
+    let mut bars: std::collections::HashMap<String, indicatif::ProgressBar> = Default::default();
+    let mut swarm: Option<indicatif::ProgressBar> = None;
+    let req = PullRequest { reference: reference.to_string() };
+    let pull = client.send_json::<_, ImageInfo>(hyper::Method::POST, "/v1/images/pull", &req);
+    tokio::pin!(pull);
+    let img = loop {
+        tokio::select! {
+            r = &mut pull => break r,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                let pulls = client.get::<Vec<PullStatus>>("/v1/images/pulls").await.unwrap_or_default();
+                for b in pulls.iter().flat_map(|p| &p.blobs) {
+                    let bar = bars.entry(b.digest.clone()).or_insert_with(|| {
+                        let short = b.digest.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+                        multi.add(bytes_bar(b.size, &short))
+                    });
+                    bar.set_position(b.done);
+                    bar.set_message(b.source.clone().unwrap_or_else(|| "waiting".into()));
+                    if b.finished && !bar.is_finished() {
+                        bar.finish();
+                    }
+                }
+                if bars.is_empty() {
+                    // An image only peers hold: one bar over its transfers.
+                    if let Ok(ts) = client.get::<Vec<TransferInfo>>("/v1/transfers").await {
+                        let bar = swarm.get_or_insert_with(|| multi.add(bytes_bar(0, "pulling")));
+                        bar.set_length(ts.iter().map(|t| t.size).sum());
+                        bar.set_position(ts.iter().map(|t| t.have_bytes).sum());
+                        bar.set_message(format!("{} blobs from peers", ts.len()));
+                    }
+                }
+            }
+        }
+    };
+    let _ = multi.clear();
+    Ok(img?)
 }

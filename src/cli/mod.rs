@@ -15,6 +15,7 @@ mod output;
 mod peers;
 mod progress;
 mod ps;
+mod registry;
 mod run;
 mod service;
 mod share;
@@ -59,6 +60,8 @@ enum Command {
     Content(content::Args),
     /// OCI images shared peer to peer.
     Image(image::Args),
+    /// Logins for private registries (kept on this peer only).
+    Registry(registry::Args),
     /// Run a container from an image (streams its output; -d to detach).
     Run(Box<run::Args>),
     /// List containers on this peer.
@@ -163,6 +166,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => get::run(args, &client(addr)?).await,
         Command::Content(args) => content::run(args, &client(addr)?).await,
         Command::Image(args) => image::run(args, &client(addr)?).await,
+        Command::Registry(args) => registry::run(args, &client(addr)?).await,
         Command::Run(args) => run::run(*args, &client(addr)?).await,
         Command::Ps(args) => ps::run(args, &client(addr)?).await,
         Command::Logs(args) => logs::run(args, &client(addr)?).await,

@@ -20,6 +20,7 @@ use utoipa::OpenApi;
         crate::v1::containers::stop, crate::v1::containers::kill, crate::v1::containers::remove,
         crate::v1::containers::wait, crate::v1::containers::logs, crate::v1::containers::stats,
         crate::v1::containers::exec,
+        crate::v1::images::pulls, crate::v1::images::login, crate::v1::images::logout,
         crate::v1::services::list, crate::v1::services::create, crate::v1::services::get, crate::v1::services::update,
         crate::v1::services::scale, crate::v1::services::rebalance, crate::v1::services::replicas, crate::v1::services::remove,
         crate::v1::services::logs,
@@ -27,7 +28,7 @@ use utoipa::OpenApi;
     components(schemas(
         shoal_types::AgentStatus, shoal_types::PeerInfo, shoal_types::PeerState, shoal_types::resources::ResourcesJson,
         shoal_types::ErrorBody, shoal_types::ContentInfo, shoal_types::SharedContent, shoal_types::TransferInfo,
-        shoal_types::ImageInfo, shoal_types::PullRequest,
+        shoal_types::ImageInfo, shoal_types::PullRequest, shoal_types::RegistryLogin, shoal_types::PullStatus, shoal_types::PullBlob,
         shoal_types::ContainerSpec, shoal_types::ContainerInfo, shoal_types::ContainerState, shoal_types::ContainerStats,
         shoal_types::PortMapping, shoal_types::VolumeMount, shoal_types::RestartPolicy, shoal_types::LogEntry,
         shoal_types::AttachEvent, shoal_types::ExecEvent,

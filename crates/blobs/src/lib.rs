@@ -33,7 +33,7 @@ mod session;
 pub mod store;
 
 pub use cid::ContentId;
-pub use service::{Blobs, BlobsConfig, BlobsError, ImageSummary, TagSeals};
+pub use service::{Blobs, BlobsConfig, BlobsError, ImageSummary, TagSeals, image_key};
 
 pub use store::{BlobRecord, ImageRecord, StoreError};
 

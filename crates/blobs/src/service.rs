@@ -511,6 +511,7 @@ impl Blobs {
                 manifest: blob_ref(&imported.manifest)?,
                 config: blob_ref(&imported.config)?,
                 layers: imported.layers.iter().map(&blob_ref).collect::<Result<_, _>>()?,
+                index: None,
                 created_ms: now_ms(),
                 seal: tags.as_ref().and_then(|t| t.seal(&reference, &imported.manifest.digest.to_string())),
             };
@@ -524,6 +525,55 @@ impl Blobs {
         }
         self.advertise_images().await;
         Ok(rec)
+    }
+
+    /// Records an image whose blobs are all in the store (pulled from a registry): sealed
+    /// when this peer may vouch for tags, announced, advertised.
+    pub async fn add_image(&self, mut rec: ImageRecord) -> Result<ImageRecord, BlobsError> {
+        image_key(&rec.reference)?;
+        rec.seal = self.tags.as_ref().and_then(|t| t.seal(&rec.reference, &rec.manifest.digest.to_string()));
+        let r2 = rec.clone();
+        self.blocking(move |s| {
+            for b in r2.blobs() {
+                if !s.get(&b.cid)?.is_some_and(|r| r.complete) {
+                    return Err(StoreError::NotFound { cid: b.cid });
+                }
+            }
+            s.put_image(&r2)
+        })
+        .await?;
+        for b in rec.blobs() {
+            let _ = self.ctx.overlay.provide(&b.cid.0).await;
+        }
+        self.advertise_images().await;
+        Ok(rec)
+    }
+
+    /// Stores exactly `size` bytes from `r` whose sha256 must be `digest` (nothing is kept
+    /// otherwise), and announces the blob.
+    pub async fn share_verified<R: Read + Send + 'static>(
+        &self,
+        mut r: R,
+        size: u64,
+        digest: Digest,
+    ) -> Result<ContentId, BlobsError> {
+        let stored = self.blocking(move |s| s.put(&mut r, Some(size), Some(&digest), None)).await?;
+        let _ = self.ctx.overlay.provide(&stored.cid.0).await;
+        Ok(stored.cid)
+    }
+
+    /// The content id of a complete blob with this sha256, if the store holds one.
+    pub async fn complete_sha256(&self, digest: &Digest) -> Option<ContentId> {
+        let digest = digest.clone();
+        self.blocking(move |s| {
+            Ok(match s.by_sha256(&digest)? {
+                Some(cid) if s.get(&cid)?.is_some_and(|r| r.complete) => Some(cid),
+                _ => None,
+            })
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// On an operator peer, seals the images it holds that carry no seal (imported or pulled
@@ -592,8 +642,7 @@ impl Blobs {
 
     /// Fetches an image another peer holds; its blobs come from every peer holding them.
     pub async fn pull(&self, reference: &str) -> Result<ImageRecord, BlobsError> {
-        let r: Reference = reference.parse().map_err(|_| BlobsError::BadReference(reference.to_string()))?;
-        let reference = r.to_string();
+        let reference = image_key(reference)?;
         let local = {
             let rf = reference.clone();
             self.blocking(move |s| s.image(&rf)).await?
@@ -640,8 +689,10 @@ impl Blobs {
         if layers != ours {
             return Err(bad("layer digests differ from the manifest"));
         }
-        let fetches =
-            std::iter::once(&rec.config).chain(&rec.layers).map(|b| self.fetch_and_wait(b.cid, Some(b.digest.clone())));
+        let fetches = std::iter::once(&rec.config)
+            .chain(&rec.layers)
+            .chain(&rec.index)
+            .map(|b| self.fetch_and_wait(b.cid, Some(b.digest.clone())));
         for r in futures::future::join_all(fetches).await {
             r?;
         }
@@ -743,12 +794,26 @@ impl Blobs {
 
     /// Removes an image; blobs no other image uses are removed too (unless pinned).
     pub async fn remove_image(&self, reference: &str) -> Result<Vec<ContentId>, BlobsError> {
-        let r: Reference = reference.parse().map_err(|_| BlobsError::BadReference(reference.to_string()))?;
-        let removed = self.blocking(move |s| s.remove_image(&r.to_string(), true)).await?;
+        let key = image_key(reference)?;
+        let removed = self.blocking(move |s| s.remove_image(&key, true)).await?;
         for c in &removed {
             let _ = self.ctx.overlay.unprovide(&c.0).await;
         }
         self.advertise_images().await;
         Ok(removed)
+    }
+}
+
+/// The key an image is stored and advertised under: `NAME:TAG` (a missing tag is `latest`) or
+/// `NAME@sha256:HEX` for an image pulled by digest.
+pub fn image_key(reference: &str) -> Result<String, BlobsError> {
+    let bad = || BlobsError::BadReference(reference.to_string());
+    match reference.split_once('@') {
+        Some((name, digest)) => {
+            Reference::new(name, "latest").map_err(|_| bad())?;
+            digest.parse::<Digest>().map_err(|_| bad())?;
+            Ok(reference.to_string())
+        }
+        None => Ok(reference.parse::<Reference>().map_err(|_| bad())?.to_string()),
     }
 }

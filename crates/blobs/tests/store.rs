@@ -76,6 +76,7 @@ fn quota_evicts_least_recently_used_but_never_pinned_or_image_blobs() {
         manifest: r(&c),
         config: r(&c),
         layers: vec![],
+        index: None,
         created_ms: 0,
         seal: None,
     })

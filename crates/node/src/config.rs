@@ -136,6 +136,7 @@ pub struct FileConfig {
     pub network_transport: Option<String>,
     pub wg_port: Option<u16>,
     pub vxlan_port: Option<u16>,
+    pub insecure_registries: Option<Vec<String>>,
     pub swim: Option<SwimFile>,
 }
 
@@ -176,6 +177,7 @@ pub struct Overrides {
     pub network_transport: Option<String>,
     pub wg_port: Option<u16>,
     pub vxlan_port: Option<u16>,
+    pub insecure_registries: Vec<String>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -215,6 +217,8 @@ pub struct AgentConfig {
     pub bridge: String,
     /// The cluster network's settings.
     pub network: shoal_net::NetSettings,
+    /// `--insecure-registry`: registries spoken to over plain HTTP (loopback ones always are).
+    pub insecure_registries: Vec<String>,
 }
 
 /// The data dir used when none is given: `/var/lib/shoal` for root, else under the user's
@@ -393,7 +397,10 @@ impl AgentConfig {
         {
             return Err(ConfigError::BadBridge { value: bridge });
         }
+        let mut insecure_registries = o.insecure_registries;
+        insecure_registries.extend(file.insecure_registries.unwrap_or_default());
         Ok(AgentConfig {
+            insecure_registries,
             container_subnet,
             bridge,
             network,

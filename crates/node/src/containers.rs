@@ -123,10 +123,7 @@ impl Node {
 
     /// Finds an image here (or pulls it) and lays out what the runtime needs.
     async fn resolve_image(&self, reference: &str) -> Result<ResolvedImage, NodeError> {
-        let rec = self.blobs().pull(reference).await.map_err(|e| match e {
-            shoal_blobs::BlobsError::NoImageHolder(_) => NodeError::NoImage(reference.to_string()),
-            other => NodeError::Content(other),
-        })?;
+        let rec = self.image_for_run(reference).await?;
         let store = self.blobs().store();
         blocking(move || -> Result<ResolvedImage, NodeError> {
             let mut config = Vec::new();

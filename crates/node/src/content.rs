@@ -163,7 +163,7 @@ impl Node {
     }
 
     pub async fn pull_image(&self, reference: &str) -> Result<ImageInfo, NodeError> {
-        let rec = self.blobs().pull(reference).await?;
+        let rec = self.image_for_pull(reference).await?;
         Ok(self.image_info(&shoal_blobs::ImageSummary { record: rec, holders: vec!["(self)".into()] }))
     }
 

@@ -78,6 +78,9 @@ pub enum NodeError {
     /// A services operation failed.
     #[error(transparent)]
     Services(#[from] ServiceError),
+    /// A registry pull or login failed.
+    #[error(transparent)]
+    Registry(#[from] shoal_registry::RegistryError),
     /// The cluster network could not start.
     #[error(transparent)]
     Network(#[from] shoal_net::NetworkError),
@@ -119,6 +122,7 @@ impl NodeError {
             NodeError::Content(e) => content_kind(e),
             NodeError::Runtime(e) => runtime_kind(e),
             NodeError::Services(e) => services_kind(e),
+            NodeError::Registry(e) => registry_kind(e),
             NodeError::ImageConfig { .. }
             | NodeError::ProtocolTaken(_)
             | NodeError::Exe(_)
@@ -169,6 +173,21 @@ fn runtime_kind(e: &shoal_runtime::RuntimeError) -> ErrorKind {
         R::Start { failure: StartFailure::Setup, .. } => K::Internal,
         R::Io { source, .. } if disk_full(source) => K::Full,
         _ => K::Internal,
+    }
+}
+
+fn registry_kind(e: &shoal_registry::RegistryError) -> ErrorKind {
+    use ErrorKind as K;
+    use shoal_registry::RegistryError as R;
+    match e {
+        R::BadReference { .. } => K::BadRequest,
+        R::Unauthorized { .. } => K::Forbidden,
+        R::NotFound { .. } | R::NoPlatform { .. } => K::NotFound,
+        // The registry (a gateway to the agent) failed or lied: 502.
+        R::Unreachable { .. } | R::DigestMismatch { .. } | R::BadManifest { .. } | R::Registry { .. } => K::Peers,
+        R::Store { source, .. } => content_kind(source),
+        R::Io { source, .. } if disk_full(source) => K::Full,
+        R::Io { .. } | R::Logins { .. } => K::Internal,
     }
 }
 

@@ -16,6 +16,7 @@ mod error;
 mod exec;
 mod network;
 mod node;
+mod registry;
 pub mod resources;
 mod service_logs;
 mod services;

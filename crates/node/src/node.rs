@@ -23,7 +23,7 @@ pub struct Node {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     cfg: AgentConfig,
     overlay: Overlay,
     blobs: shoal_blobs::Blobs,
@@ -34,6 +34,8 @@ struct Inner {
     services_task: Mutex<Option<JoinHandle<()>>>,
     /// The cluster network (set once at start).
     net: OnceLock<crate::network::NetParts>,
+    /// Registry pulls (set once at start).
+    registry: OnceLock<Arc<shoal_registry::Cluster>>,
     net_task: Mutex<Option<JoinHandle<()>>>,
     /// Bumped whenever a container's supervisor exits (forwarded from the runtime once open).
     exits: Arc<tokio::sync::watch::Sender<u64>>,
@@ -134,6 +136,7 @@ impl Node {
                 services: OnceLock::new(),
                 services_task: Mutex::new(None),
                 net: OnceLock::new(),
+                registry: OnceLock::new(),
                 net_task: Mutex::new(None),
                 exits: Arc::new(tokio::sync::watch::Sender::new(0)),
                 cancel: CancellationToken::new(),
@@ -181,7 +184,24 @@ impl Node {
             warn!(err = %e, "cannot open the container runtime; containers from before are not supervised");
         }
         node.serve_state_protocol()?;
+        node.start_registry().await?;
         Ok(node)
+    }
+
+    pub(crate) fn inner_arc(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> Node {
+        Node { inner }
+    }
+
+    pub(crate) fn registry_cell(&self) -> &OnceLock<Arc<shoal_registry::Cluster>> {
+        &self.inner.registry
+    }
+
+    pub(crate) fn set_registry(&self, cluster: Arc<shoal_registry::Cluster>) {
+        let _ = self.inner.registry.set(cluster);
     }
 
     /// The key file this peer runs with (`None`: an open cluster).

@@ -79,3 +79,41 @@ pub struct ImageInfo {
 pub struct PullRequest {
     pub reference: String,
 }
+
+/// `POST /v1/registries/login`: checked with the registry, then saved on this peer only.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RegistryLogin {
+    /// HOST[:PORT] (`docker.io` for Docker Hub).
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin").field("registry", &self.registry).field("username", &self.username).finish()
+    }
+}
+
+/// One blob of a registry pull in progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PullBlob {
+    pub digest: String,
+    pub size: u64,
+    /// Bytes here so far.
+    pub done: u64,
+    /// `local`, `peers` or `registry`, once known.
+    pub source: Option<String>,
+    pub finished: bool,
+}
+
+/// A registry pull in progress on this peer (`GET /v1/images/pulls`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PullStatus {
+    pub reference: String,
+    pub blobs: Vec<PullBlob>,
+}

@@ -20,7 +20,9 @@ pub use container::{
     AttachEvent, ContainerInfo, ContainerSpec, ContainerState, ContainerStats, ExecEvent, LogEntry, NetworkMode,
     PortMapping, Protocol, RestartPolicy, SpecParseError, VolumeMount,
 };
-pub use content::{ContentInfo, ImageInfo, PullRequest, SharedContent, TransferInfo};
+pub use content::{
+    ContentInfo, ImageInfo, PullBlob, PullRequest, PullStatus, RegistryLogin, SharedContent, TransferInfo,
+};
 pub use labels::{LabelError, Labels, parse_label};
 pub use network::{NetworkInfo, NetworkPeer, ServiceAddress};
 pub use peer::{AgentStatus, PeerInfo, PeerState};

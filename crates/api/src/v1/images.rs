@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use serde::Deserialize;
-use shoal_types::{ImageInfo, PullRequest};
+use shoal_types::{ImageInfo, PullRequest, PullStatus, RegistryLogin};
 
 /// `?name=` or `?reference=`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -46,7 +46,8 @@ pub(crate) async fn list(State(s): State<AppState>) -> Result<ApiJson<Vec<ImageI
     Ok(ApiJson(s.node.images().await?))
 }
 
-/// Fetches an image from the peers that hold it (answers when every blob is here).
+/// Fetches an image: from the peers that hold it, else from its registry (each blob fetched
+/// from the registry once per cluster); answers when every blob is here.
 #[utoipa::path(post, path = "/v1/images/pull", tag = "images", request_body = PullRequest,
     responses((status = 200, body = ImageInfo), (status = 400, body = shoal_types::ErrorBody), (status = 404, body = shoal_types::ErrorBody)))]
 pub(crate) async fn pull(
@@ -54,6 +55,44 @@ pub(crate) async fn pull(
     ApiJson(req): ApiJson<PullRequest>,
 ) -> Result<ApiJson<ImageInfo>, ApiError> {
     Ok(ApiJson(s.node.pull_image(&req.reference).await?))
+}
+
+/// Registry pulls in progress on this peer, blob by blob.
+#[utoipa::path(get, path = "/v1/images/pulls", tag = "images", responses((status = 200, body = [PullStatus])))]
+pub(crate) async fn pulls(State(s): State<AppState>) -> ApiJson<Vec<PullStatus>> {
+    ApiJson(s.node.registry_pulls())
+}
+
+/// Checks credentials with a registry and saves them on this peer (never sent to peers).
+#[utoipa::path(post, path = "/v1/registries/login", tag = "images", request_body = RegistryLogin,
+    responses((status = 204), (status = 403, body = shoal_types::ErrorBody), (status = 502, body = shoal_types::ErrorBody)))]
+pub(crate) async fn login(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<RegistryLogin>,
+) -> Result<StatusCode, ApiError> {
+    s.node.registry_login(&req.registry, &req.username, &req.password).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `{"registry": HOST}`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogoutRequest {
+    registry: String,
+}
+
+/// Forgets this peer's saved login for a registry.
+#[utoipa::path(post, path = "/v1/registries/logout", tag = "images", request_body = LogoutRequest,
+    responses((status = 204), (status = 404, body = shoal_types::ErrorBody)))]
+pub(crate) async fn logout(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<LogoutRequest>,
+) -> Result<StatusCode, ApiError> {
+    if s.node.registry_logout(&req.registry).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no saved login for {} on this peer", req.registry)))
+    }
 }
 
 /// The image as an OCI archive (loadable by skopeo, podman and docker).

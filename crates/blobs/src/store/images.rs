@@ -23,6 +23,10 @@ pub struct ImageRecord {
     pub manifest: BlobRef,
     pub config: BlobRef,
     pub layers: Vec<BlobRef>,
+    /// The index the manifest was chosen from, when the image came from a registry by a
+    /// multi-platform tag (kept so the mirror can serve the tag as the registry did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<BlobRef>,
     pub created_ms: u64,
     /// An operator's seal on "this reference names this manifest" (hex; see
     /// [`crate::TagSeals`]); `None` in an open cluster or for a worker's own import.
@@ -32,7 +36,7 @@ pub struct ImageRecord {
 
 impl ImageRecord {
     pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
-        std::iter::once(&self.manifest).chain(std::iter::once(&self.config)).chain(&self.layers)
+        std::iter::once(&self.manifest).chain(std::iter::once(&self.config)).chain(&self.layers).chain(&self.index)
     }
 
     pub fn size(&self) -> u64 {

@@ -1,0 +1,654 @@
+//! Pulling from a registry once per cluster, with no tracker.
+//!
+//! Each blob has an owner: the live peer that rendezvous hashing picks for its digest
+//! (highest `blake3(digest ‖ peer id)`). A peer that needs a blob nobody in the cluster holds
+//! asks the owner over `/shoal/upstream/1`; the owner fetches it from the registry once (a
+//! second ask waits for the first fetch) into its content store and answers the content id;
+//! every asker then swarms the blob from the owner and from each other. All peers compute the
+//! same owner from the same membership, so N peers asking at once cause one registry fetch.
+//! If the owner dies or fails, the asker fetches the blob itself: the registry is the last
+//! resort, never a single point of failure.
+//!
+//! Tags resolve the same way, keyed by the reference: the owner asks the registry and keeps
+//! the answer briefly (30 s), so a burst of pulls costs one manifest request. A tag answer
+//! decides what every replica runs, so in a keyed cluster only operator peers resolve tags
+//! for others (the caller's `may_resolve` says who); a digest answer is checked by its hash
+//! and may come from anyone. With the registry down, the owner answers from what it resolved
+//! before.
+
+use crate::error::RegistryError;
+use crate::reference::ImageRef;
+use crate::upstream::{RawManifest, Resolved, Upstream, parse_manifest};
+use futures::future::BoxFuture;
+use futures::{AsyncWriteExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use shoal_blobs::proto::{read_msg, write_msg};
+use shoal_blobs::store::BlobRef;
+use shoal_blobs::{Blobs, BlobsError, ContentId, ImageRecord};
+use shoal_image::{Descriptor, Digest};
+use shoal_overlay::Overlay;
+use shoal_overlay::libp2p::{PeerId, StreamProtocol};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// The protocol peers ask each other to fetch from a registry on.
+pub const UPSTREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/upstream/1");
+/// Largest ask.
+const MAX_ASK: usize = 4096;
+/// Largest answer: an index and a manifest.
+const MAX_ANSWER: usize = 2 * crate::upstream::MAX_MANIFEST_BYTES + 4096;
+/// Asks served at once; past it a peer is told `Busy` and fetches for itself.
+const MAX_SERVED: usize = 32;
+/// How long a resolved tag is reused without asking the registry again.
+const TAG_FRESH: Duration = Duration::from_secs(30);
+/// How long a resolved tag is kept for when the registry cannot be reached.
+const TAG_KEPT: Duration = Duration::from_secs(24 * 3600);
+/// Most tags remembered.
+const MAX_TAGS: usize = 4096;
+/// Blobs fetched from peers or the registry at once for one pull.
+const PARALLEL_BLOBS: usize = 4;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Ask {
+    /// "Resolve this reference (tag or digest) to its manifest."
+    Manifest { reference: String },
+    /// "Fetch this blob of that repository into your store and tell me its content id."
+    Blob { reference: String, digest: String, size: u64 },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Answer {
+    Manifest { index: Option<RawManifest>, manifest: RawManifest },
+    Blob { cid: ContentId },
+    Failed { kind: String, message: String },
+    Busy,
+}
+
+/// A resolved reference: when, the index (if any) and the manifest.
+type TagAnswer = (Instant, Option<RawManifest>, RawManifest);
+
+/// Who may resolve tags for this peer (in a keyed cluster: operators).
+pub type MayResolve = Arc<dyn Fn(PeerId) -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// Where each blob of a pull came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Already in this peer's store.
+    Local,
+    /// Swarmed from peers (one of which may have fetched it from the registry for us).
+    Peers,
+    /// Fetched from the registry by this peer.
+    Registry,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Peers => "peers",
+            Source::Registry => "registry",
+        }
+    }
+}
+
+/// One blob of a pull in progress.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobProgress {
+    pub digest: String,
+    pub size: u64,
+    pub done: u64,
+    pub source: Option<Source>,
+    pub finished: bool,
+    #[serde(skip)]
+    cid: Option<ContentId>,
+}
+
+/// A pull in progress, as the CLI shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullProgress {
+    pub reference: String,
+    pub blobs: Vec<BlobProgress>,
+}
+
+/// Pulls images from registries for this peer and fetches for others.
+pub struct Cluster {
+    upstream: Arc<Upstream>,
+    blobs: Blobs,
+    overlay: Overlay,
+    me: PeerId,
+    may_resolve: MayResolve,
+    /// Reference → (when resolved, answer).
+    tags: Mutex<HashMap<String, TagAnswer>>,
+    /// One fetch per digest at a time on this peer.
+    fetching: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pulls in progress, by reference.
+    pulls: Mutex<HashMap<String, Arc<Mutex<PullProgress>>>>,
+    /// Registry byte counters of fetches in progress (digest → bytes so far).
+    fetched: Mutex<HashMap<Digest, Arc<std::sync::atomic::AtomicU64>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("me", &self.me).finish()
+    }
+}
+
+impl Cluster {
+    /// Starts serving other peers' asks.
+    pub async fn start(
+        upstream: Arc<Upstream>,
+        blobs: Blobs,
+        overlay: Overlay,
+        may_resolve: MayResolve,
+    ) -> Result<Arc<Cluster>, RegistryError> {
+        let me = overlay
+            .status()
+            .await
+            .map_err(|e| RegistryError::Registry { registry: "-".into(), message: e.to_string() })?
+            .peer_id;
+        let cluster = Arc::new(Cluster {
+            upstream,
+            blobs,
+            overlay: overlay.clone(),
+            me,
+            may_resolve,
+            tags: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashMap::new()),
+            pulls: Mutex::new(HashMap::new()),
+            fetched: Mutex::new(HashMap::new()),
+        });
+        let mut incoming = overlay
+            .streams()
+            .accept(UPSTREAM_PROTOCOL)
+            .map_err(|e| RegistryError::Registry { registry: "-".into(), message: e.to_string() })?;
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SERVED));
+        let weak = Arc::downgrade(&cluster);
+        tokio::spawn(async move {
+            while let Some((peer, mut stream)) = incoming.next().await {
+                let Some(c) = weak.upgrade() else { return };
+                let slot = slots.clone().try_acquire_owned();
+                tokio::spawn(async move {
+                    let ask =
+                        match tokio::time::timeout(Duration::from_secs(10), read_msg::<_, Ask>(&mut stream, MAX_ASK))
+                            .await
+                        {
+                            Ok(Ok(a)) => a,
+                            _ => return,
+                        };
+                    let answer = match slot {
+                        Ok(_slot) => c.serve(peer, ask).await,
+                        Err(_) => Answer::Busy,
+                    };
+                    let _ = write_msg(&mut stream, &answer).await;
+                    let _ = stream.close().await;
+                });
+            }
+        });
+        Ok(cluster)
+    }
+
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    async fn serve(&self, peer: PeerId, ask: Ask) -> Answer {
+        let failed = |e: RegistryError| Answer::Failed { kind: e.kind().into(), message: e.to_string() };
+        match ask {
+            Ask::Manifest { reference } => {
+                let r = match ImageRef::parse(&reference) {
+                    Ok(r) => r,
+                    Err(e) => return failed(e),
+                };
+                debug!(%peer, %r, "resolving for a peer");
+                match self.resolve_here(&r).await {
+                    Ok((index, manifest)) => Answer::Manifest { index, manifest },
+                    Err(e) => failed(e),
+                }
+            }
+            Ask::Blob { reference, digest, size } => {
+                let (r, digest) = match (ImageRef::parse(&reference), digest.parse::<Digest>()) {
+                    (Ok(r), Ok(d)) => (r, d),
+                    (Err(e), _) => return failed(e),
+                    (_, Err(e)) => return failed(RegistryError::BadManifest { reference, why: e.to_string() }),
+                };
+                debug!(%peer, %r, %digest, "fetching a blob for a peer");
+                let d = Descriptor { media_type: String::new(), digest, size };
+                match self.fetch_here(&r, &d).await {
+                    Ok(cid) => Answer::Blob { cid },
+                    Err(e) => failed(e),
+                }
+            }
+        }
+    }
+
+    /// Live peers (and this one).
+    async fn candidates(&self) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> =
+            self.overlay.members().await.unwrap_or_default().into_iter().map(|m| m.peer).collect();
+        if !peers.contains(&self.me) {
+            peers.push(self.me);
+        }
+        peers
+    }
+
+    /// Resolves `r` (through the owner of its name when that is another peer).
+    pub async fn resolve(&self, r: &ImageRef) -> Result<Resolved, RegistryError> {
+        let key = r.to_string();
+        let mut candidates = self.candidates().await;
+        if r.digest().is_none() {
+            // Only peers that may vouch for a tag resolve it for others.
+            let mut vouching = Vec::new();
+            for p in candidates {
+                if p == self.me || (self.may_resolve)(p).await {
+                    vouching.push(p);
+                }
+            }
+            candidates = vouching;
+        }
+        let owner = owner_of(key.as_bytes(), &candidates);
+        if let Some(owner) = owner.filter(|o| *o != self.me) {
+            match self.ask(owner, &Ask::Manifest { reference: key.clone() }, Duration::from_secs(60)).await {
+                Some(Answer::Manifest { index, manifest }) => match check_answer(r, index, manifest) {
+                    Ok(res) => return Ok(res),
+                    Err(e) => warn!(peer = %owner, err = %e, "a peer's answer for a tag did not check out"),
+                },
+                Some(Answer::Failed { kind, message }) if kind == "not-found" => {
+                    // The registry said so through a peer; asking it again would say the same.
+                    return Err(RegistryError::NotFound { registry: r.registry().into(), what: message });
+                }
+                other => debug!(peer = %owner, answer = ?other.map(|a| format!("{a:?}")), "resolving here instead"),
+            }
+        }
+        let (index, manifest) = self.resolve_here(r).await?;
+        parse_manifest(r, index, manifest)
+    }
+
+    /// Resolves `r` with the registry (or this peer's recent answer).
+    async fn resolve_here(&self, r: &ImageRef) -> Result<(Option<RawManifest>, RawManifest), RegistryError> {
+        let key = r.to_string();
+        let cached = self.tags.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+        if let Some((at, index, manifest)) = &cached
+            && (at.elapsed() < TAG_FRESH || r.digest().is_some())
+        {
+            return Ok((index.clone(), manifest.clone()));
+        }
+        match self.upstream.resolve(r).await {
+            Ok(res) => {
+                let mut tags = self.tags.lock().unwrap_or_else(|e| e.into_inner());
+                if tags.len() >= MAX_TAGS {
+                    tags.retain(|_, (at, _, _)| at.elapsed() < TAG_FRESH);
+                }
+                if tags.len() < MAX_TAGS {
+                    tags.insert(key, (Instant::now(), res.index.clone(), res.manifest.clone()));
+                }
+                Ok((res.index, res.manifest))
+            }
+            Err(e @ RegistryError::Unreachable { .. }) => match cached {
+                Some((at, index, manifest)) if at.elapsed() < TAG_KEPT => {
+                    warn!(%r, err = %e, "the registry cannot be reached: using the answer from before");
+                    Ok((index, manifest))
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn ask(&self, peer: PeerId, ask: &Ask, limit: Duration) -> Option<Answer> {
+        let exchange = async {
+            let mut stream = self.overlay.streams().open_stream(peer, UPSTREAM_PROTOCOL).await.ok()?;
+            write_msg(&mut stream, ask).await.ok()?;
+            read_msg::<_, Answer>(&mut stream, MAX_ANSWER).await.ok()
+        };
+        tokio::time::timeout(limit, exchange).await.ok().flatten()
+    }
+
+    /// Pulls `r` into this peer's store and records it as an image.
+    pub async fn pull(&self, r: &ImageRef) -> Result<ImageRecord, RegistryError> {
+        let key = r.to_string();
+        let progress = Arc::new(Mutex::new(PullProgress { reference: key.clone(), blobs: Vec::new() }));
+        self.pulls.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), progress.clone());
+        let result = self.pull_inner(r, &progress).await;
+        self.pulls.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        result
+    }
+
+    async fn pull_inner(
+        &self,
+        r: &ImageRef,
+        progress: &Arc<Mutex<PullProgress>>,
+    ) -> Result<ImageRecord, RegistryError> {
+        let res = self.resolve(r).await?;
+        let mut wanted: Vec<Descriptor> = Vec::new();
+        for d in std::iter::once(&res.config).chain(&res.layers) {
+            if !wanted.iter().any(|w| w.digest == d.digest) {
+                wanted.push(d.clone());
+            }
+        }
+        progress.lock().unwrap_or_else(|e| e.into_inner()).blobs = wanted
+            .iter()
+            .map(|d| BlobProgress {
+                digest: d.digest.to_string(),
+                size: d.size,
+                done: 0,
+                source: None,
+                finished: false,
+                cid: None,
+            })
+            .collect();
+        // Collected first: a lazy iterator's closure in the future's state makes it not Send.
+        let mut fetches = Vec::with_capacity(wanted.len());
+        for (i, d) in wanted.iter().enumerate() {
+            fetches.push(self.fetch_one(r, d, progress, i));
+        }
+        let fetched: Vec<Result<(Digest, ContentId), RegistryError>> =
+            futures::stream::iter(fetches).buffer_unordered(PARALLEL_BLOBS).collect().await;
+        let mut cids = HashMap::new();
+        for f in fetched {
+            let (d, c) = f?;
+            cids.insert(d, c);
+        }
+        let blob_ref = |d: &Descriptor| -> Result<BlobRef, RegistryError> {
+            let cid = *cids.get(&d.digest).ok_or_else(|| RegistryError::BadManifest {
+                reference: r.to_string(),
+                why: format!("blob {} was not fetched", d.digest),
+            })?;
+            Ok(BlobRef { media_type: d.media_type.clone(), digest: d.digest.clone(), size: d.size, cid })
+        };
+        let config = blob_ref(&res.config)?;
+        let layers = res.layers.iter().map(blob_ref).collect::<Result<Vec<_>, _>>()?;
+        let manifest = self.store_bytes(r, &res.manifest).await?;
+        let index = match &res.index {
+            Some(i) => Some(self.store_bytes(r, i).await?),
+            None => None,
+        };
+        let rec = ImageRecord {
+            reference: r.to_string(),
+            manifest,
+            config,
+            layers,
+            index,
+            created_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            seal: None,
+        };
+        let rec = self.blobs.add_image(rec).await.map_err(|e| store_err(r, e))?;
+        info!(image = %rec.reference, digest = %rec.manifest.digest, "pulled from the registry");
+        Ok(rec)
+    }
+
+    /// One blob of a pull, its progress marked done.
+    async fn fetch_one(
+        &self,
+        r: &ImageRef,
+        d: &Descriptor,
+        progress: &Arc<Mutex<PullProgress>>,
+        i: usize,
+    ) -> Result<(Digest, ContentId), RegistryError> {
+        let (cid, source) = self.ensure_blob(r, d, progress, i).await?;
+        let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+        p.blobs[i].source = Some(source);
+        p.blobs[i].done = d.size;
+        p.blobs[i].finished = true;
+        Ok((d.digest.clone(), cid))
+    }
+
+    /// Pulls in progress on this peer.
+    pub fn pulls(&self) -> Vec<PullProgress> {
+        let pulls: Vec<Arc<Mutex<PullProgress>>> =
+            self.pulls.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        pulls
+            .into_iter()
+            .map(|p| {
+                let mut p = p.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for b in p.blobs.iter_mut().filter(|b| !b.finished) {
+                    let from_registry = b.digest.parse::<Digest>().ok().and_then(|d| fetched.get(&d).cloned());
+                    if let Some(n) = from_registry {
+                        b.done = n.load(std::sync::atomic::Ordering::Relaxed);
+                        b.source = Some(Source::Registry);
+                    } else if let Some(pr) = b.cid.and_then(|c| self.blobs.progress(&c)) {
+                        b.done = pr.have_bytes;
+                        b.source = Some(Source::Peers);
+                    }
+                }
+                p
+            })
+            .collect()
+    }
+
+    /// The content id of blob `d`, in this peer's store when this returns.
+    async fn ensure_blob(
+        &self,
+        r: &ImageRef,
+        d: &Descriptor,
+        progress: &Arc<Mutex<PullProgress>>,
+        i: usize,
+    ) -> Result<(ContentId, Source), RegistryError> {
+        if let Some(cid) = self.blobs.complete_sha256(&d.digest).await {
+            return Ok((cid, Source::Local));
+        }
+        let candidates = self.candidates().await;
+        let owner = owner_of(d.digest.as_str().as_bytes(), &candidates);
+        if let Some(owner) = owner.filter(|o| *o != self.me) {
+            // Long enough for the owner to fetch the whole blob at 1 MiB/s.
+            let limit = Duration::from_secs(120) + Duration::from_secs(d.size >> 20);
+            let ask = Ask::Blob { reference: r.to_string(), digest: d.digest.to_string(), size: d.size };
+            match self.ask(owner, &ask, limit).await {
+                Some(Answer::Blob { cid }) => {
+                    progress.lock().unwrap_or_else(|e| e.into_inner()).blobs[i].cid = Some(cid);
+                    match self.blobs.fetch_and_wait(cid, Some(d.digest.clone())).await {
+                        Ok(()) => return Ok((cid, Source::Peers)),
+                        Err(e) => {
+                            warn!(peer = %owner, digest = %d.digest, err = %e, "cannot swarm a blob a peer fetched; fetching it here")
+                        }
+                    }
+                }
+                Some(Answer::Failed { kind, message }) if kind == "digest-mismatch" => {
+                    return Err(RegistryError::DigestMismatch {
+                        registry: r.registry().into(),
+                        what: format!("blob {}", d.digest),
+                        expected: d.digest.to_string(),
+                        actual: message,
+                    });
+                }
+                other => {
+                    debug!(peer = %owner, digest = %d.digest, answer = ?other, "the blob's owner did not fetch it; fetching it here")
+                }
+            }
+        }
+        Ok((self.fetch_here(r, d).await?, Source::Registry))
+    }
+
+    /// Fetches blob `d` from the registry into the store (once at a time per digest).
+    async fn fetch_here(&self, r: &ImageRef, d: &Descriptor) -> Result<ContentId, RegistryError> {
+        let lock = self.fetching.lock().unwrap_or_else(|e| e.into_inner()).entry(d.digest.clone()).or_default().clone();
+        let _held = lock.lock().await;
+        let result = async {
+            if let Some(cid) = self.blobs.complete_sha256(&d.digest).await {
+                return Ok(cid);
+            }
+            let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            self.fetched.lock().unwrap_or_else(|e| e.into_inner()).insert(d.digest.clone(), counter.clone());
+            let reader = Counted {
+                inner: self.upstream.blob_reader(r, d, tokio::runtime::Handle::current()),
+                counter,
+            };
+            let stored = self.blobs.share_verified(reader, d.size, d.digest.clone()).await;
+            self.fetched.lock().unwrap_or_else(|e| e.into_inner()).remove(&d.digest);
+            match stored {
+                Ok(cid) => {
+                    info!(registry = r.registry(), digest = %d.digest, size = d.size, "fetched a blob from the registry");
+                    Ok(cid)
+                }
+                Err(BlobsError::Store(shoal_blobs::StoreError::DigestMismatch { actual, .. })) => {
+                    Err(RegistryError::DigestMismatch {
+                        registry: r.registry().into(),
+                        what: format!("blob {}", d.digest),
+                        expected: d.digest.to_string(),
+                        actual,
+                    })
+                }
+                Err(e) => Err(store_err(r, e)),
+            }
+        }
+        .await;
+        drop(_held);
+        let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
+        if fetching.get(&d.digest).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            fetching.remove(&d.digest);
+        }
+        result
+    }
+
+    /// Stores a manifest's exact bytes.
+    async fn store_bytes(&self, r: &ImageRef, m: &RawManifest) -> Result<BlobRef, RegistryError> {
+        let cid = match self.blobs.complete_sha256(&m.digest).await {
+            Some(cid) => cid,
+            None => self
+                .blobs
+                .share_verified(std::io::Cursor::new(m.bytes.clone()), m.bytes.len() as u64, m.digest.clone())
+                .await
+                .map_err(|e| store_err(r, e))?,
+        };
+        Ok(BlobRef { media_type: m.media_type.clone(), digest: m.digest.clone(), size: m.bytes.len() as u64, cid })
+    }
+}
+
+fn store_err(r: &ImageRef, source: BlobsError) -> RegistryError {
+    RegistryError::Store { registry: r.registry().to_string(), source }
+}
+
+/// A peer's manifest answer, checked: the bytes hash to the digests they claim, a pinned
+/// digest is the one answered, and an index names the manifest given.
+fn check_answer(r: &ImageRef, index: Option<RawManifest>, manifest: RawManifest) -> Result<Resolved, RegistryError> {
+    let mismatch = |m: &RawManifest| RegistryError::DigestMismatch {
+        registry: r.registry().into(),
+        what: format!("a peer's manifest for {r}"),
+        expected: m.digest.to_string(),
+        actual: Digest::of(&m.bytes).to_string(),
+    };
+    for m in index.iter().chain(std::iter::once(&manifest)) {
+        if Digest::of(&m.bytes) != m.digest || m.bytes.len() > crate::upstream::MAX_MANIFEST_BYTES {
+            return Err(mismatch(m));
+        }
+    }
+    let top = index.as_ref().unwrap_or(&manifest);
+    if let Some(pinned) = r.digest()
+        && top.digest.as_str() != pinned
+    {
+        return Err(mismatch(top));
+    }
+    if let Some(i) = &index {
+        let v: serde_json::Value = serde_json::from_slice(&i.bytes).unwrap_or_default();
+        let named = v["manifests"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|e| e["digest"].as_str() == Some(manifest.digest.as_str())));
+        if !named {
+            return Err(RegistryError::BadManifest {
+                reference: r.to_string(),
+                why: "a peer answered a manifest its index does not name".into(),
+            });
+        }
+    }
+    parse_manifest(r, index, manifest)
+}
+
+/// The rendezvous owner of `key` among `peers`: the highest `blake3(key ‖ peer)`.
+pub fn owner_of(key: &[u8], peers: &[PeerId]) -> Option<PeerId> {
+    peers
+        .iter()
+        .max_by_key(|p| {
+            let mut h = blake3::Hasher::new();
+            h.update(key);
+            h.update(&p.to_bytes());
+            *h.finalize().as_bytes()
+        })
+        .copied()
+}
+
+/// Counts the bytes a reader hands out (the progress of a registry fetch).
+struct Counted<R> {
+    inner: R,
+    counter: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_peer_picks_the_same_owner_and_a_dead_owner_moves_only_its_keys() {
+        let peers: Vec<PeerId> = (0..8).map(|_| PeerId::random()).collect();
+        let keys: Vec<String> = (0..2000).map(|i| format!("sha256:{i:064x}")).collect();
+        let owners: Vec<PeerId> = keys.iter().map(|k| owner_of(k.as_bytes(), &peers).unwrap()).collect();
+        // Order of the membership list does not matter.
+        let mut shuffled = peers.clone();
+        shuffled.reverse();
+        for (k, o) in keys.iter().zip(&owners) {
+            assert_eq!(owner_of(k.as_bytes(), &shuffled), Some(*o));
+        }
+        // Spread: every peer owns some keys, none more than twice its share.
+        for p in &peers {
+            let n = owners.iter().filter(|o| *o == p).count();
+            assert!(n > 100 && n < 500, "{n} of 2000 keys on one of 8 peers");
+        }
+        // One peer dies: only its keys move.
+        let dead = peers[3];
+        let alive: Vec<PeerId> = peers.iter().copied().filter(|p| *p != dead).collect();
+        for (k, o) in keys.iter().zip(&owners) {
+            let now = owner_of(k.as_bytes(), &alive).unwrap();
+            if *o != dead {
+                assert_eq!(now, *o);
+            } else {
+                assert_ne!(now, dead);
+            }
+        }
+        assert_eq!(owner_of(b"x", &[]), None);
+    }
+
+    #[test]
+    fn a_peers_manifest_answer_is_checked() {
+        let r = ImageRef::parse("127.0.0.1:5000/app:v1").unwrap();
+        let d = format!("sha256:{}", "a".repeat(64));
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": crate::upstream::MEDIA_OCI_MANIFEST,
+            "config": {"mediaType": "x", "digest": d, "size": 1}, "layers": []
+        }))
+        .unwrap();
+        let good = RawManifest {
+            media_type: crate::upstream::MEDIA_OCI_MANIFEST.into(),
+            digest: Digest::of(&bytes),
+            bytes: bytes.clone(),
+        };
+        assert!(check_answer(&r, None, good.clone()).is_ok());
+        let mut lying = good.clone();
+        lying.bytes.push(b' ');
+        assert!(matches!(check_answer(&r, None, lying), Err(RegistryError::DigestMismatch { .. })));
+        // A digest reference must get exactly that manifest.
+        let pinned = r.at_digest(&format!("sha256:{}", "b".repeat(64)));
+        assert!(check_answer(&pinned, None, good.clone()).is_err());
+        assert!(check_answer(&r.at_digest(good.digest.as_str()), None, good.clone()).is_ok());
+        // An index that does not name the manifest.
+        let idx_bytes = br#"{"schemaVersion":2,"manifests":[]}"#.to_vec();
+        let idx = RawManifest {
+            media_type: crate::upstream::MEDIA_OCI_INDEX.into(),
+            digest: Digest::of(&idx_bytes),
+            bytes: idx_bytes,
+        };
+        assert!(check_answer(&r, Some(idx), good).is_err());
+    }
+}

@@ -1,0 +1,183 @@
+//! Images from a real OCI registry (Debian's docker-registry on loopback, images pushed with
+//! skopeo): pull by tag and digest, once per cluster, offline from peers, and the errors.
+
+#![allow(clippy::unwrap_used)]
+
+use shoal_testkit::Cluster;
+use shoal_testkit::registry::{Registry, inspect_digest, push_docker_archive, push_two_platform_index};
+use shoal_types::{ImageInfo, PullRequest};
+
+async fn pull(c: &shoal_api::client::Client, reference: &str) -> Result<ImageInfo, String> {
+    c.send_json::<_, ImageInfo>(hyper::Method::POST, "/v1/images/pull", &PullRequest { reference: reference.into() })
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The config and layer digests of `repo:tag`, read with a HEAD-free GET of the manifest
+/// (counted in the manifest log only).
+fn blob_digests(reg: &Registry, repo: &str, reference: &str) -> anyhow::Result<Vec<String>> {
+    let accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json";
+    let m = reg.request("GET", &format!("/v2/{repo}/manifests/{reference}"), &[("Accept", accept)], b"")?.json()?;
+    let mut out = vec![m["config"]["digest"].as_str().unwrap().to_string()];
+    out.extend(m["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()));
+    Ok(out)
+}
+
+fn random_layer(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    shoal_testkit::images::layer(&[("data/blob", &data)])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_peers_pulling_at_once_fetch_each_blob_from_the_registry_once() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let mut reg = Registry::start(&scratch.path().join("reg"), None)?;
+    let archive = scratch.path().join("app.tar");
+    shoal_testkit::images::write_busybox_image(
+        &archive,
+        "app:v1",
+        &[random_layer(6 << 20, 1)],
+        serde_json::json!({"Cmd": ["sh"]}),
+    );
+    let pushed = push_docker_archive(&reg, &archive, "team/app:v1", None)?;
+    let blobs = blob_digests(&reg, "team/app", "v1")?;
+    let reference = format!("{}/team/app:v1", reg.host());
+
+    let mut c = Cluster::start(3, true).await?;
+    let clients: Vec<_> = c.agents.iter().map(|a| a.client()).collect();
+    // Every peer sees the same membership, so all pick the same owner for each blob (while
+    // views differ, two owners may each fetch: the cost of no coordinator).
+    for a in &c.agents {
+        shoal_testkit::eventually(std::time::Duration::from_secs(20), "all peers alive", async || {
+            let peers = a.peers().await.ok()?;
+            (peers.iter().filter(|p| p.state == shoal_types::PeerState::Alive).count() == 3).then_some(())
+        })
+        .await?;
+    }
+    let pulls = futures::future::join_all(clients.iter().map(|cl| pull(cl, &reference))).await;
+    for (i, p) in pulls.iter().enumerate() {
+        let img = p.as_ref().map_err(|e| anyhow::anyhow!("peer {i}: {e}\n{}", c.logs()))?;
+        assert_eq!(img.digest, pushed, "the manifest is kept byte for byte: its digest is the registry's");
+        assert_eq!(img.reference, reference);
+    }
+    // skopeo agrees on the digest.
+    assert_eq!(inspect_digest(&reg, "team/app:v1")?, pushed);
+    let counts: Vec<usize> = blobs.iter().map(|b| reg.blob_gets(b)).collect();
+    // skopeo inspect fetched the config once more.
+    let want: Vec<usize> = (0..blobs.len()).map(|i| if i == 0 { 2 } else { 1 }).collect();
+    assert_eq!(counts, want, "each blob must come from the registry once for the whole cluster\n{}", reg.log());
+
+    // By digest too (nothing fetched again).
+    let by_digest = format!("{}/team/app@{pushed}", reg.host());
+    let img = pull(&clients[1], &by_digest).await.map_err(anyhow::Error::msg)?;
+    assert_eq!(img.digest, pushed);
+    for b in &blobs[1..] {
+        assert_eq!(reg.blob_gets(b), 1, "a pull by digest reuses the cluster's blobs");
+    }
+
+    // Registry down: a new peer still gets the image by name, from the peers.
+    reg.stop();
+    c.add("late").await?;
+    let late = c.agents[3].client();
+    let img = pull(&late, &reference).await.map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
+    assert_eq!(img.digest, pushed);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_errors_are_clear_and_store_nothing() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let reg = Registry::start(&scratch.path().join("reg"), Some(("alice", "s3cret")))?;
+    let archive = scratch.path().join("app.tar");
+    shoal_testkit::images::write_busybox_image(&archive, "app:v1", &[], serde_json::json!({}));
+    let pushed = push_docker_archive(&reg, &archive, "team/app:v1", Some(("alice", "s3cret")))?;
+    let host = reg.host();
+    let c = Cluster::start(1, true).await?;
+    let cl = c.agents[0].client();
+
+    // Without a login: the registry refuses, and the error says how to log in.
+    let e = pull(&cl, &format!("{host}/team/app:v1")).await.unwrap_err();
+    assert!(e.contains("shoal registry login"), "{e}");
+    // A wrong password is refused at login, not saved.
+    let login =
+        |pw: &str| shoal_types::RegistryLogin { registry: host.clone(), username: "alice".into(), password: pw.into() };
+    let (status, body) =
+        cl.raw(hyper::Method::POST, "/v1/registries/login", Some(serde_json::to_vec(&login("wrong"))?)).await?;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("refused the credentials"));
+    let logins = c.agents[0].dir.join("registry-logins.json");
+    assert!(!logins.exists(), "a refused login is not saved");
+    let (status, _) =
+        cl.raw(hyper::Method::POST, "/v1/registries/login", Some(serde_json::to_vec(&login("s3cret"))?)).await?;
+    assert_eq!(status, 204);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&logins)?.permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let img = pull(&cl, &format!("{host}/team/app:v1")).await.map_err(anyhow::Error::msg)?;
+    assert_eq!(img.digest, pushed);
+
+    // An unknown tag: 404 that names it.
+    let (status, body) = cl
+        .raw(
+            hyper::Method::POST,
+            "/v1/images/pull",
+            Some(serde_json::to_vec(&PullRequest { reference: format!("{host}/team/app:nope") })?),
+        )
+        .await?;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("has no"), "{}", String::from_utf8_lossy(&body));
+
+    // A corrupted blob in the registry: a digest error, and no image stored.
+    let archive2 = scratch.path().join("app2.tar");
+    shoal_testkit::images::write_busybox_image(&archive2, "app:v2", &[random_layer(1 << 20, 7)], serde_json::json!({}));
+    push_docker_archive(&reg, &archive2, "team/app:v2", Some(("alice", "s3cret")))?;
+    let blobs = blob_digests(&reg, "team/app", "v2")?;
+    let last = blobs.last().unwrap().trim_start_matches("sha256:").to_string();
+    let data = scratch.path().join(format!("reg/storage/docker/registry/v2/blobs/sha256/{}/{last}/data", &last[..2]));
+    let mut bytes = std::fs::read(&data)?;
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&data, &bytes)?;
+    let (status, body) = cl
+        .raw(
+            hyper::Method::POST,
+            "/v1/images/pull",
+            Some(serde_json::to_vec(&PullRequest { reference: format!("{host}/team/app:v2") })?),
+        )
+        .await?;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("digest") && text.contains("nothing was stored"), "{text}");
+    let images: Vec<ImageInfo> = cl.get("/v1/images").await?;
+    assert!(!images.iter().any(|i| i.reference.ends_with(":v2")), "{images:?}");
+    // The agent is fine and still serves.
+    cl.get::<serde_json::Value>("/v1/status").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_platform_index_resolves_to_this_platform_and_is_kept() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let reg = Registry::start(&scratch.path().join("reg"), None)?;
+    let pushed = push_two_platform_index(&reg, "team/multi", "v1")?;
+    let c = Cluster::start(1, true).await?;
+    let cl = c.agents[0].client();
+    let img = pull(&cl, &format!("{}/team/multi:v1", reg.host())).await.map_err(anyhow::Error::msg)?;
+    let amd64 = &pushed.platforms[0];
+    assert_eq!(amd64.platform, "linux/amd64");
+    assert_eq!(img.digest, amd64.manifest, "this peer's platform's manifest");
+    assert_eq!(reg.blob_gets(&amd64.layer), 1);
+    assert_eq!(reg.blob_gets(&pushed.platforms[1].layer), 0, "the other platform is not fetched");
+    // The index is kept: its bytes are in the content store under its digest.
+    let content: Vec<serde_json::Value> = cl.get("/v1/content").await?;
+    let text = serde_json::to_string(&content)?;
+    assert!(text.contains(pushed.digest.trim_start_matches("sha256:")), "index {} not stored: {text}", pushed.digest);
+    Ok(())
+}
