@@ -13,9 +13,10 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'insta
 # nftables, conntrack: the cluster network (service addresses, routing mesh, NAT);
 # tcpdump, iputils-ping: the network tests (what the lab switch sees, DF probes).
 # docker-registry: a real OCI registry (distribution v2) the registry-client tests run on
-# loopback (testkit::registry); apache2-utils: its `htpasswd -B` for the registry auth tests.
+# loopback (testkit::registry); apache2-utils: its `htpasswd -B` for the registry auth tests;
+# containerd (ctr) and podman: real clients pulling through Shoal's registry mirror.
 for p in pkg-config iproute2 skopeo libseccomp-dev busybox-static nftables conntrack tcpdump iputils-ping \
-  docker-registry apache2-utils; do
+  docker-registry apache2-utils containerd podman; do
   pkg_installed "$p" || need_pkgs+=("$p")
 done
 

@@ -181,3 +181,141 @@ async fn a_two_platform_index_resolves_to_this_platform_and_is_kept() -> anyhow:
     assert!(text.contains(pushed.digest.trim_start_matches("sha256:")), "index {} not stored: {text}", pushed.digest);
     Ok(())
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// containerd (ctr, hosts.toml), Podman and skopeo (registries.conf) pull an image through a
+/// peer's mirror while the registry is down: the peer has it from another peer.
+#[tokio::test(flavor = "multi_thread")]
+async fn real_clients_pull_through_a_peers_mirror_with_the_registry_down() -> anyhow::Result<()> {
+    use std::process::Command;
+    let scratch = tempfile::tempdir()?;
+    let dir = scratch.path();
+    let mut reg = Registry::start(&dir.join("reg"), None)?;
+    let archive = dir.join("app.tar");
+    shoal_testkit::images::write_busybox_image(&archive, "app:v1", &[random_layer(2 << 20, 3)], serde_json::json!({}));
+    let pushed = push_docker_archive(&reg, &archive, "team/app:v1", None)?;
+    let host = reg.host();
+    let reference = format!("{host}/team/app:v1");
+
+    let port = free_port();
+    let mirror = format!("127.0.0.1:{port}");
+    let mut c = Cluster::start(1, true).await?;
+    c.add_with("mirror", &["--mirror-listen", &mirror, "--mirror-registry", &host]).await?;
+    for a in &c.agents {
+        shoal_testkit::eventually(std::time::Duration::from_secs(20), "both peers alive", async || {
+            let peers = a.peers().await.ok()?;
+            (peers.iter().filter(|p| p.state == shoal_types::PeerState::Alive).count() == 2).then_some(())
+        })
+        .await?;
+    }
+    // Peer 0 pulls from the registry; then the registry goes away.
+    pull(&c.agents[0].client(), &reference).await.map_err(anyhow::Error::msg)?;
+    reg.stop();
+
+    // The mirror speaks the distribution API: ping, HEAD and GET with the exact digest, 404s.
+    let get = |path: &str, method: &str| -> anyhow::Result<shoal_testkit::registry::HttpResponse> {
+        shoal_testkit::registry::http_request(format!("127.0.0.1:{port}").parse()?, method, path, &[], b"")
+    };
+    assert_eq!(get("/v2/", "GET")?.status, 200);
+    let head = get(&format!("/v2/team/app/manifests/v1?ns={host}"), "HEAD")?;
+    assert_eq!(head.status, 200, "{}", c.logs());
+    assert_eq!(head.header("docker-content-digest"), Some(pushed.as_str()));
+    let m = get(&format!("/v2/team/app/manifests/{pushed}?ns={host}"), "GET")?;
+    assert_eq!(m.status, 200);
+    assert_eq!(shoal_testkit::registry::sha256_digest(&m.body), pushed, "the manifest's exact bytes");
+    let layer = m.json()?["layers"][0]["digest"].as_str().unwrap().to_string();
+    let part = shoal_testkit::registry::http_request(
+        format!("127.0.0.1:{port}").parse()?,
+        "GET",
+        &format!("/v2/team/app/blobs/{layer}"),
+        &[("Range", "bytes=10-19")],
+        b"",
+    )?;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body.len(), 10);
+    let missing = get(&format!("/v2/team/app/manifests/nope?ns={host}"), "GET")?;
+    assert_eq!(missing.status, 404);
+    assert!(missing.text().contains("MANIFEST_UNKNOWN"), "{}", missing.text());
+
+    // skopeo and Podman: a registries.conf mirror (no ?ns=: the mirror's default registry).
+    let conf = dir.join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nlocation = \"{host}\"\ninsecure = true\n[[registry.mirror]]\nlocation = \"{mirror}\"\ninsecure = true\n"
+        ),
+    )?;
+    let out = Command::new("skopeo")
+        .arg("--registries-conf")
+        .arg(&conf)
+        .args(["copy", "--quiet", &format!("docker://{reference}")])
+        .arg(format!("oci:{}:v1", dir.join("oci").display()))
+        .output()?;
+    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("podman")
+        .env("CONTAINERS_REGISTRIES_CONF", &conf)
+        .arg("--root")
+        .arg(dir.join("podman-root"))
+        .arg("--runroot")
+        .arg(dir.join("podman-run"))
+        .args(["--storage-driver", "vfs", "--events-backend", "none", "pull", "-q", &reference])
+        .output()?;
+    assert!(out.status.success(), "podman: {}", String::from_utf8_lossy(&out.stderr));
+
+    // containerd 1.6: its own daemon, a hosts.toml naming the mirror (it sends ?ns=).
+    let cd = dir.join("containerd");
+    std::fs::create_dir_all(cd.join(format!("hosts/{host}")))?;
+    let sock = cd.join("containerd.sock");
+    std::fs::write(
+        cd.join("config.toml"),
+        format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{1}.ttrpc\"\n",
+            cd.display(),
+            sock.display()
+        ),
+    )?;
+    std::fs::write(
+        cd.join(format!("hosts/{host}/hosts.toml")),
+        format!("server = \"http://{host}\"\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    )?;
+    let log = std::fs::File::create(cd.join("containerd.log"))?;
+    let mut daemon = KillOnDrop(
+        Command::new("containerd")
+            .arg("--config")
+            .arg(cd.join("config.toml"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?,
+    );
+    shoal_testkit::eventually(std::time::Duration::from_secs(20), "containerd up", async || {
+        sock.exists().then_some(())
+    })
+    .await?;
+    let ctr = |args: &[&str]| Command::new("ctr").arg("--address").arg(&sock).args(args).output();
+    let out = ctr(&["images", "pull", "--hosts-dir", &cd.join("hosts").display().to_string(), &reference])?;
+    assert!(
+        out.status.success(),
+        "ctr: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls = String::from_utf8(ctr(&["images", "ls"])?.stdout)?;
+    assert!(ls.contains(&pushed), "{ls}");
+    let _ = ctr(&["images", "rm", "--sync", &reference]);
+    daemon.0.kill()?;
+    let _ = daemon.0.wait();
+    Ok(())
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -100,6 +100,14 @@ pub(crate) struct Args {
     /// (registries on 127.0.0.0/8 always are). Repeatable.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     insecure_registries: Vec<String>,
+    /// Where the registry mirror (a read-only OCI registry serving the cluster's images,
+    /// pulling through) listens, or `off` [default: 127.0.0.1:5050].
+    #[arg(long, value_name = "ADDR")]
+    mirror_listen: Option<String>,
+    /// The registry a mirror request without `?ns=` (containerd sends it; Docker and Podman do
+    /// not) is for [default: docker.io].
+    #[arg(long, value_name = "HOST")]
+    mirror_registry: Option<String>,
     /// Name of this peer's container bridge [default: shoal0].
     #[arg(long, value_name = "NAME")]
     bridge: Option<String>,
@@ -174,6 +182,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             wg_port: args.wg_port,
             vxlan_port: args.vxlan_port,
             insecure_registries: args.insecure_registries,
+            mirror_listen: args.mirror_listen,
+            mirror_registry: args.mirror_registry,
             bridge: args.bridge,
         },
     )?;

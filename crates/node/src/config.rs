@@ -42,6 +42,8 @@ pub enum ConfigError {
     /// The data listen address is malformed
     #[error("`{value}` is not a host:port for --data-listen")]
     BadDataListen { value: String },
+    #[error("`{value}` is not a host:port for --mirror-listen (or `off`)")]
+    BadMirrorListen { value: String },
     /// The container subnet is malformed
     #[error("`{value}` is not an IPv4 subnet like 198.19.0.0/24 (prefix 8-29) for --container-subnet")]
     BadSubnet { value: String },
@@ -137,6 +139,8 @@ pub struct FileConfig {
     pub wg_port: Option<u16>,
     pub vxlan_port: Option<u16>,
     pub insecure_registries: Option<Vec<String>>,
+    pub mirror_listen: Option<String>,
+    pub mirror_registry: Option<String>,
     pub swim: Option<SwimFile>,
 }
 
@@ -178,6 +182,8 @@ pub struct Overrides {
     pub wg_port: Option<u16>,
     pub vxlan_port: Option<u16>,
     pub insecure_registries: Vec<String>,
+    pub mirror_listen: Option<String>,
+    pub mirror_registry: Option<String>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -219,6 +225,10 @@ pub struct AgentConfig {
     pub network: shoal_net::NetSettings,
     /// `--insecure-registry`: registries spoken to over plain HTTP (loopback ones always are).
     pub insecure_registries: Vec<String>,
+    /// Where the registry mirror listens (`None`: off).
+    pub mirror_listen: Option<SocketAddr>,
+    /// The registry a mirror request without `?ns=` is for.
+    pub mirror_registry: String,
 }
 
 /// The data dir used when none is given: `/var/lib/shoal` for root, else under the user's
@@ -397,10 +407,20 @@ impl AgentConfig {
         {
             return Err(ConfigError::BadBridge { value: bridge });
         }
+        let mirror_listen = match o.mirror_listen.or(file.mirror_listen).as_deref() {
+            Some("off") => None,
+            Some(a) => {
+                Some(a.parse::<SocketAddr>().map_err(|_| ConfigError::BadMirrorListen { value: a.to_string() })?)
+            }
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 5050))),
+        };
+        let mirror_registry = o.mirror_registry.or(file.mirror_registry).unwrap_or_else(|| "docker.io".into());
         let mut insecure_registries = o.insecure_registries;
         insecure_registries.extend(file.insecure_registries.unwrap_or_default());
         Ok(AgentConfig {
             insecure_registries,
+            mirror_listen,
+            mirror_registry,
             container_subnet,
             bridge,
             network,

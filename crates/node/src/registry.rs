@@ -35,7 +35,25 @@ impl Node {
             })
         });
         let cluster = Cluster::start(upstream, self.blobs().clone(), self.overlay().clone(), may_resolve).await?;
-        self.set_registry(cluster);
+        self.set_registry(cluster.clone());
+        if let Some(addr) = cfg.mirror_listen {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let (default, cancel) = (cfg.mirror_registry.clone(), self.cancel().clone());
+                    self.tasks().spawn(async move {
+                        if let Err(e) = shoal_registry::mirror::serve(listener, cluster, default, cancel).await {
+                            tracing::warn!(err = %e, "the registry mirror stopped");
+                        }
+                    });
+                }
+                // The agent runs on without it: the mirror is a convenience, not the peer.
+                Err(e) => tracing::warn!(
+                    %addr, err = %e,
+                    "the registry mirror cannot listen (another agent or registry on this port?); \
+                     choose another with --mirror-listen ADDR, or --mirror-listen off"
+                ),
+            }
+        }
         Ok(())
     }
 

@@ -194,6 +194,10 @@ impl Cluster {
         &self.upstream
     }
 
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
     async fn serve(&self, peer: PeerId, ask: Ask) -> Answer {
         let failed = |e: RegistryError| Answer::Failed { kind: e.kind().into(), message: e.to_string() };
         match ask {

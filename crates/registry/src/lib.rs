@@ -7,11 +7,13 @@
 //!   index resolved to this peer's platform, blobs streamed into the content store with resume.
 //! - [`cluster`]: each blob fetched from the registry once per cluster, by the peer rendezvous
 //!   hashing picks; everyone else swarms it.
+//! - [`mirror`]: Shoal as a read-only registry mirror for containerd, Docker, Podman, skopeo.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod cluster;
 pub mod error;
 pub mod logins;
+pub mod mirror;
 pub mod reference;
 pub mod upstream;
 

@@ -343,7 +343,7 @@ impl Drop for BlobReader {
 }
 
 /// A manifest's media type: its `mediaType` field, else by shape (OCI allows leaving it out).
-fn media_type_of(bytes: &[u8]) -> Option<String> {
+pub(crate) fn media_type_of(bytes: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     if let Some(m) = v.get("mediaType").and_then(|m| m.as_str()) {
         return ACCEPTED.contains(&m).then(|| m.to_string());

@@ -118,6 +118,10 @@ impl Agent {
         if !self.spec.extra.iter().any(|a| a == "--cluster-subnet" || a == "--container-subnet") {
             cmd.args(["--cluster-subnet", PLAIN_AGENT_POOL]);
         }
+        // Likewise the registry mirror: off unless a test asks for one on its own port.
+        if !self.spec.extra.iter().any(|a| a == "--mirror-listen") {
+            cmd.args(["--mirror-listen", "off"]);
+        }
         cmd.args(&self.spec.extra);
         self.child = Some(cmd.spawn().with_context(|| format!("starting {}", shoal_bin().display()))?);
         Ok(())
@@ -243,7 +247,13 @@ impl Cluster {
 
     /// Starts one more agent joining through agent 0.
     pub async fn add(&mut self, name: &str) -> anyhow::Result<&mut Agent> {
+        self.add_with(name, &[]).await
+    }
+
+    /// [`Cluster::add`] with extra agent flags.
+    pub async fn add_with(&mut self, name: &str, extra: &[&str]) -> anyhow::Result<&mut Agent> {
         let mut spec = AgentSpec::new(name);
+        spec.extra = extra.iter().map(|s| s.to_string()).collect();
         spec.log_level = self.log_level.clone();
         spec.cluster_key = self.key.clone();
         if let Some(first) = self.agents.first() {
