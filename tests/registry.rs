@@ -319,3 +319,57 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `shoal run` pulls a registry image as `docker run` does; a service pins the digest its tag
+/// names, and its replicas start from the cluster's copy with the registry down, even after
+/// the tag moved.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_pulls_and_a_service_pins_its_images_digest() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let mut reg = Registry::start(&scratch.path().join("reg"), None)?;
+    let host = shoal_testkit::containers::ContainerHost::start("reg-run").await?;
+    let archive = scratch.path().join("app.tar");
+    shoal_testkit::images::write_busybox_image(
+        &archive,
+        "app:v1",
+        &[shoal_testkit::images::layer(&[("etc/version", b"one\n")])],
+        shoal_testkit::containers::ContainerHost::default_config(),
+    );
+    let pushed = push_docker_archive(&reg, &archive, "team/app:v1", None)?;
+    let reference = format!("{}/team/app:v1", reg.host());
+
+    let out = host.ok(&["run", "--rm", "--network", "none", &reference, "cat", "/etc/version"])?;
+    assert_eq!(out.trim(), "one");
+
+    let spec = serde_json::json!({"name": "pinned", "image": reference, "replicas": 1, "cmd": ["sleep", "600"]});
+    let client = host.agent.client();
+    let info: serde_json::Value = client.send_json(hyper::Method::POST, "/v1/services", &spec).await?;
+    assert_eq!(info["spec"]["image"], format!("{reference}@{pushed}"), "the tag is pinned to its digest");
+
+    // The tag moves in the registry; then the registry goes away. The service still runs the
+    // pinned bytes, from this peer's copy.
+    let archive2 = scratch.path().join("app2.tar");
+    shoal_testkit::images::write_busybox_image(
+        &archive2,
+        "app:v1",
+        &[shoal_testkit::images::layer(&[("etc/version", b"two\n")])],
+        shoal_testkit::containers::ContainerHost::default_config(),
+    );
+    let moved = push_docker_archive(&reg, &archive2, "team/app:v1", None)?;
+    assert_ne!(moved, pushed);
+    reg.stop();
+    host.ok(&["service", "scale", "pinned", "2"])?;
+    let running = shoal_testkit::eventually(std::time::Duration::from_secs(60), "2 replicas running", async || {
+        let r: Vec<serde_json::Value> = client.get("/v1/services/pinned/replicas").await.ok()?;
+        (r.iter().filter(|x| x["state"] == "running").count() == 2).then_some(r)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", host.agent.log_text()))?;
+    for r in &running {
+        let id = r["container"].as_str().unwrap_or_default();
+        let v = host.ok(&["exec", id, "cat", "/etc/version"])?;
+        assert_eq!(v.trim(), "one", "every replica runs the pinned bytes");
+    }
+    host.ok(&["service", "rm", "pinned"])?;
+    Ok(())
+}

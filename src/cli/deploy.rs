@@ -139,6 +139,11 @@ fn diff(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
                 continue;
             }
             let va = a.get(k).cloned().unwrap_or_default();
+            // The agent pins a tag to its digest (`app:v1@sha256:…`): the same tag in the file
+            // is no change.
+            if k == "image" && old.image.split_once('@').is_some_and(|(tag, _)| tag == new.image) {
+                continue;
+            }
             if va != *vb {
                 out.push(format!("{k}: {va} -> {vb}"));
             }

@@ -562,6 +562,16 @@ impl Blobs {
         Ok(stored.cid)
     }
 
+    /// Whether this peer holds an image named `reference` or a live peer advertises one.
+    pub async fn is_known(&self, reference: &str) -> bool {
+        let Ok(key) = image_key(reference) else { return false };
+        let k2 = key.clone();
+        if self.blocking(move |s| s.image(&k2)).await.ok().flatten().is_some() {
+            return true;
+        }
+        self.image_holders().await.contains_key(&key)
+    }
+
     /// The content id of a complete blob with this sha256, if the store holds one.
     pub async fn complete_sha256(&self, digest: &Digest) -> Option<ContentId> {
         let digest = digest.clone();

@@ -78,6 +78,11 @@ pub enum NodeError {
     /// A services operation failed.
     #[error(transparent)]
     Services(#[from] ServiceError),
+    /// Neither the cluster nor the image's registry has the image.
+    #[error(
+        "image {image} is not on this peer or any other, and {why}; import it with `shoal image import`, or check the name and the registry"
+    )]
+    NoImageAnywhere { image: String, why: String },
     /// A registry pull or login failed.
     #[error(transparent)]
     Registry(#[from] shoal_registry::RegistryError),
@@ -114,7 +119,7 @@ impl NodeError {
     pub fn kind(&self) -> ErrorKind {
         use ErrorKind as K;
         match self {
-            NodeError::NoPeer(_) | NodeError::NoImage(_) => K::NotFound,
+            NodeError::NoPeer(_) | NodeError::NoImage(_) | NodeError::NoImageAnywhere { .. } => K::NotFound,
             NodeError::BadContentId(_) => K::BadRequest,
             NodeError::Upload(e) if disk_full(e) => K::Full,
             NodeError::Upload(_) => K::BadRequest,

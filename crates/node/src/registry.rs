@@ -18,6 +18,21 @@ fn not_in_cluster(e: &BlobsError) -> bool {
     matches!(e, BlobsError::NoImageHolder(_) | BlobsError::BadReference(_) | BlobsError::UnsignedTag(_))
 }
 
+/// The error when neither the cluster nor the registry gave the image: what peers offered
+/// unsigned says most; a registry that cannot be reached is named beside the cluster's miss;
+/// a registry's own answer (no such tag, wrong password) is the answer.
+fn neither(reference: &str, cluster: BlobsError, registry: RegistryError) -> NodeError {
+    match (cluster, registry) {
+        (c @ BlobsError::UnsignedTag(_), RegistryError::Unreachable { .. } | RegistryError::NotFound { .. }) => {
+            c.into()
+        }
+        (_, e @ (RegistryError::Unreachable { .. } | RegistryError::Registry { .. })) => {
+            NodeError::NoImageAnywhere { image: reference.to_string(), why: e.to_string() }
+        }
+        (_, r) => r.into(),
+    }
+}
+
 impl Node {
     /// Starts the registry client and the upstream protocol (once, at start).
     pub(crate) async fn start_registry(&self) -> Result<(), NodeError> {
@@ -64,46 +79,81 @@ impl Node {
     /// The image for a container: here or on a peer by the name given, or by its normalised
     /// name, else from the registry.
     pub(crate) async fn image_for_run(&self, reference: &str) -> Result<ImageRecord, NodeError> {
-        match self.blobs().pull(reference).await {
+        let mut missed = match self.blobs().pull(reference).await {
             Ok(rec) => return Ok(rec),
-            Err(e) if not_in_cluster(&e) => {}
+            Err(e) if not_in_cluster(&e) => e,
             Err(e) => return Err(e.into()),
-        }
-        let r = ImageRef::parse(reference)?;
-        let key = r.to_string();
+        };
+        let Ok(r) = ImageRef::parse(reference) else { return Err(missed.into()) };
+        let key = r.key();
         if shoal_blobs::image_key(reference).ok().as_deref() != Some(key.as_str()) {
             match self.blobs().pull(&key).await {
                 Ok(rec) => return Ok(rec),
-                Err(e) if not_in_cluster(&e) => {}
+                Err(e) if not_in_cluster(&e) => {
+                    if !matches!(missed, BlobsError::UnsignedTag(_)) {
+                        missed = e;
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(self.registry()?.pull(&r).await?)
+        match self.registry()?.pull(&r).await {
+            Ok(rec) => Ok(rec),
+            Err(e) => Err(neither(reference, missed, e)),
+        }
     }
 
     /// `shoal image pull`: a name the cluster holds as given, else what the registry says the
     /// reference names now (blobs the cluster has are not fetched again), else, with the
     /// registry unreachable, the cluster's copy.
     pub(crate) async fn image_for_pull(&self, reference: &str) -> Result<ImageRecord, NodeError> {
-        match self.blobs().pull(reference).await {
+        let missed = match self.blobs().pull(reference).await {
             Ok(rec) => return Ok(rec),
-            Err(e) if not_in_cluster(&e) => {}
+            Err(e) if not_in_cluster(&e) => e,
             Err(e) => return Err(e.into()),
-        }
-        let r = ImageRef::parse(reference)?;
+        };
+        let Ok(r) = ImageRef::parse(reference) else { return Err(missed.into()) };
         match self.registry()?.pull(&r).await {
             Ok(rec) => Ok(rec),
             Err(e @ (RegistryError::Unreachable { .. } | RegistryError::Registry { .. })) => {
-                match self.blobs().pull(&r.to_string()).await {
+                match self.blobs().pull(&r.key()).await {
                     Ok(rec) => {
                         tracing::warn!(image = %r, err = %e, "the registry cannot be reached: using the cluster's copy");
                         Ok(rec)
                     }
-                    Err(_) => Err(e.into()),
+                    Err(_) => Err(neither(reference, missed, e)),
                 }
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(neither(reference, missed, e)),
         }
+    }
+
+    /// The image a service runs, pinned to the digest its tag names now (as Swarm does:
+    /// `REF:TAG@sha256:…`), so every replica runs the same bytes however the tag moves. A bare
+    /// name the cluster holds (an imported `app:v1`) and a reference with a digest stay as
+    /// they are; with the registry unreachable the tag stays too (replicas then use the
+    /// cluster's copy).
+    pub(crate) async fn pin_image(&self, image: &str) -> Result<String, NodeError> {
+        if image.contains('@') {
+            return Ok(image.to_string());
+        }
+        // A name with a registry host in it (`host:5000/app:v1`) is the registry's; a bare
+        // name the cluster holds (an imported `app:v1`) is the cluster's own.
+        let names_a_registry =
+            image.split_once('/').is_some_and(|(first, _)| first.contains(['.', ':']) || first == "localhost");
+        if !names_a_registry && self.blobs().is_known(image).await {
+            return Ok(image.to_string());
+        }
+        let Ok(r) = ImageRef::parse(image) else { return Ok(image.to_string()) };
+        let limit = std::time::Duration::from_secs(10);
+        let why = match tokio::time::timeout(limit, self.registry()?.resolve_top(&r)).await {
+            Ok(Ok(digest)) => return Ok(format!("{image}@{digest}")),
+            Ok(Err(e @ (RegistryError::Unreachable { .. } | RegistryError::Registry { .. }))) => e.to_string(),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => format!("no answer in {} s", limit.as_secs()),
+        };
+        tracing::warn!(image, why, "cannot resolve the image's tag with its registry: the service runs the tag as is");
+        Ok(image.to_string())
     }
 
     /// `shoal registry login`: checks the credentials with the registry, then saves them on

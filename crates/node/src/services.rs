@@ -278,16 +278,18 @@ impl Node {
 
     /// Declares a new service.
     pub async fn create_service(&self, mut spec: ServiceSpec) -> Result<ServiceInfo, NodeError> {
+        spec.image = self.pin_image(&spec.image).await?;
         spec.vip = self.pick_vip(&spec.name).await?;
         Ok(self.services().create(spec).await?)
     }
 
     /// Replaces the spec of service `name` (a rolling update when what runs changes).
-    pub async fn update_service(&self, name: &str, spec: ServiceSpec) -> Result<ServiceInfo, NodeError> {
+    pub async fn update_service(&self, name: &str, mut spec: ServiceSpec) -> Result<ServiceInfo, NodeError> {
         if spec.name != name {
             let e = shoal_services::ServiceError::NameMismatch { body: spec.name, path: name.to_string() };
             return Err(e.into());
         }
+        spec.image = self.pin_image(&spec.image).await?;
         Ok(self.services().update(spec).await?)
     }
 

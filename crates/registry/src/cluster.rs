@@ -238,9 +238,16 @@ impl Cluster {
         peers
     }
 
+    /// What `r` names now: the digest of its index, or of its manifest when it has no index
+    /// (what a service pins).
+    pub async fn resolve_top(&self, r: &ImageRef) -> Result<Digest, RegistryError> {
+        let res = self.resolve(r).await?;
+        Ok(res.index.as_ref().unwrap_or(&res.manifest).digest.clone())
+    }
+
     /// Resolves `r` (through the owner of its name when that is another peer).
     pub async fn resolve(&self, r: &ImageRef) -> Result<Resolved, RegistryError> {
-        let key = r.to_string();
+        let key = r.key();
         let mut candidates = self.candidates().await;
         if r.digest().is_none() {
             // Only peers that may vouch for a tag resolve it for others.
@@ -272,7 +279,7 @@ impl Cluster {
 
     /// Resolves `r` with the registry (or this peer's recent answer).
     async fn resolve_here(&self, r: &ImageRef) -> Result<(Option<RawManifest>, RawManifest), RegistryError> {
-        let key = r.to_string();
+        let key = r.key();
         let cached = self.tags.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
         if let Some((at, index, manifest)) = &cached
             && (at.elapsed() < TAG_FRESH || r.digest().is_some())
@@ -312,7 +319,7 @@ impl Cluster {
 
     /// Pulls `r` into this peer's store and records it as an image.
     pub async fn pull(&self, r: &ImageRef) -> Result<ImageRecord, RegistryError> {
-        let key = r.to_string();
+        let key = r.key();
         let progress = Arc::new(Mutex::new(PullProgress { reference: key.clone(), blobs: Vec::new() }));
         self.pulls.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), progress.clone());
         let result = self.pull_inner(r, &progress).await;
@@ -370,7 +377,7 @@ impl Cluster {
             None => None,
         };
         let rec = ImageRecord {
-            reference: r.to_string(),
+            reference: r.key(),
             manifest,
             config,
             layers,
@@ -381,7 +388,15 @@ impl Cluster {
                 .unwrap_or(0),
             seal: None,
         };
+        let top = rec.index.as_ref().unwrap_or(&rec.manifest).digest.clone();
         let rec = self.blobs.add_image(rec).await.map_err(|e| store_err(r, e))?;
+        if r.digest().is_none() {
+            // Also under its digest, so a service pinned to it (and a pull by digest) finds it
+            // on the peers when the registry is down.
+            let mut by_digest = rec.clone();
+            by_digest.reference = format!("{}/{}@{top}", r.registry(), r.repository());
+            self.blobs.add_image(by_digest).await.map_err(|e| store_err(r, e))?;
+        }
         info!(image = %rec.reference, digest = %rec.manifest.digest, "pulled from the registry");
         Ok(rec)
     }

@@ -118,7 +118,7 @@ impl Mirror {
         }
         // Nobody here has it: the cluster's copy, else the registry (once per cluster).
         let blobs = self.cluster.blobs();
-        let pulled = match blobs.pull(&r.to_string()).await {
+        let pulled = match blobs.pull(&r.key()).await {
             Ok(rec) => Ok(rec),
             Err(_) => self.cluster.pull(&r).await.map_err(|e| e.to_string()),
         };
@@ -141,7 +141,7 @@ impl Mirror {
             Some(d) => d.parse().ok()?,
             None => {
                 // A tag: the image record (the index it came by, if any, else the manifest).
-                let key = r.to_string();
+                let key = r.key();
                 let store = blobs.store();
                 let rec: ImageRecord = tokio::task::spawn_blocking(move || store.image(&key)).await.ok()?.ok()??;
                 rec.index.as_ref().unwrap_or(&rec.manifest).digest.clone()

@@ -74,6 +74,15 @@ impl ImageRef {
         }
     }
 
+    /// The key the image is stored and advertised under: `REGISTRY/REPO:TAG`, or
+    /// `REGISTRY/REPO@DIGEST` when a digest is pinned (a tag beside it is only a label).
+    pub fn key(&self) -> String {
+        match self.digest() {
+            Some(d) => format!("{}/{}@{d}", self.registry(), self.repository()),
+            None => self.to_string(),
+        }
+    }
+
     /// The oci-client reference.
     pub fn oci(&self) -> &Reference {
         &self.inner
@@ -130,6 +139,12 @@ mod tests {
         assert_eq!(r.registry(), "registry.example:5000");
         assert_eq!(r.repository(), "team/app");
         assert_eq!(r.to_string(), format!("registry.example:5000/team/app@{d}"));
+        assert_eq!(r.key(), r.to_string());
+        // Docker's pinned form: the tag stays a label, the digest decides.
+        let pinned = ImageRef::parse(&format!("127.0.0.1:5000/team/app:v1@{d}")).unwrap();
+        assert_eq!(pinned.tag(), Some("v1"));
+        assert_eq!(pinned.key(), format!("127.0.0.1:5000/team/app@{d}"));
+        assert_eq!(ImageRef::parse("nginx:1.27").unwrap().key(), "docker.io/library/nginx:1.27");
     }
 
     #[test]

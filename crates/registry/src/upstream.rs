@@ -96,7 +96,14 @@ pub struct Upstream {
     platform: Platform,
     /// One client per registry host (its protocol and token cache are per host).
     clients: Mutex<HashMap<String, Arc<Client>>>,
+    /// Registries that could not be reached lately, and when: asked again only after
+    /// [`UNREACHABLE_BACKOFF`], so a replica restarting in a loop or a burst of pulls does not
+    /// wait out a connect timeout each time.
+    unreachable: Mutex<HashMap<String, (std::time::Instant, String)>>,
 }
+
+/// How long a registry that could not be reached is not asked again.
+const UNREACHABLE_BACKOFF: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -106,7 +113,13 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     pub fn new(logins: Arc<Logins>, insecure: Vec<String>, platform: Platform) -> Upstream {
-        Upstream { logins, insecure, platform, clients: Mutex::new(HashMap::new()) }
+        Upstream {
+            logins,
+            insecure,
+            platform,
+            clients: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn logins(&self) -> &Arc<Logins> {
@@ -149,11 +162,31 @@ impl Upstream {
 
     /// The manifest or index `r` names, as sent, its digest checked when `r` pins one.
     pub async fn manifest(&self, r: &ImageRef) -> Result<RawManifest, RegistryError> {
+        let host = r.registry().to_string();
+        if let Some((at, detail)) = self.unreachable.lock().unwrap_or_else(|e| e.into_inner()).get(&host)
+            && at.elapsed() < UNREACHABLE_BACKOFF
+        {
+            return Err(RegistryError::Unreachable {
+                registry: host,
+                detail: format!("{detail}; not asked again for {} s", UNREACHABLE_BACKOFF.as_secs()),
+            });
+        }
         let client = self.client(r);
         let auth = self.logins.auth(r.registry());
         let what = format!("manifest {r}");
-        let (bytes, digest) =
-            client.pull_manifest_raw(r.oci(), &auth, &ACCEPTED).await.map_err(|e| map_err(r.registry(), &what, e))?;
+        let pulled =
+            client.pull_manifest_raw(r.oci(), &auth, &ACCEPTED).await.map_err(|e| map_err(r.registry(), &what, e));
+        let mut unreachable = self.unreachable.lock().unwrap_or_else(|e| e.into_inner());
+        match &pulled {
+            Err(RegistryError::Unreachable { detail, .. }) => {
+                unreachable.insert(host, (std::time::Instant::now(), detail.clone()));
+            }
+            _ => {
+                unreachable.remove(&host);
+            }
+        }
+        drop(unreachable);
+        let (bytes, digest) = pulled?;
         if bytes.len() > MAX_MANIFEST_BYTES {
             return Err(RegistryError::BadManifest {
                 reference: r.to_string(),
