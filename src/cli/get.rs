@@ -15,12 +15,20 @@ use std::time::Duration;
 pub(crate) struct Args {
     /// The content id (as `shoal share` printed it).
     id: String,
-    /// Also write the content to this file.
+    /// Also write the content to this file; `-` streams it to standard output in order while
+    /// the pieces arrive (`shoal get ID -o - | mpv -`).
     #[arg(short, long)]
     output: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode> {
+    if args.output.as_deref() == Some(std::path::Path::new("-")) {
+        // The agent fetches and streams each verified piece as it arrives, the ones just ahead
+        // of what has been written first.
+        let mut out = tokio::io::stdout();
+        client.download(&format!("/v1/content/{}", args.id), &mut out, |_, _| {}).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let t: TransferInfo = client.send_json(hyper::Method::POST, &format!("/v1/content/{}/fetch", args.id), &()).await?;
     let pb = bytes_bar(t.size, "fetching");
     let id = t.id.clone();

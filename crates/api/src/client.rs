@@ -319,6 +319,14 @@ impl Client {
         let (s, b) = self.send(method, path, body).await?;
         Ok((s.as_u16(), b))
     }
+
+    /// GET `path` with `Range: bytes=START-END`: the status and the body.
+    pub async fn get_range(&self, path: &str, start: u64, end: u64) -> Result<(u16, Bytes), ClientError> {
+        let resp = self.request(Method::GET, path, None, &[("range", format!("bytes={start}-{end}"))]).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
+        Ok((status, body))
+    }
 }
 
 type ReqBody = BoxBody<Bytes, std::io::Error>;

@@ -40,6 +40,8 @@ pub(crate) struct SharedPartial {
     pub(crate) manifest: Arc<PieceManifest>,
     pub(crate) have: RwLock<Bitfield>,
     pub(crate) file: Arc<File>,
+    /// The next piece a reader streaming the blob needs (`u32::MAX`: nobody reads it now).
+    pub(crate) reader_at: std::sync::atomic::AtomicU32,
 }
 
 /// A running download, as the rest of the subsystem sees it.

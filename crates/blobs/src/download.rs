@@ -38,6 +38,8 @@ const MAX_PEERS: usize = 16;
 const BAN_STALL: Duration = Duration::from_secs(30);
 const BAN_CORRUPT: Duration = Duration::from_secs(600);
 const REJECT_BACKOFF: Duration = Duration::from_secs(2);
+/// Pieces ahead of a streaming reader's position asked for first, in order.
+const STREAM_WINDOW: u32 = 4;
 /// Give up when no holder has been found for this long and nothing was fetched.
 const NO_HOLDER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -97,6 +99,7 @@ impl Download {
             manifest: manifest.clone(),
             have: std::sync::RwLock::new(partial.have.clone()),
             file: partial.file(),
+            reader_at: std::sync::atomic::AtomicU32::new(u32::MAX),
         });
         let (tx, rx) = mpsc::channel(256);
         let n = manifest.pieces() as usize;
@@ -471,6 +474,11 @@ impl Download {
                 s.asked.iter().filter(move |(_, t)| now.duration_since(**t) > late).map(|(i, _)| *i)
             })
             .collect();
+        // A reader streaming the blob: the next few pieces after its position come first.
+        let window = match self.shared.reader_at.load(std::sync::atomic::Ordering::Relaxed) {
+            u32::MAX => None,
+            at => Some((at, at.saturating_add(STREAM_WINDOW))),
+        };
         let mut sids: Vec<u64> = self.peers.keys().copied().collect();
         // Fairness between peers: a different first peer each time.
         use rand::seq::SliceRandom;
@@ -489,6 +497,7 @@ impl Download {
                     asked_of_peer: &asked,
                     avail: &self.avail,
                     overdue: &|i| overdue.contains(&i),
+                    window,
                 };
                 let Some(i) = pick(&inp, &mut self.rng) else { break };
                 let Some(s) = self.peers.get_mut(&sid) else { break };

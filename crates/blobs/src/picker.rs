@@ -7,6 +7,10 @@
 //!   (a seed) is only asked for pieces no other downloader holds. Its upload, the scarcest
 //!   resource in a swarm, is spent on pieces that exist nowhere else; the downloaders spread
 //!   them among themselves.
+//! - **A reader's window first**: while something reads the blob as it arrives (streaming),
+//!   the missing pieces of the window just ahead of its position are asked for lowest first,
+//!   of any peer that has them, the seed included; outside the window, rarest first as above,
+//!   so the swarm keeps being served.
 //! - **Endgame**: once every missing piece is already being fetched, an idle peer may fetch one
 //!   a second time (at most two copies in flight) if its request is overdue, so one slow peer
 //!   cannot hold up the end, while a piece merely on its way is not sent twice.
@@ -29,6 +33,8 @@ pub struct PickInput<'a> {
     pub avail: &'a [u16],
     /// Whether the request in flight for a piece is overdue (endgame duplicates only those).
     pub overdue: &'a dyn Fn(u32) -> bool,
+    /// Pieces a reader needs next, `[from, to)` (streaming), asked for first and in order.
+    pub window: Option<(u32, u32)>,
 }
 
 /// Picks a piece, or `None` if this peer should not be asked for anything now.
@@ -36,6 +42,13 @@ pub fn pick(inp: &PickInput<'_>, rng: &mut impl rand::Rng) -> Option<u32> {
     let n = inp.have.len();
     let holds = |p: u32| inp.peer_has.is_none_or(|b| b.get(p));
     let seed = inp.peer_has.is_none();
+    if let Some((from, to)) = inp.window {
+        let next = (from..to.min(n))
+            .find(|&p| !inp.have.get(p) && inp.inflight[p as usize] == 0 && holds(p) && !(inp.asked_of_peer)(p));
+        if next.is_some() {
+            return next;
+        }
+    }
     let mut best: Option<(u16, u32)> = None;
     let mut ties = 0u32;
     let mut missing_not_inflight = false;
@@ -107,6 +120,7 @@ mod tests {
             asked_of_peer: &no,
             avail: &avail,
             overdue: &yes,
+            window: None,
         };
         assert_eq!(pick(&inp, &mut rng()), Some(2));
         // The seed is only asked for pieces no downloader has: 1 or 3.
@@ -117,6 +131,7 @@ mod tests {
             asked_of_peer: &no,
             avail: &avail,
             overdue: &yes,
+            window: None,
         };
         for _ in 0..20 {
             assert!(matches!(pick(&inp, &mut rand::rng()), Some(1 | 3)));
@@ -139,6 +154,7 @@ mod tests {
             asked_of_peer: &no,
             avail: &avail,
             overdue: &yes,
+            window: None,
         };
         assert_eq!(pick(&inp, &mut rng()), Some(2));
         let twice = [0u8, 0, 2];
@@ -149,6 +165,7 @@ mod tests {
             asked_of_peer: &no,
             avail: &avail,
             overdue: &yes,
+            window: None,
         };
         assert_eq!(pick(&inp, &mut rng()), None);
         let asked = |p| p == 2;
@@ -159,6 +176,7 @@ mod tests {
             asked_of_peer: &asked,
             avail: &avail,
             overdue: &yes,
+            window: None,
         };
         assert_eq!(pick(&inp, &mut rng()), None, "never the same piece twice from one peer");
         let not_yet = |_| false;
@@ -169,8 +187,33 @@ mod tests {
             asked_of_peer: &no,
             avail: &avail,
             overdue: &not_yet,
+            window: None,
         };
         assert_eq!(pick(&inp, &mut rng()), None, "a piece on its way in time is not duplicated");
+    }
+
+    #[test]
+    fn a_readers_window_comes_first_and_in_order_even_from_the_seed() {
+        let no = |_| false;
+        let mut have = Bitfield::new(10);
+        have.set(4);
+        let mut inflight = [0u8; 10];
+        inflight[5] = 1;
+        // Every other downloader has piece 6: the seed would never be asked for it.
+        let avail = [1u16, 1, 1, 1, 1, 1, 1, 0, 0, 0];
+        let inp = PickInput {
+            peer_has: None,
+            have: &have,
+            inflight: &inflight,
+            asked_of_peer: &no,
+            avail: &avail,
+            overdue: &no,
+            window: Some((4, 8)),
+        };
+        assert_eq!(pick(&inp, &mut rng()), Some(6), "4 is here, 5 on its way: 6 is next");
+        // Past the window: rarest first again (7, 8 or 9, which no downloader has).
+        let inp = PickInput { window: Some((4, 7)), inflight: &[0, 0, 0, 0, 0, 1, 1, 0, 0, 0], ..inp };
+        assert!(matches!(pick(&inp, &mut rng()), Some(7..=9)));
     }
 
     proptest! {
@@ -195,7 +238,7 @@ mod tests {
             }
             let refused = |p: u32| p % 5 == 3;
             let yes = |_| true;
-            let inp = PickInput { peer_has: if seed { None } else { Some(&ph) }, have: &have, inflight: &infl[..n as usize], asked_of_peer: &refused, avail: &avail[..n as usize], overdue: &yes };
+            let inp = PickInput { peer_has: if seed { None } else { Some(&ph) }, have: &have, inflight: &infl[..n as usize], asked_of_peer: &refused, avail: &avail[..n as usize], overdue: &yes, window: None };
             let mut r = rand::rngs::StdRng::seed_from_u64(s);
             let endgame = (0..n).all(|p| have.get(p) || infl[p as usize] > 0);
             if let Some(p) = pick(&inp, &mut r) {

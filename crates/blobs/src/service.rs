@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -322,6 +322,73 @@ impl Blobs {
             Ok((f, size))
         })
         .await
+    }
+
+    /// Streams blob `cid` from byte `offset`: from the store when it is complete, else while
+    /// it downloads, in order, each piece as soon as it has arrived and been verified (the
+    /// picker fetches the pieces just ahead of the reader first). Returns the blob's size and
+    /// the chunks; an error ends the stream.
+    pub async fn stream(
+        &self,
+        cid: ContentId,
+        offset: u64,
+    ) -> Result<(u64, mpsc::Receiver<std::io::Result<bytes::Bytes>>), BlobsError> {
+        let (tx, rx) = mpsc::channel(4);
+        if let Ok((file, size)) = self.open(cid).await {
+            tokio::task::spawn_blocking(move || send_file(file, offset, size, tx));
+            return Ok((size, rx));
+        }
+        let mut progress = self.fetch(cid, None).await?;
+        let shared = self.ctx.running.lock().unwrap_or_else(|p| p.into_inner()).get(&cid).map(|r| r.shared.clone());
+        let Some(shared) = shared else {
+            // It completed in between.
+            let (file, size) = self.open(cid).await?;
+            tokio::task::spawn_blocking(move || send_file(file, offset, size, tx));
+            return Ok((size, rx));
+        };
+        let size = shared.manifest.size;
+        tokio::spawn(async move {
+            let m = shared.manifest.clone();
+            let first = if m.piece_size == 0 { 0 } else { (offset / u64::from(m.piece_size)) as u32 };
+            for i in first..m.pieces() {
+                shared.reader_at.store(i, std::sync::atomic::Ordering::Relaxed);
+                loop {
+                    let (arrived, failed) = {
+                        let p = progress.borrow_and_update();
+                        let failed = (p.state == TransferState::Failed)
+                            .then(|| p.error.clone().unwrap_or_else(|| "the download failed".into()));
+                        (p.have.get(i) || p.state == TransferState::Complete, failed)
+                    };
+                    if arrived {
+                        break;
+                    }
+                    if let Some(e) = failed {
+                        let _ = tx.send(Err(std::io::Error::other(e))).await;
+                        return;
+                    }
+                    if progress.changed().await.is_err() {
+                        // The download is over: every piece it got is in the file.
+                        break;
+                    }
+                }
+                let (off, len) = m.range(i);
+                let skip = if i == first { offset.saturating_sub(off) as usize } else { 0 };
+                let file = shared.file.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, off).map(|()| bytes::Bytes::from(buf).slice(skip.min(len)..))
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                let stop = read.is_err();
+                if tx.send(read).await.is_err() || stop {
+                    break;
+                }
+            }
+            shared.reader_at.store(u32::MAX, std::sync::atomic::Ordering::Relaxed);
+        });
+        Ok((size, rx))
     }
 
     /// Every running download's progress.
@@ -825,5 +892,30 @@ pub fn image_key(reference: &str) -> Result<String, BlobsError> {
             Ok(reference.to_string())
         }
         None => Ok(reference.parse::<Reference>().map_err(|_| bad())?.to_string()),
+    }
+}
+
+/// Sends a complete blob from `offset` in 1 MiB chunks (on a blocking thread).
+fn send_file(mut file: std::fs::File, offset: u64, size: u64, tx: mpsc::Sender<std::io::Result<bytes::Bytes>>) {
+    use std::io::{Seek, SeekFrom};
+    if let Err(e) = file.seek(SeekFrom::Start(offset.min(size))) {
+        let _ = tx.blocking_send(Err(e));
+        return;
+    }
+    let mut left = size.saturating_sub(offset);
+    while left > 0 {
+        let mut buf = vec![0u8; left.min(1 << 20) as usize];
+        match file.read_exact(&mut buf) {
+            Ok(()) => {
+                left -= buf.len() as u64;
+                if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
     }
 }

@@ -112,6 +112,17 @@ impl Node {
     }
 
     /// A complete blob to stream out, and its size.
+    /// Content from byte `offset`, while it arrives if this peer does not have it all yet
+    /// (the fetch starts if it is not running): its size and the chunks, in order.
+    pub async fn stream_content(
+        &self,
+        text: &str,
+        offset: u64,
+    ) -> Result<(u64, tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>), NodeError> {
+        let cid = self.resolve_content(text).await?;
+        Ok(self.blobs().stream(cid, offset).await?)
+    }
+
     pub async fn open_content(&self, text: &str) -> Result<(std::fs::File, u64), NodeError> {
         let cid = self.resolve_content(text).await?;
         Ok(self.blobs().open(cid).await?)

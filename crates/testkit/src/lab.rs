@@ -55,6 +55,19 @@ impl TestLab {
             .expect("spawn shoal lab")
     }
 
+    /// [`TestLab::spawn`] with the command's standard output piped (to read what it streams).
+    pub fn spawn_piped(&self, args: &[&str]) -> std::process::Child {
+        Command::new(crate::shoal_bin())
+            .arg("lab")
+            .args(["--name", &self.name])
+            .args(args)
+            .env("SHOAL_LAB_ROOT", self.root.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn shoal lab")
+    }
+
     /// The API client of peer `i`.
     pub fn client(&self, i: usize) -> Client {
         Client::new(&self.socket(i).display().to_string(), None).expect("socket path")

@@ -70,17 +70,99 @@ pub(crate) async fn list(State(s): State<AppState>) -> Result<ApiJson<Vec<Conten
     Ok(ApiJson(s.node.content().await?))
 }
 
-/// The bytes of a complete blob (id or unique prefix).
+/// The bytes of a blob (id or unique prefix), in order; if this peer does not have it all yet,
+/// it is fetched and streamed as verified pieces arrive. `Range: bytes=START-[END]` reads part.
 #[utoipa::path(get, path = "/v1/content/{id}", tag = "content", params(("id" = String, Path, description = "content id or unique prefix")),
-    responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = shoal_types::ErrorBody)))]
-pub(crate) async fn read(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
-    let (file, size) = s.node.open_content(&id).await?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20);
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, size.to_string())],
-        Body::from_stream(stream),
+    responses((status = 200, content_type = "application/octet-stream"), (status = 206, content_type = "application/octet-stream"),
+        (status = 404, body = shoal_types::ErrorBody), (status = 416)))]
+pub(crate) async fn read(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let start = range.as_deref().and_then(range_start).unwrap_or(0);
+    let (size, mut rx) = s.node.stream_content(&id, start).await?;
+    let Some(end) = range.as_deref().map_or(Some(size.saturating_sub(1)), |r| range_end(r, size)) else {
+        return Err(ApiError::BadRequest(format!("unsupported Range {range:?}: use bytes=START- or bytes=START-END")));
+    };
+    if range.is_some() && (start >= size || end < start) {
+        let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+        if let Ok(v) = format!("bytes */{size}").parse() {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        return Ok(r);
+    }
+    let len = if size == 0 { 0 } else { end + 1 - start };
+    // Chunks in order as they arrive, cut at the end of the range.
+    let body = async_stream_body(move |tx| async move {
+        let mut left = len;
+        while left > 0 {
+            let Some(chunk) = rx.recv().await else { break };
+            let mut chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+            };
+            if chunk.len() as u64 > left {
+                chunk.truncate(left as usize);
+            }
+            left -= chunk.len() as u64;
+            if tx.send(Ok(chunk)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut r = (
+        [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, len.to_string())],
+        body,
     )
-        .into_response())
+        .into_response();
+    r.headers_mut().insert(header::ACCEPT_RANGES, header::HeaderValue::from_static("bytes"));
+    if range.is_some() {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = format!("bytes {start}-{end}/{size}").parse() {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(r)
+}
+
+/// The start of `bytes=START-[END]`.
+fn range_start(r: &str) -> Option<u64> {
+    r.strip_prefix("bytes=")?.split_once('-')?.0.trim().parse().ok()
+}
+
+/// The inclusive end of `bytes=START-[END]` within `size` (`None`: a form not served).
+fn range_end(r: &str, size: u64) -> Option<u64> {
+    let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
+    a.trim().parse::<u64>().ok()?;
+    if r.contains(',') {
+        return None;
+    }
+    match b.trim() {
+        "" => Some(size.saturating_sub(1)),
+        e => Some(e.parse::<u64>().ok()?.min(size.saturating_sub(1))),
+    }
+}
+
+/// A body fed by a task through a channel.
+fn async_stream_body<F, Fut>(f: F) -> Body
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(f(tx));
+    Body::from_stream(tokio_stream_from(rx))
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Starts fetching a blob from the peers that hold it (or joins the running download).
