@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo: a lab of containerized Shoal peers on this machine (each in its own network
 # namespace and cgroup, links shaped to 50 Mbit/s) running a sample service (3 replicas of a
-# busybox web server), reached by name from a client container on another peer and through the
+# busybox web server) whose image it pulls from a local registry (Debian's docker-registry, in
+# peer 0's namespace: each layer fetched from it once for the whole cluster), reached by name
+# from a client container on another peer and through the
 # published port of a peer that runs no replica; peer 4 holds only a worker key, so it runs
 # replicas but its attempt to change the service is refused; then a peer loses power and its
 # replica comes back elsewhere; then a partition heals.
@@ -12,8 +14,14 @@ cd "$(dirname "$0")/.."
 export SHOAL_LAB=demo
 if [[ $(id -u) -ne 0 ]]; then echo "the demo needs root (network namespaces, cgroups)" >&2; exit 1; fi
 
+REG=/tmp/shoal-demo-registry
+stop_registry() {
+  if [[ -f $REG/pid ]]; then kill "$(cat "$REG/pid")" 2>/dev/null || true; fi
+  rm -rf "$REG"
+}
 if [[ ${1:-} == stop ]]; then
   [[ -x target/release/shoal ]] && target/release/shoal lab down
+  stop_registry
   exit 0
 fi
 
@@ -22,6 +30,7 @@ echo "building shoal (release)..."
 cargo build --release --locked -q --bin shoal
 SHOAL=$PWD/target/release/shoal
 $SHOAL lab down >/dev/null 2>&1 || true
+stop_registry
 
 say() { printf '\n== %s\n' "$*"; }
 alive_seen_by() { $SHOAL lab exec "$1" -- shoal peers --json | grep -c '"state": "alive"' || true; }
@@ -30,35 +39,52 @@ wait_alive() { # viewer count
   echo "timed out waiting for $2 alive peers" >&2; return 1
 }
 
+REGISTRY=198.18.0.10:5000   # peer 0's address in the lab
 say "shoal lab up --peers 5 --bandwidth 50mbit --workers 1 (peers 0-3 hold the operator key, peer 4 a worker key)"
-$SHOAL lab up --peers 5 --bandwidth 50mbit --workers 1
+$SHOAL lab up --peers 5 --bandwidth 50mbit --workers 1 --agent-arg=--insecure-registry=$REGISTRY
 
 say "the cluster as peer 3 sees it (shoal lab exec 3 -- shoal peers):"
 $SHOAL lab exec 3 -- shoal peers
 
-say "a sample image: busybox httpd serving a page (shoal image import on peer 0)"
+say "a local registry (Debian's docker-registry) in peer 0's namespace at $REGISTRY"
+mkdir -p "$REG/storage"
+cat >"$REG/config.yml" <<EOC
+version: 0.1
+log: {level: info, accesslog: {disabled: false}}
+storage: {filesystem: {rootdirectory: $REG/storage}}
+http: {addr: $REGISTRY}
+EOC
+$SHOAL lab exec 0 -- docker-registry serve "$REG/config.yml" >"$REG/registry.log" 2>&1 &
+echo $! >"$REG/pid"
+for _ in $(seq 100); do grep -q "listening on" "$REG/registry.log" && break; sleep 0.1; done
+
+say "the sample image (busybox httpd serving a page), pushed to it with skopeo: $REGISTRY/demo/web:v1"
 img=$(mktemp -d)
 mkdir -p "$img/root/bin" "$img/root/www" "$img/root/tmp" "$img/root/etc"
 cp /bin/busybox "$img/root/bin/busybox"
 for a in sh httpd hostname echo cat sleep wget nslookup; do ln -s busybox "$img/root/bin/$a"; done
 echo "hello from a Shoal service" > "$img/root/www/index.html"
 tar -C "$img/root" -cf "$img/web.tar" .
-$SHOAL lab exec 0 -- shoal image import --name demo/web:v1 "$img/web.tar"
+$SHOAL lab exec 0 -- shoal image import --name demo/web:v1 "$img/web.tar" >/dev/null
+$SHOAL lab exec 0 -- shoal image export demo/web:v1 -o "$img/web.oci.tar" 2>/dev/null
+$SHOAL lab exec 0 -- skopeo copy --quiet --dest-tls-verify=false "oci-archive:$img/web.oci.tar" "docker://$REGISTRY/demo/web:v1"
+$SHOAL lab exec 0 -- shoal image rm demo/web:v1 >/dev/null   # only the registry has it now
 rm -rf "$img"
 
-say "shoal service create --name web --replicas 3 (declared at peer 1; the others pull the image from peers)"
-$SHOAL lab exec 1 -- shoal service create --name web --replicas 3 -p 8080:80 demo/web:v1 \
+say "shoal service create --name web --replicas 3 $REGISTRY/demo/web:v1 (declared at peer 1; the tag is pinned to its digest; each layer comes from the registry once, the peers swarm it)"
+$SHOAL lab exec 1 -- shoal service create --name web --replicas 3 -p 8080:80 "$REGISTRY/demo/web:v1" \
   sh -c 'hostname > /www/who; exec httpd -f -p 80 -h /www'
 running() { $SHOAL lab exec "$1" -- shoal service ps web --json 2>/dev/null | grep -c '"state": "running"' || true; }
 for _ in $(seq 300); do (($(running 0) == 3)) && break; sleep 0.1; done
 $SHOAL lab exec 0 -- shoal service ps web
+echo "blob downloads the registry served for 3 replicas on 3 peers: $(grep -c 'GET /v2/demo/web/blobs/sha256:[0-9a-f]* HTTP/1.1" 200' "$REG/registry.log" || true) (the image has 2 blobs: config and layer)"
 
 say "the cluster network as peer 0 sees it (shoal lab exec 0 -- shoal network):"
 $SHOAL lab exec 0 -- shoal network
 
 client=4
 say "a client container on peer $client reaches the service by name (shoal exec client wget -qO- http://web/who)"
-$SHOAL lab exec $client -- shoal run -d --name client demo/web:v1 sleep 1d >/dev/null
+$SHOAL lab exec $client -- shoal run -d --name client "$REGISTRY/demo/web:v1" sleep 1d >/dev/null
 for _ in $(seq 100); do
   $SHOAL lab exec $client -- shoal exec client wget -qO- http://web/who >/dev/null 2>&1 && break; sleep 0.1
 done
@@ -116,5 +142,6 @@ The lab and the service keep running. Try:
   $SHOAL lab exec 2 -- shoal peers --json
   $SHOAL lab logs 1
   $SHOAL lab link 2 --bandwidth 5mbit
+  $SHOAL lab exec 3 -- shoal image ls
 (set SHOAL_LAB=demo or pass --name demo). Tear it down with: bash scripts/demo.sh stop
 EOT

@@ -73,11 +73,11 @@ async fn three_peers_pulling_at_once_fetch_each_blob_from_the_registry_once() ->
     let counts: Vec<usize> = blobs.iter().map(|b| reg.blob_gets(b)).collect();
     // skopeo inspect fetched the config once more.
     let want: Vec<usize> = (0..blobs.len()).map(|i| if i == 0 { 2 } else { 1 }).collect();
-    assert_eq!(counts, want, "each blob must come from the registry once for the whole cluster\n{}", reg.log());
+    assert_eq!(counts, want, "each blob must come from the registry once for the whole cluster\n{}", c.logs());
 
     // By digest too (nothing fetched again).
     let by_digest = format!("{}/team/app@{pushed}", reg.host());
-    let img = pull(&clients[1], &by_digest).await.map_err(anyhow::Error::msg)?;
+    let img = pull(&clients[1], &by_digest).await.map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
     assert_eq!(img.digest, pushed);
     for b in &blobs[1..] {
         assert_eq!(reg.blob_gets(b), 1, "a pull by digest reuses the cluster's blobs");

@@ -9,6 +9,7 @@ mod failure;
 mod idle;
 mod lab;
 mod network;
+mod registry;
 mod runtime;
 mod serf;
 mod services;
@@ -58,6 +59,18 @@ enum Bench {
         mib: u64,
         #[arg(long, default_value_t = 50)]
         mbit: u64,
+    },
+    /// Registry pulls in a lab: N peers pulling at once vs N skopeo copies, upstream bytes,
+    /// a pull from peers, and streaming's time to first byte.
+    Registry {
+        #[arg(long, default_value_t = 8)]
+        peers: usize,
+        /// Every pulling peer's link, Mbit/s (B).
+        #[arg(long, default_value_t = 400)]
+        mbit: u64,
+        /// The registry's link, Mbit/s (B_up).
+        #[arg(long, default_value_t = 400)]
+        up_mbit: u64,
     },
     /// Content: one seed to one downloader on loopback vs a plain TCP copy; agents' memory.
     Loopback {
@@ -146,6 +159,37 @@ async fn main() -> anyhow::Result<()> {
                     f.total_rss_mib / f.peers as f64
                 );
             }
+        }
+        Bench::Registry { peers, mbit, up_mbit } => {
+            println!(
+                "== registry: {peers} peers pull at once from a registry in the lab; registry link {up_mbit} Mbit/s (B_up), every other {mbit} Mbit/s (B)"
+            );
+            let r = registry::run(peers, mbit, up_mbit).await?;
+            for i in &r.images {
+                println!("image {} = {:.0} MiB:", i.name, i.size as f64 / (1u64 << 20) as f64);
+                println!(
+                    "  shoal:  all {peers} have it after {:.1} s; registry sent {:.2} x the image (bound now S/B_up+S/B+3 = {:.1} s, {:.2} x; aim 1.25 x max = {:.1} s)",
+                    i.shoal_all,
+                    i.shoal_upstream,
+                    i.bound_now,
+                    i.shoal_all / i.bound_now,
+                    i.bound_aim
+                );
+                println!(
+                    "  skopeo: {peers} copies straight from the registry: all done after {:.1} s; registry sent {:.2} x the image; shoal takes {:.2} x skopeo's time",
+                    i.skopeo_all,
+                    i.skopeo_upstream,
+                    i.shoal_all / i.skopeo_all
+                );
+                println!(
+                    "  a pull when another peer has it: {:.1} s (bound S/B+1 = {:.1} s), {} bytes from the registry",
+                    i.again, i.again_bound, i.again_upstream
+                );
+            }
+            println!(
+                "streaming: `shoal get ID -o -` of 256 MiB another peer holds: first byte after {:.2} s, all after {:.1} s",
+                r.ttfb, r.stream_all
+            );
         }
         Bench::Swarm { peers, mib, mbit } => {
             println!(

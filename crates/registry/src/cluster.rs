@@ -458,7 +458,17 @@ impl Cluster {
             // Long enough for the owner to fetch the whole blob at 1 MiB/s.
             let limit = Duration::from_secs(120) + Duration::from_secs(d.size >> 20);
             let ask = Ask::Blob { reference: r.to_string(), digest: d.digest.to_string(), size: d.size };
-            match self.ask(owner, &ask, limit).await {
+            // A stream that cannot be opened yet (a connection still being set up) is asked
+            // again a few times before this peer goes to the registry itself.
+            let mut answer = None;
+            for attempt in 0..3 {
+                answer = self.ask(owner, &ask, limit).await;
+                if answer.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+            match answer {
                 Some(Answer::Blob { cid }) => {
                     progress.lock().unwrap_or_else(|e| e.into_inner()).blobs[i].cid = Some(cid);
                     match self.blobs.fetch_and_wait(cid, Some(d.digest.clone())).await {
@@ -477,7 +487,7 @@ impl Cluster {
                     });
                 }
                 other => {
-                    debug!(peer = %owner, digest = %d.digest, answer = ?other, "the blob's owner did not fetch it; fetching it here")
+                    info!(peer = %owner, digest = %d.digest, answer = ?other, "the blob's owner did not fetch it; fetching it here")
                 }
             }
         }

@@ -5,8 +5,9 @@
 //! arrived: without it, that member's replicas look unheld and would be started twice) and
 //! settled: after the agent starts, once the set of members has been the same for
 //! [`SETTLE_FOR`] with at least one other member (the rest of the cluster is still being
-//! learnt), or after [`SETTLE_MAX`], or at once when this peer has never met another and has
-//! nothing declared.
+//! learnt), or after [`SETTLE_MAX`] ([`SETTLE_ALONE`] while it hears from no other peer but
+//! remembers some: a restarted peer acting alone would start every replica a second time),
+//! or at once when this peer has never met another and has nothing declared.
 
 use crate::actor::{Actor, Done, wall_ms};
 use crate::effects::{Cluster, ClusterView, Containers};
@@ -22,8 +23,11 @@ use tracing::{debug, info, warn};
 
 /// A (re)started peer acts once its membership has been stable this long ...
 pub(crate) const SETTLE_FOR: Duration = Duration::from_secs(1);
-/// ... or after this long in any case.
+/// ... or after this long in any case ...
 pub(crate) const SETTLE_MAX: Duration = Duration::from_secs(5);
+/// ... or this long when it remembers peers but has heard from none of them yet (a slow
+/// rejoin must not make it run the whole cluster's replicas alone).
+pub(crate) const SETTLE_ALONE: Duration = Duration::from_secs(15);
 /// A health check that takes longer fails.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// CPU use is sampled over this window (a fair window for the percentage).
@@ -223,7 +227,8 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
         // restarts with services on disk but remembers no other peer (the first peer of a
         // cluster, say) waits for the others to find it, up to SETTLE_MAX.
         let lonely = view.known == 0 && self.map.is_empty();
-        if lonely || (complete && stable && view.members.len() > 1) || self.started.elapsed() >= SETTLE_MAX {
+        let max = if view.members.len() <= 1 && view.known > 0 { SETTLE_ALONE } else { SETTLE_MAX };
+        if lonely || (complete && stable && view.members.len() > 1) || self.started.elapsed() >= max {
             info!(members = view.members.len(), "services: the cluster view has settled; acting on it");
             self.settle.settled = true;
         }

@@ -44,25 +44,21 @@ impl TestLab {
 
     /// Starts `shoal lab <args>` without waiting (for commands that run a while).
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        Command::new(crate::shoal_bin())
-            .arg("lab")
-            .args(["--name", &self.name])
-            .args(args)
-            .env("SHOAL_LAB_ROOT", self.root.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn shoal lab")
+        self.spawn_with(args, std::process::Stdio::null())
     }
 
     /// [`TestLab::spawn`] with the command's standard output piped (to read what it streams).
     pub fn spawn_piped(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_with(args, std::process::Stdio::piped())
+    }
+
+    fn spawn_with(&self, args: &[&str], stdout: std::process::Stdio) -> std::process::Child {
         Command::new(crate::shoal_bin())
             .arg("lab")
             .args(["--name", &self.name])
             .args(args)
             .env("SHOAL_LAB_ROOT", self.root.path())
-            .stdout(std::process::Stdio::piped())
+            .stdout(stdout)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn shoal lab")
