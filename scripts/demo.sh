@@ -54,7 +54,8 @@ log: {level: info, accesslog: {disabled: false}}
 storage: {filesystem: {rootdirectory: $REG/storage}}
 http: {addr: $REGISTRY}
 EOC
-$SHOAL lab exec 0 -- docker-registry serve "$REG/config.yml" >"$REG/registry.log" 2>&1 &
+# nsenter execs the registry itself, so its pid is the one to stop.
+nsenter --net=/run/netns/shoal-demo-0 docker-registry serve "$REG/config.yml" >"$REG/registry.log" 2>&1 &
 echo $! >"$REG/pid"
 for _ in $(seq 100); do grep -q "listening on" "$REG/registry.log" && break; sleep 0.1; done
 

@@ -90,10 +90,11 @@ pub(crate) async fn run(peers: usize, mbit: u64, up_mbit: u64) -> anyhow::Result
         ),
     )?;
     let log_file = std::fs::File::create(&log)?;
-    let mut registry = std::process::Command::new(shoal_testkit::shoal_bin())
-        .args(["lab", "--name", &lab.name, "exec", &host.to_string(), "--", "docker-registry", "serve"])
+    // nsenter execs the registry itself, so killing this child stops it.
+    let mut registry = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", lab.netns(host).display()))
+        .args(["docker-registry", "serve"])
         .arg(d.join("config.yml"))
-        .env("SHOAL_LAB_ROOT", lab.root.path())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
         .spawn()?;
@@ -148,9 +149,11 @@ pub(crate) async fn run(peers: usize, mbit: u64, up_mbit: u64) -> anyhow::Result
         });
         let mut shoal_all = 0f64;
         let mut size = 0;
+        let mut digest = String::new();
         for r in futures::future::join_all(pulls).await {
             let (img, t) = r?;
             size = img.size;
+            digest = img.digest;
             shoal_all = shoal_all.max(t);
         }
         let shoal_up = upstream_bytes(&log) - before;
@@ -186,7 +189,10 @@ pub(crate) async fn run(peers: usize, mbit: u64, up_mbit: u64) -> anyhow::Result
 
         // A pull when another peer has it: the last peer forgets it and pulls again.
         let last = peers - 1;
+        // Both of its names: the tag and the digest (a pull records the image under each).
         lab.ok(&["exec", &last.to_string(), "--", "shoal", "image", "rm", &reference])?;
+        let by_digest = format!("{reg_addr}/bench/{name}@{digest}");
+        lab.ok(&["exec", &last.to_string(), "--", "shoal", "image", "rm", &by_digest])?;
         let before = upstream_bytes(&log);
         let t0 = Instant::now();
         lab.client(last)
