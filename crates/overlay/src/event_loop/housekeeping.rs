@@ -73,7 +73,10 @@ impl EventLoop {
             drop(book);
             self.orphans = orphans;
         }
-        if now.duration_since(self.last_flush) > Duration::from_secs(5) {
+        // A peer met for the first time is saved at once (a crash a moment later must not leave
+        // a peer that remembers nobody to rejoin through); changes to known ones every 5 s.
+        let new_peer = self.dirty.iter().any(|p| !self.known.iter().any(|k| k.peer == *p));
+        if new_peer || now.duration_since(self.last_flush) > Duration::from_secs(5) {
             self.flush_store(false);
         }
     }
