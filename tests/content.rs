@@ -10,15 +10,7 @@ use std::time::{Duration, Instant};
 
 fn random_file(dir: &Path, name: &str, len: usize) -> PathBuf {
     let p = dir.join(name);
-    let mut data = vec![0u8; len];
-    let mut x: u64 = 0x9e3779b97f4a7c15 ^ len as u64;
-    for b in data.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    std::fs::write(&p, &data).unwrap();
+    shoal_testkit::noise::write_random_file(&p, len as u64, len as u64).unwrap();
     p
 }
 
@@ -296,5 +288,13 @@ async fn get_to_stdout_streams_verified_pieces_in_order_as_they_arrive() -> anyh
     let (status, part) = lab.client(1).get_range(&format!("/v1/content/{id}"), 1_000_000, 1_000_999).await?;
     assert_eq!(status, 206);
     assert_eq!(&part[..], &data[1_000_000..1_001_000]);
+    // The last bytes (a suffix range), past the end (416), and a form not served (400).
+    let path = format!("/v1/content/{id}");
+    let (status, tail) = lab.client(1).get_ranged(&path, "bytes=-1000").await?;
+    assert_eq!((status, &tail[..]), (206, &data[data.len() - 1000..]));
+    let (status, _) = lab.client(1).get_ranged(&path, &format!("bytes={}-", data.len())).await?;
+    assert_eq!(status, 416);
+    let (status, _) = lab.client(1).get_ranged(&path, "bytes=0-1,5-6").await?;
+    assert_eq!(status, 400);
     Ok(())
 }

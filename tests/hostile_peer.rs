@@ -68,6 +68,7 @@ struct Hostile {
     ctl: request_response::Behaviour<RawCodec>,
     state: request_response::Behaviour<RawCodec>,
     blob: request_response::Behaviour<RawCodec>,
+    streams: libp2p_stream::Behaviour,
 }
 
 fn raw(protocol: &'static str) -> request_response::Behaviour<RawCodec> {
@@ -90,8 +91,13 @@ fn hostile_swarm_as(key: ClusterKey, id: Keypair) -> Swarm<Hostile> {
         ctl: raw("/shoal/ctl/1"),
         state: raw("/shoal/state/1"),
         blob: raw("/shoal/blob/1"),
+        streams: libp2p_stream::Behaviour::new(),
     };
-    Swarm::new(transport, behaviour, peer, shoal_overlay::libp2p::swarm::Config::with_tokio_executor())
+    // Kept open while idle: with libp2p's default of none, the connection closed before the
+    // first request was sent on it, and every request "failed" without reaching the peer.
+    let config = shoal_overlay::libp2p::swarm::Config::with_tokio_executor()
+        .with_idle_connection_timeout(Duration::from_secs(60));
+    Swarm::new(transport, behaviour, peer, config)
 }
 
 /// Whether `ev` ends one hostile request (an answer or a failure), on any protocol.
@@ -566,5 +572,77 @@ async fn forged_desired_state_changes_nothing() -> anyhow::Result<()> {
     }
     let log = a.log_text();
     assert!(log.contains("not an operator's"), "the forgery is logged:\n{log}");
+    Ok(())
+}
+
+/// A holder of the cluster key that is not a member on this machine asks a peer to fetch, on
+/// its behalf, from a registry on the peer's own loopback, however the address is spelled:
+/// every ask is refused and the registry sees no request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_is_not_made_to_fetch_from_its_own_loopback() -> anyhow::Result<()> {
+    use shoal_registry::cluster::{Answer, Ask};
+    use shoal_testkit::registry::Registry;
+    let scratch = tempfile::tempdir()?;
+    let reg = Registry::start(&scratch.path().join("reg"), None)?;
+    let secret = reg.push_blob("team/app", b"what only this machine's registry holds")?;
+    let config = reg
+        .push_blob("team/app", br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": secret, "size": 1}],
+    });
+    let manifest = reg.put_manifest(
+        "team/app",
+        "v1",
+        "application/vnd.oci.image.manifest.v1+json",
+        &serde_json::to_vec(&manifest)?,
+    )?;
+
+    let c = Cluster::start(2, true).await?;
+    let target_addr: Multiaddr = c.agents[0].join_addr().await?.parse()?;
+    let target: PeerId = c.agents[0].status().await?.id.parse()?;
+    let mut swarm = hostile_swarm(ClusterKey::load(c.key.as_ref().unwrap())?);
+    connect(&mut swarm, target_addr).await?;
+    let mut control = swarm.behaviour().streams.new_control();
+    // The swarm runs on its own while asks go out as an agent's do.
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let port = reg.addr().port();
+    let hosts = [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("127.0.0.2:{port}"),
+        format!("0.0.0.0:{port}"),
+    ];
+    let mut answers = Vec::new();
+    for h in &hosts {
+        let reference = format!("{h}/team/app:v1");
+        let asks = [
+            Ask::Manifest { reference: reference.clone() },
+            Ask::Blob { reference, manifest: manifest.clone(), digest: secret.clone() },
+        ];
+        for ask in &asks {
+            let exchange = async {
+                let mut s = control.open_stream(target, shoal_registry::cluster::UPSTREAM_PROTOCOL).await?;
+                shoal_blobs::proto::write_msg(&mut s, ask).await?;
+                anyhow::Ok(shoal_blobs::proto::read_msg::<_, Answer>(&mut s, 1 << 20).await?)
+            };
+            let answer = tokio::time::timeout(Duration::from_secs(20), exchange)
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer to {ask:?} in 20 s"))??;
+            answers.push(answer);
+        }
+    }
+    driver.abort();
+    for a in &answers {
+        assert!(matches!(a, Answer::Failed { kind, .. } if kind == "refused"), "{a:?}");
+    }
+    assert_eq!(reg.manifest_gets(), 0, "the registry was asked for a manifest");
+    assert_eq!((reg.blob_gets(&secret), reg.blob_gets(&config)), (0, 0), "the registry was asked for a blob");
+    assert!(!c.agents[0].log_text().contains("panicked"));
     Ok(())
 }

@@ -24,16 +24,7 @@ fn blob_digests(reg: &Registry, repo: &str, reference: &str) -> anyhow::Result<V
 }
 
 fn random_layer(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    shoal_testkit::images::layer(&[("data/blob", &data)])
+    shoal_testkit::images::layer(&[("data/blob", &shoal_testkit::noise::random_bytes(len, seed))])
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,25 +10,12 @@
 //! - streaming: time to the first byte of `shoal get ID -o -` for a blob another peer holds.
 
 use shoal_testkit::lab::TestLab;
+use shoal_testkit::noise::random_bytes;
 use shoal_testkit::registry::AccessLine;
 use shoal_types::{ImageInfo, PullRequest};
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Random, incompressible bytes.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = vec![0u8; len];
-    for chunk in v.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        chunk.copy_from_slice(&b[..chunk.len()]);
-    }
-    v
-}
 
 /// Bytes of successful blob GETs the registry sent, from its access log.
 fn upstream_bytes(log: &Path) -> u64 {

@@ -322,7 +322,12 @@ impl Client {
 
     /// GET `path` with `Range: bytes=START-END`: the status and the body.
     pub async fn get_range(&self, path: &str, start: u64, end: u64) -> Result<(u16, Bytes), ClientError> {
-        let resp = self.request(Method::GET, path, None, &[("range", format!("bytes={start}-{end}"))]).await?;
+        self.get_ranged(path, &format!("bytes={start}-{end}")).await
+    }
+
+    /// A GET with this `Range` header (`bytes=-N`, `bytes=S-`, …): the status and the body.
+    pub async fn get_ranged(&self, path: &str, range: &str) -> Result<(u16, Bytes), ClientError> {
+        let resp = self.request(Method::GET, path, None, &[("range", range.to_string())]).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.map_err(|e| ClientError::Http(e.to_string()))?.to_bytes();
         Ok((status, body))

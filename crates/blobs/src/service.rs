@@ -352,6 +352,7 @@ impl Blobs {
             let first = if m.piece_size == 0 { 0 } else { (offset / u64::from(m.piece_size)) as u32 };
             for i in first..m.pieces() {
                 shared.reader_at.store(i, std::sync::atomic::Ordering::Relaxed);
+                let mut over = false;
                 loop {
                     let (arrived, failed) = {
                         let p = progress.borrow_and_update();
@@ -362,13 +363,20 @@ impl Blobs {
                     if arrived {
                         break;
                     }
+                    // Never a piece that is not here: the file holds zeros there.
+                    let failed = failed.or_else(|| over.then(|| format!("the download stopped before piece {i}")));
                     if let Some(e) = failed {
                         let _ = tx.send(Err(std::io::Error::other(e))).await;
+                        shared.reader_at.store(u32::MAX, std::sync::atomic::Ordering::Relaxed);
                         return;
                     }
-                    if progress.changed().await.is_err() {
-                        // The download is over: every piece it got is in the file.
-                        break;
+                    tokio::select! {
+                        changed = progress.changed() => over = changed.is_err(),
+                        // The reader went away while waiting.
+                        () = tx.closed() => {
+                            shared.reader_at.store(u32::MAX, std::sync::atomic::Ordering::Relaxed);
+                            return;
+                        }
                     }
                 }
                 let (off, len) = m.range(i);
@@ -520,12 +528,22 @@ impl Blobs {
     }
 
     /// Fetches `cid` and waits until it is complete.
+    /// With `expect_sha256`, the content must hash to it, however it got here (a download
+    /// joined or one finished before may have been started without that expectation).
     pub async fn fetch_and_wait(&self, cid: ContentId, expect_sha256: Option<Digest>) -> Result<(), BlobsError> {
-        let mut rx = self.fetch(cid, expect_sha256).await?;
+        let mut rx = self.fetch(cid, expect_sha256.clone()).await?;
+        let checked = async |this: &Self| match &expect_sha256 {
+            Some(d) if !this.is_complete_as(cid, d).await => Err(BlobsError::Transfer {
+                cid,
+                reason: format!("the content is not {d}"),
+                failure: crate::TransferFailure::Other,
+            }),
+            _ => Ok(()),
+        };
         loop {
             let p = rx.borrow_and_update().clone();
             match p.state {
-                TransferState::Complete => return Ok(()),
+                TransferState::Complete => return checked(self).await,
                 TransferState::Failed => {
                     return Err(BlobsError::Transfer {
                         cid,
@@ -539,7 +557,7 @@ impl Blobs {
                 // The download task ended; its last word is in the store.
                 let done = self.blocking(move |s| s.get(&cid)).await?.is_some_and(|r| r.complete);
                 return if done {
-                    Ok(())
+                    checked(self).await
                 } else {
                     Err(BlobsError::Transfer {
                         cid,
@@ -653,6 +671,14 @@ impl Blobs {
         .flatten()
     }
 
+    /// Whether `cid` is complete here and its bytes hash to `digest` (what a peer said it is).
+    pub async fn is_complete_as(&self, cid: ContentId, digest: &Digest) -> bool {
+        let digest = digest.clone();
+        self.blocking(move |s| Ok(s.get(&cid)?.is_some_and(|r| r.complete && r.sha256.as_ref() == Some(&digest))))
+            .await
+            .unwrap_or(false)
+    }
+
     /// On an operator peer, seals the images it holds that carry no seal (imported or pulled
     /// before tags were sealed): it vouches for what it already has.
     async fn seal_unsealed_images(&self) {
@@ -737,23 +763,17 @@ impl Blobs {
             }
         }
         let rec = self.describe(&reference).await?;
+        let bad = |reason: &str| BlobsError::BadImage { reference: reference.clone(), reason: reason.to_string() };
+        // A name with a digest (`REPO@sha256:…`, what a service pins) is bound by it: the
+        // peer's record must be that index or manifest.
+        if let Some((_, pinned)) = reference.split_once('@')
+            && rec.index.as_ref().unwrap_or(&rec.manifest).digest.as_str() != pinned
+        {
+            return Err(bad("a peer's record for this digest names other content"));
+        }
         // The manifest first: it names the config and layers by sha256, binding everything.
         self.fetch_and_wait(rec.manifest.cid, Some(rec.manifest.digest.clone())).await?;
-        let (store, mcid) = (self.ctx.store.clone(), rec.manifest.cid);
-        let manifest: serde_json::Value =
-            tokio::task::spawn_blocking(move || -> Result<serde_json::Value, BlobsError> {
-                let mut f = store.open_blob(&mcid)?;
-                let mut buf = Vec::new();
-                f.by_ref()
-                    .take(8 << 20)
-                    .read_to_end(&mut buf)
-                    .map_err(|source| BlobsError::Io { path: PathBuf::from("manifest"), source })?;
-                serde_json::from_slice(&buf)
-                    .map_err(|e| BlobsError::BadImage { reference: String::new(), reason: e.to_string() })
-            })
-            .await
-            .map_err(task_err)??;
-        let bad = |reason: &str| BlobsError::BadImage { reference: reference.clone(), reason: reason.to_string() };
+        let manifest = self.read_json(rec.manifest.cid).await?;
         let cfg = manifest["config"]["digest"].as_str().ok_or_else(|| bad("manifest has no config"))?;
         if cfg != rec.config.digest.to_string() {
             return Err(bad("config digest differs from the manifest"));
@@ -773,6 +793,15 @@ impl Blobs {
         for r in futures::future::join_all(fetches).await {
             r?;
         }
+        if let Some(i) = &rec.index {
+            let index = self.read_json(i.cid).await?;
+            let named = index["manifests"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|e| e["digest"].as_str() == Some(rec.manifest.digest.as_str())));
+            if !named {
+                return Err(bad("the image's index does not name its manifest"));
+            }
+        }
         let mut rec = rec;
         rec.reference = reference;
         rec.created_ms = now_ms();
@@ -780,6 +809,23 @@ impl Blobs {
         self.blocking(move |s| s.put_image(&r2)).await?;
         self.advertise_images().await;
         Ok(rec)
+    }
+
+    /// A manifest or index in the store, read as JSON (8 MiB at most).
+    async fn read_json(&self, cid: ContentId) -> Result<serde_json::Value, BlobsError> {
+        let store = self.ctx.store.clone();
+        tokio::task::spawn_blocking(move || -> Result<serde_json::Value, BlobsError> {
+            let mut f = store.open_blob(&cid)?;
+            let mut buf = Vec::new();
+            f.by_ref()
+                .take(8 << 20)
+                .read_to_end(&mut buf)
+                .map_err(|source| BlobsError::Io { path: PathBuf::from("manifest"), source })?;
+            serde_json::from_slice(&buf)
+                .map_err(|e| BlobsError::BadImage { reference: String::new(), reason: e.to_string() })
+        })
+        .await
+        .map_err(task_err)?
     }
 
     async fn describe(&self, reference: &str) -> Result<ImageRecord, BlobsError> {

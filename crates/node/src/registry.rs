@@ -159,8 +159,7 @@ impl Node {
     /// `shoal registry login`: checks the credentials with the registry, then saves them on
     /// this peer (0600; never sent to other peers).
     pub async fn registry_login(&self, registry: &str, username: &str, password: &str) -> Result<(), NodeError> {
-        // Normalised as in a reference: `docker.io` for Docker Hub.
-        let host = ImageRef::parse(&format!("{registry}/x"))?.registry().to_string();
+        let host = shoal_registry::login_host(registry)?;
         let upstream = self.registry()?.upstream().clone();
         shoal_registry::check_login(&upstream, &host, username, password).await?;
         upstream.logins().save(&host, username, password)?;
@@ -170,7 +169,7 @@ impl Node {
 
     /// `shoal registry logout`.
     pub async fn registry_logout(&self, registry: &str) -> Result<bool, NodeError> {
-        let host = ImageRef::parse(&format!("{registry}/x"))?.registry().to_string();
+        let host = shoal_registry::login_host(registry)?;
         let upstream = self.registry()?.upstream().clone();
         let had = upstream.logins().remove(&host)?;
         upstream.forget(&host);

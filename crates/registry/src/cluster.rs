@@ -18,7 +18,7 @@
 
 use crate::error::RegistryError;
 use crate::reference::ImageRef;
-use crate::upstream::{RawManifest, Resolved, Upstream, parse_manifest};
+use crate::upstream::{RawManifest, Resolved, Upstream, choose_platform, parse_manifest};
 use futures::future::BoxFuture;
 use futures::{AsyncWriteExt, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -47,19 +47,37 @@ const TAG_FRESH: Duration = Duration::from_secs(30);
 const TAG_KEPT: Duration = Duration::from_secs(24 * 3600);
 /// Most tags remembered.
 const MAX_TAGS: usize = 4096;
+/// How long a stream to a peer may take to open.
+const STREAM_OPEN: Duration = Duration::from_secs(5);
+/// How long a peer may take to resolve a reference for this one.
+const MANIFEST_ASK: Duration = Duration::from_secs(20);
+/// How long a peer's ask may be served for: a fetch of the largest blob at a slow 1 MiB/s.
+const SERVE_LIMIT: Duration = Duration::from_secs(3600);
 /// Blobs fetched from peers or the registry at once for one pull.
 const PARALLEL_BLOBS: usize = 4;
 
+/// What a peer asks on [`UPSTREAM_PROTOCOL`] (public for tests that play a hostile peer).
 #[derive(Debug, Serialize, Deserialize)]
-enum Ask {
+pub enum Ask {
     /// "Resolve this reference (tag or digest) to its manifest."
     Manifest { reference: String },
-    /// "Fetch this blob of that repository into your store and tell me its content id."
-    Blob { reference: String, digest: String, size: u64 },
+    /// "Fetch blob `digest`, which manifest `manifest` of that repository names, into your
+    /// store and tell me its content id." The owner resolves the manifest itself and takes the
+    /// blob's size from it: a peer cannot make another fetch a blob no manifest names.
+    Blob { reference: String, manifest: String, digest: String },
 }
 
+/// Why an ask got no answer.
+enum Miss {
+    /// No stream to the peer (not connected yet, or gone): worth trying again shortly.
+    Open,
+    /// The peer took the ask but did not answer in time: it is not asked again.
+    NoAnswer,
+}
+
+/// What a peer answers on [`UPSTREAM_PROTOCOL`].
 #[derive(Debug, Serialize, Deserialize)]
-enum Answer {
+pub enum Answer {
     Manifest { index: Option<RawManifest>, manifest: RawManifest },
     Blob { cid: ContentId },
     Failed { kind: String, message: String },
@@ -179,7 +197,9 @@ impl Cluster {
                             _ => return,
                         };
                     let answer = match slot {
-                        Ok(_slot) => c.serve(peer, ask).await,
+                        Ok(_slot) => {
+                            tokio::time::timeout(SERVE_LIMIT, c.serve(peer, ask)).await.unwrap_or(Answer::Busy)
+                        }
                         Err(_) => Answer::Busy,
                     };
                     let _ = write_msg(&mut stream, &answer).await;
@@ -200,26 +220,35 @@ impl Cluster {
 
     async fn serve(&self, peer: PeerId, ask: Ask) -> Answer {
         let failed = |e: RegistryError| Answer::Failed { kind: e.kind().into(), message: e.to_string() };
+        let reference = match &ask {
+            Ask::Manifest { reference } | Ask::Blob { reference, .. } => reference,
+        };
+        let r = match ImageRef::parse(reference) {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        // A loopback registry is this machine's: only a peer on the same machine means the same
+        // one (and another machine's peer has no business with this one's local services).
+        if is_local(&r).await && !self.machine_mates().await.contains(&peer) {
+            return Answer::Failed {
+                kind: "refused".into(),
+                message: "a loopback registry is fetched from only for peers on the same machine".into(),
+            };
+        }
         match ask {
-            Ask::Manifest { reference } => {
-                let r = match ImageRef::parse(&reference) {
-                    Ok(r) => r,
-                    Err(e) => return failed(e),
-                };
+            Ask::Manifest { .. } => {
                 debug!(%peer, %r, "resolving for a peer");
                 match self.resolve_here(&r).await {
                     Ok((index, manifest)) => Answer::Manifest { index, manifest },
                     Err(e) => failed(e),
                 }
             }
-            Ask::Blob { reference, digest, size } => {
-                let (r, digest) = match (ImageRef::parse(&reference), digest.parse::<Digest>()) {
-                    (Ok(r), Ok(d)) => (r, d),
-                    (Err(e), _) => return failed(e),
-                    (_, Err(e)) => return failed(RegistryError::BadManifest { reference, why: e.to_string() }),
+            Ask::Blob { manifest, digest, .. } => {
+                let d = match self.named_blob(&r, &manifest, &digest).await {
+                    Ok(d) => d,
+                    Err(e) => return failed(e),
                 };
-                debug!(%peer, %r, %digest, "fetching a blob for a peer");
-                let d = Descriptor { media_type: String::new(), digest, size };
+                debug!(%peer, %r, digest = %d.digest, "fetching a blob for a peer");
                 match self.fetch_here(&r, &d).await {
                     Ok(cid) => Answer::Blob { cid },
                     Err(e) => failed(e),
@@ -228,14 +257,40 @@ impl Cluster {
         }
     }
 
-    /// Live peers (and this one).
-    async fn candidates(&self) -> Vec<PeerId> {
-        let mut peers: Vec<PeerId> =
-            self.overlay.members().await.unwrap_or_default().into_iter().map(|m| m.peer).collect();
+    /// The descriptor of blob `digest` in manifest `manifest` of `r`'s repository, as this
+    /// peer resolves that manifest itself (a digest: cached, one request per image at most).
+    async fn named_blob(&self, r: &ImageRef, manifest: &str, digest: &str) -> Result<Descriptor, RegistryError> {
+        let bad = |why: String| RegistryError::BadManifest { reference: r.to_string(), why };
+        let manifest: Digest = manifest.parse().map_err(|_| bad("a malformed manifest digest".into()))?;
+        let at = r.at_digest(manifest.as_str());
+        let (index, m) = self.resolve_here(&at).await?;
+        let res = parse_manifest(&at, index, m)?;
+        std::iter::once(&res.config)
+            .chain(&res.layers)
+            .find(|d| d.digest.as_str() == digest)
+            .cloned()
+            .ok_or_else(|| bad(format!("manifest {manifest} names no blob {digest}")))
+    }
+
+    /// The peers that may fetch from `r`'s registry for others: every live peer (and this
+    /// one), or for a loopback registry only those on this machine.
+    async fn members_here(&self, r: &ImageRef) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = if r.is_loopback() {
+            self.machine_mates().await
+        } else {
+            self.overlay.members().await.unwrap_or_default().into_iter().map(|m| m.peer).collect()
+        };
         if !peers.contains(&self.me) {
             peers.push(self.me);
         }
         peers
+    }
+
+    /// Live peers on this machine (all their addresses on the loopback: a peer claiming one
+    /// it does not answer on is found dead by the failure detector).
+    async fn machine_mates(&self) -> Vec<PeerId> {
+        let members = self.overlay.members().await.unwrap_or_default();
+        members.into_iter().filter(|m| on_loopback(&m.addrs)).map(|m| m.peer).collect()
     }
 
     /// What `r` names now: the digest of its index, or of its manifest when it has no index
@@ -248,7 +303,7 @@ impl Cluster {
     /// Resolves `r` (through the owner of its name when that is another peer).
     pub async fn resolve(&self, r: &ImageRef) -> Result<Resolved, RegistryError> {
         let key = r.key();
-        let mut candidates = self.candidates().await;
+        let mut candidates = self.members_here(r).await;
         if r.digest().is_none() {
             // Only peers that may vouch for a tag resolve it for others.
             let mut vouching = Vec::new();
@@ -261,20 +316,45 @@ impl Cluster {
         }
         let owner = owner_of(key.as_bytes(), &candidates);
         if let Some(owner) = owner.filter(|o| *o != self.me) {
-            match self.ask(owner, &Ask::Manifest { reference: key.clone() }, Duration::from_secs(60)).await {
+            // Whatever the owner says short of a checked answer (even "no such tag"), this peer
+            // asks the registry itself: a peer's word is never the last.
+            match self.ask_again(owner, &Ask::Manifest { reference: key.clone() }, MANIFEST_ASK).await {
                 Some(Answer::Manifest { index, manifest }) => match check_answer(r, index, manifest) {
-                    Ok(res) => return Ok(res),
+                    Ok(res) => match self.for_this_platform(r, res).await {
+                        Ok(res) => return Ok(res),
+                        Err(e) => debug!(peer = %owner, err = %e, "resolving this platform's manifest here"),
+                    },
                     Err(e) => warn!(peer = %owner, err = %e, "a peer's answer for a tag did not check out"),
                 },
-                Some(Answer::Failed { kind, message }) if kind == "not-found" => {
-                    // The registry said so through a peer; asking it again would say the same.
-                    return Err(RegistryError::NotFound { registry: r.registry().into(), what: message });
-                }
                 other => debug!(peer = %owner, answer = ?other.map(|a| format!("{a:?}")), "resolving here instead"),
             }
         }
         let (index, manifest) = self.resolve_here(r).await?;
         parse_manifest(r, index, manifest)
+    }
+
+    /// An answer resolved on a peer of another platform names that peer's manifest: this
+    /// peer's is chosen from the same index (checked by its digest, from a peer or the registry).
+    async fn for_this_platform(&self, r: &ImageRef, res: Resolved) -> Result<Resolved, RegistryError> {
+        let Some(index) = &res.index else { return Ok(res) };
+        let want = choose_platform(r, index, self.upstream.platform())?;
+        if want == res.manifest.digest {
+            return Ok(res);
+        }
+        let at = r.at_digest(want.as_str());
+        let owner = owner_of(at.key().as_bytes(), &self.members_here(r).await).filter(|o| *o != self.me);
+        let from_peer = match owner {
+            Some(o) => match self.ask_again(o, &Ask::Manifest { reference: at.key() }, MANIFEST_ASK).await {
+                Some(Answer::Manifest { index: None, manifest }) => check_answer(&at, None, manifest).ok(),
+                _ => None,
+            },
+            None => None,
+        };
+        let manifest = match from_peer {
+            Some(m) => m.manifest,
+            None => self.upstream.manifest(&at).await?,
+        };
+        parse_manifest(r, res.index, manifest)
     }
 
     /// Resolves `r` with the registry (or this peer's recent answer).
@@ -308,13 +388,31 @@ impl Cluster {
         }
     }
 
-    async fn ask(&self, peer: PeerId, ask: &Ask, limit: Duration) -> Option<Answer> {
+    /// One ask: `limit` for the answer once the stream is open.
+    async fn ask(&self, peer: PeerId, ask: &Ask, limit: Duration) -> Result<Answer, Miss> {
+        let mut streams = self.overlay.streams();
+        let mut stream = match tokio::time::timeout(STREAM_OPEN, streams.open_stream(peer, UPSTREAM_PROTOCOL)).await {
+            Ok(Ok(s)) => s,
+            _ => return Err(Miss::Open),
+        };
         let exchange = async {
-            let mut stream = self.overlay.streams().open_stream(peer, UPSTREAM_PROTOCOL).await.ok()?;
             write_msg(&mut stream, ask).await.ok()?;
             read_msg::<_, Answer>(&mut stream, MAX_ANSWER).await.ok()
         };
-        tokio::time::timeout(limit, exchange).await.ok().flatten()
+        tokio::time::timeout(limit, exchange).await.ok().flatten().ok_or(Miss::NoAnswer)
+    }
+
+    /// An ask, tried again a few times while no stream opens (a connection still being set
+    /// up); a peer that took the ask and did not answer is not asked again.
+    async fn ask_again(&self, peer: PeerId, ask: &Ask, limit: Duration) -> Option<Answer> {
+        for attempt in 0..3 {
+            match self.ask(peer, ask, limit).await {
+                Ok(a) => return Some(a),
+                Err(Miss::NoAnswer) => return None,
+                Err(Miss::Open) => tokio::time::sleep(Duration::from_millis(200 << attempt)).await,
+            }
+        }
+        None
     }
 
     /// Pulls `r` into this peer's store and records it as an image.
@@ -322,9 +420,9 @@ impl Cluster {
         let key = r.key();
         let progress = Arc::new(Mutex::new(PullProgress { reference: key.clone(), blobs: Vec::new() }));
         self.pulls.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), progress.clone());
-        let result = self.pull_inner(r, &progress).await;
-        self.pulls.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-        result
+        // Gone from the list however the pull ends, a caller that gives up included.
+        let _listed = Unlist { map: &self.pulls, key, mine: progress.clone() };
+        self.pull_inner(r, &progress).await
     }
 
     async fn pull_inner(
@@ -353,7 +451,7 @@ impl Cluster {
         // Collected first: a lazy iterator's closure in the future's state makes it not Send.
         let mut fetches = Vec::with_capacity(wanted.len());
         for (i, d) in wanted.iter().enumerate() {
-            fetches.push(self.fetch_one(r, d, progress, i));
+            fetches.push(self.fetch_one(r, &res.manifest.digest, d, progress, i));
         }
         let fetched: Vec<Result<(Digest, ContentId), RegistryError>> =
             futures::stream::iter(fetches).buffer_unordered(PARALLEL_BLOBS).collect().await;
@@ -405,11 +503,12 @@ impl Cluster {
     async fn fetch_one(
         &self,
         r: &ImageRef,
+        manifest: &Digest,
         d: &Descriptor,
         progress: &Arc<Mutex<PullProgress>>,
         i: usize,
     ) -> Result<(Digest, ContentId), RegistryError> {
-        let (cid, source) = self.ensure_blob(r, d, progress, i).await?;
+        let (cid, source) = self.ensure_blob(r, manifest, d, progress, i).await?;
         let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
         p.blobs[i].source = Some(source);
         p.blobs[i].done = d.size;
@@ -441,10 +540,11 @@ impl Cluster {
             .collect()
     }
 
-    /// The content id of blob `d`, in this peer's store when this returns.
+    /// The content id of blob `d` (named by `manifest`), in this peer's store when this returns.
     async fn ensure_blob(
         &self,
         r: &ImageRef,
+        manifest: &Digest,
         d: &Descriptor,
         progress: &Arc<Mutex<PullProgress>>,
         i: usize,
@@ -452,39 +552,27 @@ impl Cluster {
         if let Some(cid) = self.blobs.complete_sha256(&d.digest).await {
             return Ok((cid, Source::Local));
         }
-        let candidates = self.candidates().await;
-        let owner = owner_of(d.digest.as_str().as_bytes(), &candidates);
+        let owner = owner_of(d.digest.as_str().as_bytes(), &self.members_here(r).await);
         if let Some(owner) = owner.filter(|o| *o != self.me) {
             // Long enough for the owner to fetch the whole blob at 1 MiB/s.
             let limit = Duration::from_secs(120) + Duration::from_secs(d.size >> 20);
-            let ask = Ask::Blob { reference: r.to_string(), digest: d.digest.to_string(), size: d.size };
-            // A stream that cannot be opened yet (a connection still being set up) is asked
-            // again a few times before this peer goes to the registry itself.
-            let mut answer = None;
-            for attempt in 0..3 {
-                answer = self.ask(owner, &ask, limit).await;
-                if answer.is_some() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-            }
-            match answer {
+            let ask =
+                Ask::Blob { reference: r.to_string(), manifest: manifest.to_string(), digest: d.digest.to_string() };
+            // Whatever the owner answers is a hint: the content it names must turn out to be
+            // this blob, and on any failure (even "the registry's bytes do not match") this
+            // peer goes to the registry itself.
+            match self.ask_again(owner, &ask, limit).await {
                 Some(Answer::Blob { cid }) => {
                     progress.lock().unwrap_or_else(|e| e.into_inner()).blobs[i].cid = Some(cid);
                     match self.blobs.fetch_and_wait(cid, Some(d.digest.clone())).await {
-                        Ok(()) => return Ok((cid, Source::Peers)),
+                        Ok(()) if self.blobs.is_complete_as(cid, &d.digest).await => return Ok((cid, Source::Peers)),
+                        Ok(()) => {
+                            warn!(peer = %owner, digest = %d.digest, %cid, "a peer named content that is not the blob; fetching it here")
+                        }
                         Err(e) => {
                             warn!(peer = %owner, digest = %d.digest, err = %e, "cannot swarm a blob a peer fetched; fetching it here")
                         }
                     }
-                }
-                Some(Answer::Failed { kind, message }) if kind == "digest-mismatch" => {
-                    return Err(RegistryError::DigestMismatch {
-                        registry: r.registry().into(),
-                        what: format!("blob {}", d.digest),
-                        expected: d.digest.to_string(),
-                        actual: message,
-                    });
                 }
                 other => {
                     info!(peer = %owner, digest = %d.digest, answer = ?other, "the blob's owner did not fetch it; fetching it here")
@@ -497,42 +585,34 @@ impl Cluster {
     /// Fetches blob `d` from the registry into the store (once at a time per digest).
     async fn fetch_here(&self, r: &ImageRef, d: &Descriptor) -> Result<ContentId, RegistryError> {
         let lock = self.fetching.lock().unwrap_or_else(|e| e.into_inner()).entry(d.digest.clone()).or_default().clone();
+        // The entry goes with the last one waiting on it, however each ends.
+        let _entry = Unlock { map: &self.fetching, digest: d.digest.clone(), lock: lock.clone() };
         let _held = lock.lock().await;
-        let result = async {
-            if let Some(cid) = self.blobs.complete_sha256(&d.digest).await {
-                return Ok(cid);
-            }
-            let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            self.fetched.lock().unwrap_or_else(|e| e.into_inner()).insert(d.digest.clone(), counter.clone());
-            let reader = Counted {
-                inner: self.upstream.blob_reader(r, d, tokio::runtime::Handle::current()),
-                counter,
-            };
-            let stored = self.blobs.share_verified(reader, d.size, d.digest.clone()).await;
-            self.fetched.lock().unwrap_or_else(|e| e.into_inner()).remove(&d.digest);
-            match stored {
-                Ok(cid) => {
-                    info!(registry = r.registry(), digest = %d.digest, size = d.size, "fetched a blob from the registry");
-                    Ok(cid)
-                }
-                Err(BlobsError::Store(shoal_blobs::StoreError::DigestMismatch { actual, .. })) => {
-                    Err(RegistryError::DigestMismatch {
-                        registry: r.registry().into(),
-                        what: format!("blob {}", d.digest),
-                        expected: d.digest.to_string(),
-                        actual,
-                    })
-                }
-                Err(e) => Err(store_err(r, e)),
-            }
+        if let Some(cid) = self.blobs.complete_sha256(&d.digest).await {
+            return Ok(cid);
         }
-        .await;
-        drop(_held);
-        let mut fetching = self.fetching.lock().unwrap_or_else(|e| e.into_inner());
-        if fetching.get(&d.digest).is_some_and(|l| Arc::strong_count(l) <= 2) {
-            fetching.remove(&d.digest);
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.fetched.lock().unwrap_or_else(|e| e.into_inner()).insert(d.digest.clone(), counter.clone());
+        let _counted = Uncount { map: &self.fetched, digest: d.digest.clone() };
+        let reader = Counted { inner: self.upstream.blob_reader(r, d, tokio::runtime::Handle::current()), counter };
+        let failure = reader.inner.failure();
+        match self.blobs.share_verified(reader, d.size, d.digest.clone()).await {
+            Ok(cid) => {
+                info!(registry = r.registry(), digest = %d.digest, size = d.size, "fetched a blob from the registry");
+                Ok(cid)
+            }
+            Err(BlobsError::Store(shoal_blobs::StoreError::DigestMismatch { actual, .. })) => {
+                Err(RegistryError::DigestMismatch {
+                    registry: r.registry().into(),
+                    what: format!("blob {}", d.digest),
+                    expected: d.digest.to_string(),
+                    actual,
+                })
+            }
+            // The registry's own error (unreachable, refused, gone) rather than the store's
+            // "cannot read".
+            Err(e) => Err(failure.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_else(|| store_err(r, e))),
         }
-        result
     }
 
     /// Stores a manifest's exact bytes.
@@ -599,6 +679,78 @@ pub fn owner_of(key: &[u8], peers: &[PeerId]) -> Option<PeerId> {
             *h.finalize().as_bytes()
         })
         .copied()
+}
+
+/// Whether `r`'s registry is this machine: named so, or a name that resolves here (resolved
+/// with a short limit; a name that does not resolve is not local, and its fetch fails anyway).
+async fn is_local(r: &ImageRef) -> bool {
+    if r.is_loopback() {
+        return true;
+    }
+    let host = r.oci().resolve_registry();
+    let target = if host.ends_with(']') || !host.contains(':') { format!("{host}:443") } else { host.to_string() };
+    match tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(target)).await {
+        Ok(Ok(mut addrs)) => addrs.any(|a| crate::reference::is_local_ip(a.ip())),
+        _ => false,
+    }
+}
+
+/// Whether a peer's addresses are all on the loopback (a peer on this machine).
+fn on_loopback(addrs: &[shoal_overlay::libp2p::Multiaddr]) -> bool {
+    use shoal_overlay::libp2p::multiaddr::Protocol;
+    !addrs.is_empty()
+        && addrs.iter().all(|a| {
+            a.iter().any(|p| match p {
+                Protocol::Ip4(ip) => ip.is_loopback(),
+                Protocol::Ip6(ip) => ip.is_loopback(),
+                _ => false,
+            })
+        })
+}
+
+/// Takes a pull off the list when dropped (unless a newer pull of the same name replaced it).
+struct Unlist<'a> {
+    map: &'a Mutex<HashMap<String, Arc<Mutex<PullProgress>>>>,
+    key: String,
+    mine: Arc<Mutex<PullProgress>>,
+}
+
+impl Drop for Unlist<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&self.key).is_some_and(|p| Arc::ptr_eq(p, &self.mine)) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// Drops a digest's fetch lock from the map when the last holder is done with it.
+struct Unlock<'a> {
+    map: &'a Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    digest: Digest,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Unlock<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and this one: nobody else waits.
+        if map.get(&self.digest).is_some_and(|l| Arc::ptr_eq(l, &self.lock) && Arc::strong_count(l) <= 2) {
+            map.remove(&self.digest);
+        }
+    }
+}
+
+/// Drops a registry fetch's byte counter when the fetch ends.
+struct Uncount<'a> {
+    map: &'a Mutex<HashMap<Digest, Arc<std::sync::atomic::AtomicU64>>>,
+    digest: Digest,
+}
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.digest);
+    }
 }
 
 /// Counts the bytes a reader hands out (the progress of a registry fetch).

@@ -27,6 +27,32 @@ use std::time::Duration;
 
 /// Checks `username`/`password` against `registry` before they are saved: a wrong password is
 /// an error now, not at the next pull.
+/// The registry host a login is for, as references name it: `docker.io` for Docker Hub
+/// (however it is spelled), else `HOST[:PORT]` as given, a scheme or path dropped. A bare word
+/// (`myhost`) would be a Docker Hub repository in a reference, so it is refused rather than
+/// quietly saved for Docker Hub.
+pub fn login_host(given: &str) -> Result<String, RegistryError> {
+    let host = given.trim();
+    let host = host.strip_prefix("https://").or_else(|| host.strip_prefix("http://")).unwrap_or(host);
+    let host = host.split('/').next().unwrap_or_default();
+    let bad = |why: &str| RegistryError::BadReference { reference: given.to_string(), why: why.to_string() };
+    if host.is_empty() {
+        return Err(bad("no registry host given: use HOST[:PORT], or docker.io for Docker Hub"));
+    }
+    if matches!(host, "docker.io" | "index.docker.io" | "registry-1.docker.io") {
+        return Ok("docker.io".into());
+    }
+    if !(host.contains(['.', ':']) || host == "localhost") {
+        return Err(bad(&format!(
+            "{host} is not a registry host (a name without a dot or a port is a Docker Hub repository): \
+             use {host}.DOMAIN, {host}:PORT, or docker.io for Docker Hub"
+        )));
+    }
+    // The same parse references get, so the login is found when one names this host.
+    let r = ImageRef::parse(&format!("{host}/x"))?;
+    Ok(r.registry().to_string())
+}
+
 pub async fn check_login(
     upstream: &Upstream,
     registry: &str,
@@ -42,7 +68,8 @@ pub async fn check_login(
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(unreachable)?;
-    let url = format!("{scheme}://{registry}/v2/");
+    // Docker Hub's API is at index.docker.io, not docker.io.
+    let url = format!("{scheme}://{}/v2/", probe.oci().resolve_registry());
     let res = http.get(&url).basic_auth(username, Some(password)).send().await.map_err(unreachable)?;
     let unauthorized = || RegistryError::Unauthorized { registry: registry.into(), what: format!("user {username}") };
     match res.status().as_u16() {
@@ -74,6 +101,30 @@ pub async fn check_login(
         }
         code => {
             Err(RegistryError::Registry { registry: registry.into(), message: format!("GET {url} answered {code}") })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::login_host;
+
+    #[test]
+    fn a_login_names_a_registry_host_or_is_refused() {
+        for (given, want) in [
+            ("docker.io", "docker.io"),
+            ("index.docker.io", "docker.io"),
+            ("https://index.docker.io/v1/", "docker.io"),
+            ("registry.example:5000", "registry.example:5000"),
+            ("http://127.0.0.1:5000/", "127.0.0.1:5000"),
+            ("localhost:5000", "localhost:5000"),
+            ("ghcr.io", "ghcr.io"),
+        ] {
+            assert_eq!(login_host(given).unwrap(), want, "{given}");
+        }
+        for given in ["myhost", "", "  ", "https://"] {
+            let e = login_host(given).unwrap_err().to_string();
+            assert!(e.contains("docker.io"), "{given}: {e}");
         }
     }
 }

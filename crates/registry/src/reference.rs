@@ -95,9 +95,22 @@ impl ImageRef {
         if insecure.iter().any(|h| h == host) {
             return true;
         }
-        let name = host_without_port(host);
-        name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        self.is_loopback()
     }
+
+    /// Whether the registry is named as the machine's own (`localhost`, 127.0.0.0/8, `::1`,
+    /// `::ffff:127.x`, `0.0.0.0`): each machine's own, so only peers on the same machine share
+    /// it. (A name that resolves to a loopback address is found by resolving it.)
+    pub fn is_loopback(&self) -> bool {
+        let name = host_without_port(self.registry()).to_ascii_lowercase();
+        name == "localhost" || name.ends_with(".localhost") || name.parse::<IpAddr>().is_ok_and(is_local_ip)
+    }
+}
+
+/// A loopback or unspecified address (which connects to this machine), IPv4-mapped too.
+pub fn is_local_ip(ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    ip.is_loopback() || ip.is_unspecified()
 }
 
 /// `host:port` → `host` (an IPv6 literal keeps its brackets off).
@@ -167,5 +180,21 @@ mod tests {
         assert!(!plain("10.0.0.1:5000/a", &[]));
         assert!(plain("10.0.0.1:5000/a", &["10.0.0.1:5000"]));
         assert!(!plain("10.0.0.1:5000/a", &["10.0.0.1"]));
+    }
+
+    #[test]
+    fn every_spelling_of_this_machine_is_loopback() {
+        let local = |r: &str| ImageRef::parse(r).unwrap().is_loopback();
+        for r in ["127.0.0.1:5000/a", "127.0.0.2:5000/a", "localhost:5000/a", "reg.localhost:5000/a", "0.0.0.0:5000/a"]
+        {
+            assert!(local(r), "{r}");
+        }
+        for r in ["nginx", "10.0.0.1:5000/a", "registry.example/a"] {
+            assert!(!local(r), "{r}");
+        }
+        // IPv6 literals (where ::ffff:127.0.0.1 would hide) are not references at all.
+        assert!(ImageRef::parse("[::ffff:127.0.0.1]:5000/a").is_err());
+        assert!(super::is_local_ip("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(super::is_local_ip("::".parse().unwrap()));
     }
 }

@@ -234,7 +234,11 @@ impl Upstream {
     /// A reader of blob `d` of `r`'s repository (resuming on broken connections). The bytes
     /// are not checked here: the content store checks the sha256 of the whole.
     pub fn blob_reader(&self, r: &ImageRef, d: &Descriptor, rt: tokio::runtime::Handle) -> BlobReader {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<bytes::Bytes, std::io::Error>>(16);
+        // Bounded: a slow store slows the download. The reader blocks (it runs on a blocking
+        // thread), the download task awaits.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+        let failure: Arc<Mutex<Option<RegistryError>>> = Arc::default();
+        let failed = failure.clone();
         let (client, auth, r, d) = (self.client(r), self.logins.auth(r.registry()), r.repository_ref(), d.clone());
         let task = rt.spawn(async move {
             let registry = r.registry().to_string();
@@ -262,7 +266,10 @@ impl Upstream {
                             tokio::time::sleep(Duration::from_millis(200 << resumes)).await;
                             continue;
                         }
-                        let _ = tx.send(Err(std::io::Error::other(e.to_string())));
+                        // Recorded before the reader hears of it.
+                        let message = e.to_string();
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                        let _ = tx.send(Err(std::io::Error::other(message))).await;
                         return;
                     }
                 };
@@ -273,13 +280,16 @@ impl Upstream {
                         tracing::debug!(registry, digest = %d.digest, offset, err = %e, "blob download broke; resuming");
                     }
                     Pumped::Broken(e) => {
-                        let _ = tx.send(Err(std::io::Error::other(format!("{what} from {registry}: {e}"))));
+                        let message = format!("{what}: the download broke {RESUMES} times, the last: {e}");
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(RegistryError::Registry { registry, message: message.clone() });
+                        let _ = tx.send(Err(std::io::Error::other(message))).await;
                         return;
                     }
                 }
             }
         });
-        BlobReader { rx, buf: bytes::Bytes::new(), task: Some(task), got: 0 }
+        BlobReader { rx, buf: bytes::Bytes::new(), task: Some(task), got: 0, failure }
     }
 }
 
@@ -295,7 +305,7 @@ async fn pump(
     mut skip: u64,
     offset: &mut u64,
     size: u64,
-    tx: &std::sync::mpsc::SyncSender<Result<bytes::Bytes, std::io::Error>>,
+    tx: &tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
 ) -> Pumped {
     let mut stream = s.stream;
     while let Some(chunk) = stream.next().await {
@@ -315,16 +325,13 @@ async fn pump(
             }
         }
         *offset += chunk.len() as u64;
-        // The channel is bounded: a slow store slows the download (the send blocks a
-        // blocking-pool thread, never a runtime worker).
-        let tx2 = tx.clone();
-        let sent = tokio::task::spawn_blocking(move || tx2.send(Ok(chunk)).is_ok()).await.unwrap_or(false);
-        if !sent {
+        if *offset > size {
+            let _ = tx
+                .send(Err(std::io::Error::other(format!("the registry sent more than the {size} bytes announced"))))
+                .await;
             return Pumped::ReaderGone;
         }
-        if *offset > size {
-            let _ =
-                tx.send(Err(std::io::Error::other(format!("the registry sent more than the {size} bytes announced"))));
+        if tx.send(Ok(chunk)).await.is_err() {
             return Pumped::ReaderGone;
         }
     }
@@ -337,10 +344,11 @@ async fn pump(
 
 /// The blocking end of a blob download (what the content store reads).
 pub struct BlobReader {
-    rx: std::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
     buf: bytes::Bytes,
     task: Option<tokio::task::JoinHandle<()>>,
     got: u64,
+    failure: Arc<Mutex<Option<RegistryError>>>,
 }
 
 impl BlobReader {
@@ -348,15 +356,21 @@ impl BlobReader {
     pub fn bytes_read(&self) -> u64 {
         self.got
     }
+
+    /// Where the registry's own error lands when the download fails (the reader sees only
+    /// an I/O error).
+    pub fn failure(&self) -> Arc<Mutex<Option<RegistryError>>> {
+        self.failure.clone()
+    }
 }
 
 impl Read for BlobReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.buf.is_empty() {
-            match self.rx.recv() {
-                Ok(Ok(b)) => self.buf = b,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.buf = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
             }
         }
         let n = out.len().min(self.buf.len());

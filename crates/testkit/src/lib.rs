@@ -10,6 +10,7 @@
 pub mod containers;
 pub mod images;
 pub mod lab;
+pub mod noise;
 pub mod registry;
 
 use anyhow::{Context, bail};

@@ -11,6 +11,7 @@ pub mod content;
 pub mod labels;
 pub mod network;
 pub mod peer;
+pub mod range;
 pub mod rate;
 pub mod resources;
 pub mod service;
@@ -26,6 +27,7 @@ pub use content::{
 pub use labels::{LabelError, Labels, parse_label};
 pub use network::{NetworkInfo, NetworkPeer, ServiceAddress};
 pub use peer::{AgentStatus, PeerInfo, PeerState};
+pub use range::ByteRange;
 pub use resources::{Resources, ResourcesError};
 pub use service::{Autoscale, ReplicaInfo, ServiceInfo, ServiceLogLine, ServiceMode, ServiceSpec, Slot};
 

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
-use shoal_types::{ContentInfo, SharedContent, TransferInfo};
+use shoal_types::{ByteRange, ContentInfo, SharedContent, TransferInfo};
 
 /// The uploaded body as a blocking reader (the store hashes and writes on a blocking thread).
 pub(crate) fn body_reader(body: Body) -> DrainOnDrop<tokio_util::io::SyncIoBridge<impl tokio::io::AsyncRead + Unpin>> {
@@ -80,18 +80,34 @@ pub(crate) async fn read(
     ApiPath(id): ApiPath<String>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let start = range.as_deref().and_then(range_start).unwrap_or(0);
-    let (size, mut rx) = s.node.stream_content(&id, start).await?;
-    let Some(end) = range.as_deref().map_or(Some(size.saturating_sub(1)), |r| range_end(r, size)) else {
-        return Err(ApiError::BadRequest(format!("unsupported Range {range:?}: use bytes=START- or bytes=START-END")));
-    };
-    if range.is_some() && (start >= size || end < start) {
-        let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-        if let Ok(v) = format!("bytes */{size}").parse() {
-            r.headers_mut().insert(header::CONTENT_RANGE, v);
+    let asked = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let range = match asked.as_deref().map(ByteRange::parse) {
+        None => None,
+        Some(Some(r)) => Some(r),
+        Some(None) => {
+            return Err(ApiError::BadRequest(format!(
+                "unsupported Range {asked:?}: use bytes=START-, bytes=START-END or bytes=-COUNT (one range)"
+            )));
         }
-        return Ok(r);
+    };
+    // A suffix range's start needs the size: the stream opened at 0 tells it, and is
+    // opened again where the range starts.
+    let hint = range.map_or(Some(0), |r| r.start());
+    let (size, mut rx) = s.node.stream_content(&id, hint.unwrap_or(0)).await?;
+    let (start, end) = match range.map(|r| r.within(size)) {
+        None => (0, size.saturating_sub(1)),
+        Some(Some(x)) => x,
+        Some(None) => {
+            let mut r = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(v) = format!("bytes */{size}").parse() {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(r);
+        }
+    };
+    if hint != Some(start) && start > 0 {
+        drop(rx);
+        rx = s.node.stream_content(&id, start).await?.1;
     }
     let len = if size == 0 { 0 } else { end + 1 - start };
     // Chunks in order as they arrive, cut at the end of the range.
@@ -128,24 +144,6 @@ pub(crate) async fn read(
         }
     }
     Ok(r)
-}
-
-/// The start of `bytes=START-[END]`.
-fn range_start(r: &str) -> Option<u64> {
-    r.strip_prefix("bytes=")?.split_once('-')?.0.trim().parse().ok()
-}
-
-/// The inclusive end of `bytes=START-[END]` within `size` (`None`: a form not served).
-fn range_end(r: &str, size: u64) -> Option<u64> {
-    let (a, b) = r.strip_prefix("bytes=")?.split_once('-')?;
-    a.trim().parse::<u64>().ok()?;
-    if r.contains(',') {
-        return None;
-    }
-    match b.trim() {
-        "" => Some(size.saturating_sub(1)),
-        e => Some(e.parse::<u64>().ok()?.min(size.saturating_sub(1))),
-    }
 }
 
 /// A body fed by a task through a channel.
