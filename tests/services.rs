@@ -417,3 +417,68 @@ cmd = ["sh", "-c", "{TICKER}"]
     service(&lab, 0, &["rm", "busy"])?;
     Ok(())
 }
+
+/// `shoal events --json` on peer `i`.
+fn events(lab: &TestLab, i: usize) -> anyhow::Result<Vec<shoal_types::ClusterEvent>> {
+    let out = lab.ok(&["exec", &i.to_string(), "--", "shoal", "events", "--json"])?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// Where the first event of `kind` whose fields include `with` is, in `list`.
+fn position(list: &[shoal_types::ClusterEvent], kind: &str, with: &[(&str, &str)]) -> Option<usize> {
+    list.iter()
+        .position(|e| e.kind == kind && with.iter().all(|(k, v)| e.fields.get(*k).map(String::as_str) == Some(*v)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_tell_a_rollout_a_peers_death_and_the_moves_in_order_from_any_peer() -> anyhow::Result<()> {
+    let lab = lab("events", 3).await?;
+    let ids = lab.ids()?;
+    import(&lab, "busybox:v2", "PATH=/bin")?;
+    service(&lab, 0, &["create", "--name", "web", "--replicas", "3", "busybox:svc", "sh", "-c", TICKER])?;
+    settled(&lab, 0, "web", 3, 60, |_| true).await?;
+    service(&lab, 1, &["update", "web", "--image", "busybox:v2"])?;
+    eventually(Duration::from_secs(90), "the update done", || async {
+        let s = info(&lab, 0, "web").await?;
+        let p = running(&replicas(&lab, 0, "web").await);
+        (s.spec.previous_image.is_none() && once_each(&p, 3)).then_some(())
+    })
+    .await?;
+    let placed = settled(&lab, 0, "web", 3, 60, |_| true).await?;
+    // A peer with a replica (not 0) loses power; its replica moves.
+    let (slot, victim) =
+        placed.iter().map(|(s, v)| (s.to_string(), index_of(&ids, &v[0].0))).find(|(_, i)| *i != 0).expect("a replica");
+    lab.ok(&["kill", "--all", &victim.to_string()])?;
+    settled(&lab, 0, "web", 3, 30, |p| !peers_of(p).contains(&ids[victim].as_str())).await?;
+
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    let mut seen = Vec::new();
+    for &i in &survivors {
+        // Every peer answers for the cluster: the same facts in the same order.
+        let list = eventually(Duration::from_secs(10), "the move in the events", || async {
+            let list = events(&lab, i).ok()?;
+            let dead = position(&list, "peer.dead", &[("peer", ids[victim].as_str())])?;
+            list[dead..]
+                .iter()
+                .any(|e| e.kind == "replica.started" && e.fields.get("slot") == Some(&slot))
+                .then_some(list)
+        })
+        .await?;
+        let created = position(&list, "service.created", &[("service", "web")]).expect("service.created");
+        let started = position(&list, "rollout.started", &[("service", "web"), ("to", "busybox:v2")])
+            .ok_or_else(|| anyhow::anyhow!("no rollout.started in {list:#?}"))?;
+        let done = position(&list, "rollout.done", &[("service", "web")]).expect("rollout.done");
+        let dead = position(&list, "peer.dead", &[("peer", ids[victim].as_str())]).expect("peer.dead");
+        assert!(created < started && started < done && done < dead, "out of order: {list:#?}");
+        let dead_event = &list[dead];
+        assert!(
+            survivors.len() == dead_event.seen_by.len(),
+            "a death every survivor saw is one event seen by both: {dead_event:?}"
+        );
+        let facts: Vec<(String, std::collections::BTreeMap<String, String>)> =
+            list.iter().filter(|e| e.at_ms <= dead_event.at_ms).map(|e| (e.kind.clone(), e.fields.clone())).collect();
+        seen.push(facts);
+    }
+    assert_eq!(seen[0], seen[1], "both peers tell the same story up to the death");
+    Ok(())
+}

@@ -138,13 +138,13 @@ fn init_tracing(level: &str, format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!("{level},libp2p=warn,libp2p_kad=error,multistream_select=warn,yamux=warn,foca=warn,hickory_server=warn,hickory_proto=warn,hickory_resolver=warn"))
     });
+    use tracing_subscriber::prelude::*;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    // The formatter shows what the level asks for; the event log takes every line that
+    // carries an `ev` field, whatever the level.
+    let fmt = if format == "json" { fmt.json().boxed() } else { fmt.boxed() };
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).with(shoal_events::layer()).init();
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {

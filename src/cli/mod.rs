@@ -3,6 +3,7 @@
 mod agent;
 mod content;
 mod deploy;
+mod events;
 mod exec;
 mod get;
 mod image;
@@ -47,6 +48,9 @@ enum Command {
     Keygen(keygen::Args),
     /// List every peer in the cluster.
     Peers(peers::Args),
+    /// What the cluster saw happen (peers joining and dying, replicas placed and moved,
+    /// rollouts, pulls), merged from every live peer.
+    Events(events::Args),
     /// Show this agent: id, name, version, addresses, cluster size.
     Status(status::Args),
     /// Show the cluster network: this peer's subnet and transport, routes to the other peers,
@@ -159,6 +163,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => agent::run(*args).await,
         Command::Keygen(args) => keygen::run(args),
         Command::Peers(args) => peers::run(args, &client(addr)?).await,
+        Command::Events(args) => events::run(args, &client(addr)?).await,
         Command::Status(args) => status::run(args, &client(addr)?).await,
         Command::Network(args) => network::run(args, &client(addr)?).await,
         Command::Lab(args) => lab::run(args).await,

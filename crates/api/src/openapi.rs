@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(title = "Shoal agent API", description = "Every Shoal agent serves this API on its unix socket (root only) and, with --api-listen, on TCP behind a bearer token."),
     paths(
-        crate::v1::get_status, crate::v1::list_peers, crate::v1::get_peer, crate::v1::revoke_peer, crate::v1::get_network,
+        crate::v1::get_status, crate::v1::events::list, crate::v1::list_peers, crate::v1::get_peer, crate::v1::revoke_peer, crate::v1::get_network,
         crate::v1::content::share, crate::v1::content::list, crate::v1::content::read, crate::v1::content::fetch,
         crate::v1::content::progress, crate::v1::content::transfers, crate::v1::content::remove,
         crate::v1::content::pin, crate::v1::content::unpin,
@@ -26,7 +26,7 @@ use utoipa::OpenApi;
         crate::v1::services::logs,
     ),
     components(schemas(
-        shoal_types::AgentStatus, shoal_types::PeerInfo, shoal_types::PeerState, shoal_types::resources::ResourcesJson,
+        shoal_types::AgentStatus, shoal_types::ClusterEvent, shoal_types::PeerInfo, shoal_types::PeerState, shoal_types::resources::ResourcesJson,
         shoal_types::ErrorBody, shoal_types::ContentInfo, shoal_types::SharedContent, shoal_types::TransferInfo,
         shoal_types::ImageInfo, shoal_types::PullRequest, shoal_types::RegistryLogin, shoal_types::PullStatus, shoal_types::PullBlob,
         shoal_types::ContainerSpec, shoal_types::ContainerInfo, shoal_types::ContainerState, shoal_types::ContainerStats,

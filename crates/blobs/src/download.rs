@@ -175,7 +175,7 @@ impl Download {
             warn!(cid = %self.cid, err = %e, "download failed");
             let _ = self.ctx.overlay.unprovide(&self.cid.0).await;
         } else {
-            info!(cid = %self.cid, size = self.manifest.size, secs = self.started.elapsed().as_secs_f64(), fetched = self.fetched, "download complete");
+            info!(ev = "transfer.done", cid = %self.cid, size = self.manifest.size, secs = self.started.elapsed().as_secs_f64(), fetched = self.fetched, "download complete");
         }
         self.publish(state, outcome.err());
         self.ctx.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.cid);

@@ -808,6 +808,7 @@ impl Blobs {
         let r2 = rec.clone();
         self.blocking(move |s| s.put_image(&r2)).await?;
         self.advertise_images().await;
+        tracing::info!(ev = "image.pulled", image = %rec.reference, digest = %rec.manifest.digest, from = "peers", "pulled an image from peers");
         Ok(rec)
     }
 

@@ -13,6 +13,7 @@ pub mod config;
 mod containers;
 mod content;
 mod error;
+mod events;
 mod exec;
 mod network;
 mod node;

@@ -36,6 +36,7 @@ pub(crate) struct Inner {
     net: OnceLock<crate::network::NetParts>,
     /// Registry pulls (set once at start).
     registry: OnceLock<Arc<shoal_registry::Cluster>>,
+    events: Arc<shoal_events::EventLog>,
     net_task: Mutex<Option<JoinHandle<()>>>,
     /// Bumped whenever a container's supervisor exits (forwarded from the runtime once open).
     exits: Arc<tokio::sync::watch::Sender<u64>>,
@@ -58,6 +59,7 @@ impl Node {
             .map_err(|source| NodeError::DataDir { path: dir.clone(), source })?;
         // A data dir with an identity but no key file ran as an open cluster before: making a
         // key now would split it from its peers silently. Only a new data dir gets a new key.
+        let events = crate::events::open_log(dir, &cfg.name)?;
         let is_new = !dir.join("identity.key").exists();
         let keypair = load_or_create_identity(&dir.join("identity.key"))?;
         let keys = match &cfg.cluster_key {
@@ -137,6 +139,7 @@ impl Node {
                 services_task: Mutex::new(None),
                 net: OnceLock::new(),
                 registry: OnceLock::new(),
+                events,
                 net_task: Mutex::new(None),
                 exits: Arc::new(tokio::sync::watch::Sender::new(0)),
                 cancel: CancellationToken::new(),
@@ -184,6 +187,7 @@ impl Node {
             warn!(err = %e, "cannot open the container runtime; containers from before are not supervised");
         }
         node.serve_state_protocol()?;
+        node.serve_events()?;
         node.start_registry().await?;
         Ok(node)
     }
@@ -194,6 +198,10 @@ impl Node {
 
     pub(crate) fn from_inner(inner: Arc<Inner>) -> Node {
         Node { inner }
+    }
+
+    pub(crate) fn event_log(&self) -> &Arc<shoal_events::EventLog> {
+        &self.inner.events
     }
 
     pub(crate) fn registry_cell(&self) -> &OnceLock<Arc<shoal_registry::Cluster>> {

@@ -495,7 +495,7 @@ impl Cluster {
             by_digest.reference = format!("{}/{}@{top}", r.registry(), r.repository());
             self.blobs.add_image(by_digest).await.map_err(|e| store_err(r, e))?;
         }
-        info!(image = %rec.reference, digest = %rec.manifest.digest, "pulled from the registry");
+        info!(ev = "image.pulled", image = %rec.reference, digest = %rec.manifest.digest, from = "registry", "pulled from the registry");
         Ok(rec)
     }
 

@@ -229,7 +229,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
                     let version = self.clock.tick(wall_ms());
                     let seal = self.cfg.trust.seal(&name, &version, None);
                     self.map.insert_entry(&name, Entry { version, spec: None, seal });
-                    info!(service = %name, "service removed");
+                    info!(ev = "service.removed", service = %name, "service removed");
                     self.changed().await
                 };
                 let _ = reply.send(result);
@@ -317,7 +317,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             }
         }
         let spec = with_previous(old.as_ref(), spec);
-        info!(service = %spec.name, mode = %spec.mode, replicas = spec.replicas, image = %spec.image, "service declared");
+        info!(ev = "service.created", service = %spec.name, mode = %spec.mode, replicas = spec.replicas, image = %spec.image, "service declared");
         self.write(spec).await
     }
 
@@ -431,10 +431,11 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
                 }
                 match result {
                     Ok(()) => {
+                        info!(ev = "replica.started", service = %key.0, slot = %key.1, on = %self.cfg.name, "replica started");
                         self.failures.remove(&key);
                     }
                     Err(fault) => {
-                        warn!(service = %key.0, slot = %key.1, err = %fault.message, "cannot start a replica");
+                        warn!(ev = "replica.failed", service = %key.0, slot = %key.1, on = %self.cfg.name, err = %fault.message, "cannot start a replica");
                         let count = self.failures.get(&key).filter(|f| f.version == version).map_or(1, |f| f.count + 1);
                         let at_ms = self.now_ms();
                         self.failures.insert(key, StartFailure { version, count, at_ms, fault });
@@ -453,7 +454,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
                     h.passed |= ok;
                     h.fails = if ok { 0 } else { h.fails + 1 };
                     if h.fails == shoal_scheduler::plan::UNHEALTHY_AFTER {
-                        warn!(%container, "replica failed its health check {} times in a row", h.fails);
+                        warn!(ev = "replica.failed", %container, on = %self.cfg.name, reason = "health check", "replica failed its health check {} times in a row", h.fails);
                     }
                 }
             }
@@ -482,7 +483,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
 fn with_previous(old: Option<&ServiceSpec>, mut new: ServiceSpec) -> ServiceSpec {
     if let Some(old) = old {
         if old.image != new.image {
-            info!(service = %new.name, from = %old.image, to = %new.image, "rolling update");
+            info!(ev = "rollout.started", service = %new.name, from = %old.image, to = %new.image, "rolling update");
             new.previous_image = Some(old.image.clone());
         } else {
             new.previous_image = old.previous_image.clone();

@@ -137,11 +137,11 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
                 let name = w.spec.name.clone();
                 match &w.why {
                     WriteReason::RollBack { from, to } => {
-                        warn!(service = %name, %from, %to, "new replicas are failing: rolling back")
+                        warn!(ev = "rollout.rolled_back", service = %name, %from, %to, "new replicas are failing: rolling back")
                     }
-                    WriteReason::Settled => info!(service = %name, "update or rebalance complete"),
+                    WriteReason::Settled => info!(ev = "rollout.done", service = %name, "update or rebalance complete"),
                     WriteReason::Autoscale { from, to } => {
-                        info!(service = %name, from, to, "autoscaling");
+                        info!(ev = "service.scaled", service = %name, from, to, "autoscaling");
                         self.scaled.insert(name.clone(), self.now_ms());
                     }
                 }
@@ -264,7 +264,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             if self.stopping.contains(&stop.container) {
                 continue;
             }
-            info!(service = %stop.service, slot = %stop.slot, container = %stop.container, reason = %stop.reason, "stopping a replica");
+            info!(ev = "replica.stopped", service = %stop.service, slot = %stop.slot, on = %self.cfg.name, container = %stop.container, reason = %stop.reason, "stopping a replica");
             self.stopping.insert(stop.container.clone());
             if launch.iter().any(|s| s.service == stop.service && s.slot == stop.slot) {
                 replaced.entry((stop.service.as_str(), &stop.slot)).or_default().push(stop.container.clone());

@@ -8,6 +8,7 @@
 pub mod bytesize;
 pub mod container;
 pub mod content;
+pub mod events;
 pub mod labels;
 pub mod network;
 pub mod peer;
@@ -24,6 +25,7 @@ pub use container::{
 pub use content::{
     ContentInfo, ImageInfo, PullBlob, PullRequest, PullStatus, RegistryLogin, SharedContent, TransferInfo,
 };
+pub use events::{ClusterEvent, EVENT_KINDS};
 pub use labels::{LabelError, Labels, parse_label};
 pub use network::{NetworkInfo, NetworkPeer, ServiceAddress};
 pub use peer::{AgentStatus, PeerInfo, PeerState};

@@ -2,6 +2,7 @@
 
 pub(crate) mod containers;
 pub(crate) mod content;
+pub(crate) mod events;
 pub(crate) mod images;
 mod network;
 mod peers;
@@ -22,6 +23,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/status", get(status::get_status))
         .route("/v1/peers", get(peers::list_peers))
+        .route("/v1/events", get(events::list))
         .route("/v1/peers/{id}", get(peers::get_peer))
         .route("/v1/peers/{id}/revoke", post(peers::revoke_peer))
         .route("/v1/network", get(network::get_network))

@@ -105,7 +105,8 @@ impl EventLoop {
         let change = self.view.apply(&n, Instant::now());
         match change {
             Some(ViewChange::Up { peer, generation }) => {
-                info!(%peer, generation, "peer alive");
+                let name = record::lock(&self.book).get(&peer).map(|r| r.record.name.clone()).unwrap_or_default();
+                info!(ev = "peer.joined", %peer, name, generation, "peer alive");
                 record::lock(&self.book).welcome(&peer);
                 // Every member goes into the DHT routing table, which is also where the swarm
                 // finds addresses when a subsystem opens a stream to a member.
@@ -119,19 +120,21 @@ impl EventLoop {
                 self.need_record(peer, generation);
             }
             Some(ViewChange::Restarted { peer, generation }) => {
-                info!(%peer, generation, "peer restarted");
+                let name = record::lock(&self.book).get(&peer).map(|r| r.record.name.clone()).unwrap_or_default();
+                info!(ev = "peer.restarted", %peer, name, generation, "peer restarted");
                 self.dirty.insert(peer);
                 self.need_record(peer, generation);
             }
             Some(ViewChange::Down { peer, generation }) => {
+                let name = record::lock(&self.book).get(&peer).map(|r| r.record.name.clone()).unwrap_or_default();
                 record::lock(&self.book).farewell(&peer);
                 let left = record::lock(&self.book)
                     .get(&peer)
                     .is_some_and(|r| r.record.leaving && r.record.generation == generation);
                 if left {
-                    info!(%peer, "peer left");
+                    info!(ev = "peer.left", %peer, name, generation, "peer left");
                 } else {
-                    warn!(%peer, "peer dead");
+                    warn!(ev = "peer.dead", %peer, name, generation, "peer dead");
                 }
                 self.swarm.behaviour_mut().kad.remove_peer(&peer);
             }
