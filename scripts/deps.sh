@@ -15,8 +15,9 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'insta
 # docker-registry: a real OCI registry (distribution v2) the registry-client tests run on
 # loopback (testkit::registry); apache2-utils: its `htpasswd -B` for the registry auth tests;
 # containerd (ctr) and podman: real clients pulling through Shoal's registry mirror.
+# prometheus: its `promtool check metrics` reads the agent's /metrics in the tests.
 for p in pkg-config iproute2 skopeo libseccomp-dev busybox-static nftables conntrack tcpdump iputils-ping \
-  docker-registry apache2-utils containerd podman; do
+  docker-registry apache2-utils containerd podman prometheus; do
   pkg_installed "$p" || need_pkgs+=("$p")
 done
 
@@ -40,6 +41,11 @@ if have systemctl && systemctl is-enabled docker-registry.service >/dev/null 2>&
 fi
 if [[ -x /etc/init.d/docker-registry ]] && /etc/init.d/docker-registry status >/dev/null 2>&1; then
   /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+fi
+
+# Likewise the prometheus package's own server (:9090): only promtool is used.
+if have systemctl && systemctl is-enabled prometheus.service >/dev/null 2>&1; then
+  systemctl disable --now prometheus.service >/dev/null 2>&1 || true
 fi
 
 if ! have cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then

@@ -108,6 +108,10 @@ pub(crate) struct Args {
     /// not) is for [default: docker.io].
     #[arg(long, value_name = "HOST")]
     mirror_registry: Option<String>,
+    /// Where Prometheus metrics are served (`GET /metrics`), or `off`
+    /// [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Name of this peer's container bridge [default: shoal0].
     #[arg(long, value_name = "NAME")]
     bridge: Option<String>,
@@ -183,6 +187,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             vxlan_port: args.vxlan_port,
             insecure_registries: args.insecure_registries,
             mirror_listen: args.mirror_listen,
+            metrics_listen: args.metrics_listen,
             mirror_registry: args.mirror_registry,
             bridge: args.bridge,
         },

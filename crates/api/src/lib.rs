@@ -32,6 +32,25 @@ pub struct AppState {
 pub fn router(node: Node) -> Router {
     v1::routes()
         .route("/v1/openapi.json", axum::routing::get(openapi::serve_doc))
+        .route_layer(axum::middleware::from_fn(observe))
         .fallback(error::not_found)
         .with_state(AppState { node })
+}
+
+/// Times each request into `shoal_api_request_seconds` by its route template (bounded), method
+/// and status (a streamed answer: until its headers).
+async fn observe(
+    path: axum::extract::MatchedPath,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (method, route) = (req.method().to_string(), path.as_str().to_string());
+    let t = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    shoal_metrics::get()
+        .api_request_seconds
+        .get_or_create(&shoal_metrics::RequestLabels { method, route, status })
+        .observe(t.elapsed().as_secs_f64());
+    resp
 }

@@ -175,6 +175,7 @@ impl Download {
             warn!(cid = %self.cid, err = %e, "download failed");
             let _ = self.ctx.overlay.unprovide(&self.cid.0).await;
         } else {
+            shoal_metrics::get().transfers_completed.inc();
             info!(ev = "transfer.done", cid = %self.cid, size = self.manifest.size, secs = self.started.elapsed().as_secs_f64(), fetched = self.fetched, "download complete");
         }
         self.publish(state, outcome.err());

@@ -243,6 +243,11 @@ impl Blobs {
         self.ctx.data_port
     }
 
+    /// Bytes in the content store.
+    pub fn store_usage(&self) -> u64 {
+        self.ctx.store.usage()
+    }
+
     /// Bytes uploaded to peers since start.
     pub fn uploaded(&self) -> u64 {
         self.ctx.uploaded.load(std::sync::atomic::Ordering::Relaxed)

@@ -222,6 +222,10 @@ async fn read_loop(
                                 data[0] ^= 0xff;
                             }
                             ctx.uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            shoal_metrics::get()
+                                .content_sent
+                                .get_or_create(&shoal_metrics::PeerLabel { peer: peer.to_string() })
+                                .inc_by(data.len() as u64);
                             let _ = data_tx.send(Frame::Piece(i, Bytes::from(data))).await;
                         }
                         None => {
@@ -238,9 +242,15 @@ async fn read_loop(
                 let (ok, data) = tokio::task::spawn_blocking(move || (m.verify(i, &data), data))
                     .await
                     .unwrap_or((false, Bytes::new()));
+                let m = shoal_metrics::get();
                 if ok {
+                    m.pieces_verified.inc();
+                    m.content_received
+                        .get_or_create(&shoal_metrics::PeerLabel { peer: peer.to_string() })
+                        .inc_by(data.len() as u64);
                     forward(SessionEvent::Piece { sid, index: i, data }).await;
                 } else {
+                    m.pieces_rejected.inc();
                     forward(SessionEvent::Corrupt { sid, index: i }).await;
                     return Err(SessionError::Corrupt(i));
                 }

@@ -133,6 +133,7 @@ impl EventLog {
 
     /// Records an event this peer saw.
     pub fn record(&self, kind: &str, fields: BTreeMap<String, String>, message: &str) -> ClusterEvent {
+        shoal_metrics::get().events.get_or_create(&shoal_metrics::KindLabel { kind: kind.to_string() }).inc();
         let (at_ms, seq) = self.hlc.now();
         let e = ClusterEvent {
             at_ms,

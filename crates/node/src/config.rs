@@ -44,6 +44,8 @@ pub enum ConfigError {
     BadDataListen { value: String },
     #[error("`{value}` is not a host:port for --mirror-listen (or `off`)")]
     BadMirrorListen { value: String },
+    #[error("`{value}` is not a host:port for --metrics-listen (or `off`)")]
+    BadMetricsListen { value: String },
     /// The container subnet is malformed
     #[error("`{value}` is not an IPv4 subnet like 198.19.0.0/24 (prefix 8-29) for --container-subnet")]
     BadSubnet { value: String },
@@ -141,6 +143,7 @@ pub struct FileConfig {
     pub insecure_registries: Option<Vec<String>>,
     pub mirror_listen: Option<String>,
     pub mirror_registry: Option<String>,
+    pub metrics_listen: Option<String>,
     pub swim: Option<SwimFile>,
 }
 
@@ -184,6 +187,7 @@ pub struct Overrides {
     pub insecure_registries: Vec<String>,
     pub mirror_listen: Option<String>,
     pub mirror_registry: Option<String>,
+    pub metrics_listen: Option<String>,
 }
 
 /// The resolved configuration the agent runs with.
@@ -229,6 +233,8 @@ pub struct AgentConfig {
     pub mirror_listen: Option<SocketAddr>,
     /// The registry a mirror request without `?ns=` is for.
     pub mirror_registry: String,
+    /// Where Prometheus metrics are served (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The data dir used when none is given: `/var/lib/shoal` for root, else under the user's
@@ -415,12 +421,20 @@ impl AgentConfig {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 5050))),
         };
         let mirror_registry = o.mirror_registry.or(file.mirror_registry).unwrap_or_else(|| "docker.io".into());
+        let metrics_listen = match o.metrics_listen.or(file.metrics_listen).as_deref() {
+            Some("off") => None,
+            Some(a) => {
+                Some(a.parse::<SocketAddr>().map_err(|_| ConfigError::BadMetricsListen { value: a.to_string() })?)
+            }
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        };
         let mut insecure_registries = o.insecure_registries;
         insecure_registries.extend(file.insecure_registries.unwrap_or_default());
         Ok(AgentConfig {
             insecure_registries,
             mirror_listen,
             mirror_registry,
+            metrics_listen,
             container_subnet,
             bridge,
             network,

@@ -82,7 +82,18 @@ impl Node {
     ) -> Result<(ContainerInfo, Option<AttachGuard>), NodeError> {
         let rt = self.runtime().await?;
         let image = self.resolve_image(&spec.image).await?;
+        let t = std::time::Instant::now();
         let made = blocking(move || rt.create(spec, image, attach)).await?;
+        let m = shoal_metrics::get();
+        match &made {
+            Ok(_) => {
+                m.container_starts.inc();
+                m.container_start_seconds.observe(t.elapsed().as_secs_f64());
+            }
+            Err(_) => {
+                m.container_start_failures.inc();
+            }
+        }
         self.kick_network();
         Ok(made?)
     }

@@ -15,6 +15,7 @@ mod content;
 mod error;
 mod events;
 mod exec;
+mod metrics;
 mod network;
 mod node;
 mod registry;

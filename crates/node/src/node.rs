@@ -188,6 +188,7 @@ impl Node {
         }
         node.serve_state_protocol()?;
         node.serve_events()?;
+        node.start_metrics().await;
         node.start_registry().await?;
         Ok(node)
     }
@@ -198,6 +199,12 @@ impl Node {
 
     pub(crate) fn from_inner(inner: Arc<Inner>) -> Node {
         Node { inner }
+    }
+
+    /// When the agent started, in seconds since the Unix epoch.
+    pub(crate) fn started_at_unix(&self) -> f64 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        now.saturating_sub(self.inner.started.elapsed()).as_secs_f64()
     }
 
     pub(crate) fn event_log(&self) -> &Arc<shoal_events::EventLog> {

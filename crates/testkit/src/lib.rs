@@ -119,7 +119,11 @@ impl Agent {
         if !self.spec.extra.iter().any(|a| a == "--cluster-subnet" || a == "--container-subnet") {
             cmd.args(["--cluster-subnet", PLAIN_AGENT_POOL]);
         }
-        // Likewise the registry mirror: off unless a test asks for one on its own port.
+        // Likewise the metrics endpoint and the registry mirror: off unless a test asks for one
+        // on its own port.
+        if !self.spec.extra.iter().any(|a| a == "--metrics-listen") {
+            cmd.args(["--metrics-listen", "off"]);
+        }
         if !self.spec.extra.iter().any(|a| a == "--mirror-listen") {
             cmd.args(["--mirror-listen", "off"]);
         }

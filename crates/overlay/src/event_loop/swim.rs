@@ -22,6 +22,7 @@ impl EventLoop {
                 if to.peer == self.me.peer {
                     continue;
                 }
+                shoal_metrics::get().swim_packets_sent.inc();
                 self.swarm.behaviour_mut().swim.send_request_with_addresses(
                     &to.peer,
                     Frame::Ok(data.to_vec()),
@@ -165,6 +166,7 @@ impl EventLoop {
         match ev {
             Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => match request {
                 Frame::Ok(packet) => {
+                    shoal_metrics::get().swim_packets_received.inc();
                     let _ = self.swarm.behaviour_mut().swim.send_response(channel, ());
                     self.on_swim_packet(peer, &packet);
                 }
