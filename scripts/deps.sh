@@ -16,8 +16,9 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'insta
 # loopback (testkit::registry); apache2-utils: its `htpasswd -B` for the registry auth tests;
 # containerd (ctr) and podman: real clients pulling through Shoal's registry mirror.
 # prometheus: its `promtool check metrics` reads the agent's /metrics in the tests.
+# chromium: the dashboard test drives a real (headless) browser over the DevTools protocol.
 for p in pkg-config iproute2 skopeo libseccomp-dev busybox-static nftables conntrack tcpdump iputils-ping \
-  docker-registry apache2-utils containerd podman prometheus; do
+  docker-registry apache2-utils containerd podman prometheus chromium; do
   pkg_installed "$p" || need_pkgs+=("$p")
 done
 

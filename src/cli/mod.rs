@@ -2,6 +2,7 @@
 
 mod agent;
 mod content;
+mod dashboard;
 mod deploy;
 mod events;
 mod exec;
@@ -51,6 +52,9 @@ enum Command {
     /// What the cluster saw happen (peers joining and dying, replicas placed and moved,
     /// rollouts, pulls), merged from every live peer.
     Events(events::Args),
+    /// A live web page of the cluster (peers, services and replicas, transfers, events):
+    /// prints a URL with a one-time token and serves until ^C.
+    Dashboard(dashboard::Args),
     /// Show this agent: id, name, version, addresses, cluster size.
     Status(status::Args),
     /// Show the cluster network: this peer's subnet and transport, routes to the other peers,
@@ -164,6 +168,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen(args) => keygen::run(args),
         Command::Peers(args) => peers::run(args, &client(addr)?).await,
         Command::Events(args) => events::run(args, &client(addr)?).await,
+        Command::Dashboard(args) => dashboard::run(args, client(addr)?).await,
         Command::Status(args) => status::run(args, &client(addr)?).await,
         Command::Network(args) => network::run(args, &client(addr)?).await,
         Command::Lab(args) => lab::run(args).await,

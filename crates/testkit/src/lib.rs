@@ -7,6 +7,7 @@
 //! deadline instead of sleeping.
 #![allow(clippy::unwrap_used)]
 
+pub mod browser;
 pub mod containers;
 pub mod images;
 pub mod lab;

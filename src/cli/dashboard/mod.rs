@@ -1,0 +1,273 @@
+//! `shoal dashboard`: a live page of the cluster, served by this process.
+//!
+//! The agent's API stays a root-only unix socket: this process (run by someone who can reach
+//! that socket) is the only thing that listens, on loopback by default. It prints a URL with a
+//! one-time token; opening it sets a session cookie (HttpOnly, SameSite=Strict) and the token
+//! is spent, so a URL copied from a terminal later opens nothing. The page is one embedded
+//! file (HTML, CSS and plain JavaScript: no build step, no CDN, works offline); it gets the
+//! cluster's state over server-sent events (peers, services and their replicas, transfers,
+//! the event stream), refreshed every half second, and its actions (scale a service) are the
+//! agent's own API calls, with the same permissions as the CLI.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use shoal_api::client::Client;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const PAGE: &str = include_str!("page.html");
+/// How often the page's state is refreshed.
+const REFRESH: Duration = Duration::from_millis(500);
+/// How often the (cluster-wide, so dearer) event list is asked again.
+const EVENTS_EVERY: u32 = 4;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Where the page listens (loopback unless you mean it).
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    listen: std::net::SocketAddr,
+}
+
+struct Dash {
+    client: Client,
+    /// The one-time login token (gone once used).
+    token: Mutex<Option<String>>,
+    /// Session cookies handed out.
+    sessions: Mutex<Vec<String>>,
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+pub(crate) async fn run(args: Args, client: Client) -> anyhow::Result<ExitCode> {
+    // The agent must answer before a URL is printed.
+    let status: shoal_types::AgentStatus = client.get("/v1/status").await?;
+    let token = random_hex(24)?;
+    let dash = Arc::new(Dash { client, token: Mutex::new(Some(token.clone())), sessions: Mutex::new(Vec::new()) });
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(index))
+        .route("/api/state", axum::routing::get(state))
+        .route("/api/stream", axum::routing::get(stream))
+        .route("/api/services/{name}/scale", axum::routing::post(scale))
+        .with_state(dash);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} ({e}): choose another with --listen", args.listen))?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: the dashboard listens on {addr}, not loopback: anyone who gets the URL below can act as you"
+        );
+    }
+    println!("dashboard of {} ({} peers): http://{addr}/?token={token}", status.name, status.cluster_size);
+    eprintln!("the token works once; ^C stops the dashboard");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the request carries a session cookie this process handed out.
+fn signed_in(dash: &Dash, headers: &HeaderMap) -> bool {
+    let Some(cookies) = headers.get(header::COOKIE).and_then(|v| v.to_str().ok()) else { return false };
+    let sessions = dash.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    cookies
+        .split(';')
+        .filter_map(|c| c.trim().strip_prefix("shoal_session="))
+        .any(|v| sessions.iter().any(|s| constant_eq(s.as_bytes(), v.as_bytes())))
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn refused() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Html("<!doctype html><title>Shoal</title><p>Open the URL that <code>shoal dashboard</code> printed (its token works once; run it again for a new one).</p>"),
+    )
+        .into_response()
+}
+
+async fn index(
+    State(dash): State<Arc<Dash>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(given) = q.get("token") {
+        let mut token = dash.token.lock().unwrap_or_else(|e| e.into_inner());
+        if token.as_deref().is_some_and(|t| constant_eq(t.as_bytes(), given.as_bytes())) {
+            *token = None;
+            let Ok(session) = random_hex(24) else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+            dash.sessions.lock().unwrap_or_else(|e| e.into_inner()).push(session.clone());
+            let cookie = format!("shoal_session={session}; HttpOnly; SameSite=Strict; Path=/");
+            return ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response();
+        }
+        return refused();
+    }
+    if !signed_in(&dash, &headers) {
+        return refused();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::HeaderName::from_static("content-security-policy"),
+                "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'; img-src data:",
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// What the page shows, all read from the agent now.
+#[derive(serde::Serialize, Default)]
+struct Snapshot {
+    at_ms: u64,
+    me: Option<shoal_types::AgentStatus>,
+    peers: Vec<shoal_types::PeerInfo>,
+    services: Vec<ServiceView>,
+    transfers: Vec<shoal_types::TransferInfo>,
+    events: Option<Vec<shoal_types::ClusterEvent>>,
+    error: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct ServiceView {
+    info: shoal_types::ServiceInfo,
+    replicas: Vec<shoal_types::ReplicaInfo>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+async fn snapshot(client: &Client, with_events: bool) -> Snapshot {
+    let mut s = Snapshot { at_ms: now_ms(), ..Default::default() };
+    let read = async {
+        s.me = Some(client.get("/v1/status").await?);
+        s.peers = client.get("/v1/peers").await?;
+        let infos: Vec<shoal_types::ServiceInfo> = client.get("/v1/services").await?;
+        for info in infos {
+            let path = format!("/v1/services/{}/replicas", crate::cli::lifecycle::encode(&info.spec.name));
+            let replicas = client.get(&path).await.unwrap_or_default();
+            s.services.push(ServiceView { info, replicas });
+        }
+        s.transfers = client.get("/v1/transfers").await.unwrap_or_default();
+        if with_events {
+            let since = now_ms().saturating_sub(3_600_000);
+            s.events = Some(client.get(&format!("/v1/events?since_ms={since}&limit=200")).await.unwrap_or_default());
+        }
+        Ok::<(), shoal_api::client::ClientError>(())
+    };
+    if let Err(e) = read.await {
+        s.error = Some(format!("the agent does not answer: {e}"));
+    }
+    s
+}
+
+async fn state(State(dash): State<Arc<Dash>>, headers: HeaderMap) -> Response {
+    if !signed_in(&dash, &headers) {
+        return refused();
+    }
+    axum::Json(snapshot(&dash.client, true).await).into_response()
+}
+
+/// The state as server-sent events: a `state` event whenever it changed (checked every half
+/// second), and apart from it (a cluster-wide query waits up to 2 s on a peer that is dying) an
+/// `events` event with the event list whenever that changed (checked every 2 s).
+async fn stream(State(dash): State<Arc<Dash>>, headers: HeaderMap) -> Response {
+    if !signed_in(&dash, &headers) {
+        return refused();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(8);
+    let (state_tx, state_dash) = (tx.clone(), dash.clone());
+    tokio::spawn(async move {
+        let mut last = String::new();
+        loop {
+            let mut snap = snapshot(&state_dash.client, false).await;
+            let at = snap.at_ms;
+            snap.at_ms = 0; // unchanged state is not sent again
+            let body = serde_json::to_string(&snap).unwrap_or_default();
+            if body != last {
+                snap.at_ms = at;
+                let data = serde_json::to_string(&snap).unwrap_or_default();
+                if state_tx.send(Ok(Event::default().event("state").data(data))).await.is_err() {
+                    return;
+                }
+                last = body;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(REFRESH) => {}
+                () = state_tx.closed() => return,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut last = String::new();
+        loop {
+            let since = now_ms().saturating_sub(3_600_000);
+            let path = format!("/v1/events?since_ms={since}&limit=200");
+            let events: Vec<shoal_types::ClusterEvent> = dash.client.get(&path).await.unwrap_or_default();
+            let data = serde_json::to_string(&events).unwrap_or_default();
+            if data != last {
+                if tx.send(Ok(Event::default().event("events").data(data.clone()))).await.is_err() {
+                    return;
+                }
+                last = data;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(REFRESH * EVENTS_EVERY) => {}
+                () = tx.closed() => return,
+            }
+        }
+    });
+    Sse::new(tokio_stream_of(rx)).keep_alive(KeepAlive::default()).into_response()
+}
+
+fn tokio_stream_of<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
+
+#[derive(serde::Deserialize)]
+struct ScaleBody {
+    replicas: u32,
+}
+
+/// Scales a service through the agent's API (the agent decides who may).
+async fn scale(
+    State(dash): State<Arc<Dash>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<ScaleBody>,
+) -> Response {
+    // A cross-site form cannot set this header (and the cookie is SameSite=Strict anyway).
+    if !signed_in(&dash, &headers) || headers.get("x-shoal-dashboard").is_none() {
+        return refused();
+    }
+    let path = format!("/v1/services/{}/scale?replicas={}", crate::cli::lifecycle::encode(&name), body.replicas);
+    match dash.client.raw(hyper::Method::PUT, &path, None).await {
+        Ok((status, bytes)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            [(header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("the agent does not answer: {e}")).into_response(),
+    }
+}

@@ -1,0 +1,129 @@
+//! The dashboard in a real browser (Debian's headless Chromium over the DevTools protocol),
+//! on a 3-peer lab running a service: what a person would check, with screenshots in
+//! `target/screenshots/`.
+
+use shoal_testkit::browser::{Browser, screenshot_dir};
+use shoal_testkit::lab::TestLab;
+use shoal_testkit::registry::http_request;
+use shoal_types::{PeerState, ServiceInfo};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills the dashboard process on drop.
+struct Dashboard(std::process::Child);
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_shows_the_cluster_live_and_scales_a_service() -> anyhow::Result<()> {
+    let lab = TestLab::up("dash", 3, &["--peer-memory", "512m", "--peer-cpus", "1"])?;
+    lab.wait_states(&[0, 1, 2], &[0, 1, 2], PeerState::Alive, Duration::from_secs(20)).await?;
+    let archive = lab.root.path().join("busybox.tar");
+    shoal_testkit::images::write_busybox_image(&archive, "busybox:svc", &[], serde_json::json!({"Env": ["PATH=/bin"]}));
+    lab.ok(&["exec", "0", "--", "shoal", "image", "import", &archive.display().to_string()])?;
+    lab.ok(&[
+        "exec",
+        "0",
+        "--",
+        "shoal",
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "busybox:svc",
+        "sh",
+        "-c",
+        "while true; do sleep 1; done",
+    ])?;
+    let peers = lab.peers(0).await?;
+    let victim = peers.iter().find(|p| !p.is_self).map(|p| p.name.clone()).expect("another peer");
+    let victim_index =
+        lab.ids()?.iter().position(|id| peers.iter().any(|p| &p.id == id && p.name == victim)).expect("its index");
+
+    // `shoal dashboard` on the host, talking to peer 0's API socket.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut child = Command::new(shoal_testkit::shoal_bin())
+        .arg("--addr")
+        .arg(lab.socket(0))
+        .args(["dashboard", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
+    let _dash = Dashboard(child);
+    let url = line.split_whitespace().last().unwrap_or_default().to_string();
+    anyhow::ensure!(url.starts_with("http://127.0.0.1:") && url.contains("?token="), "printed {line:?}");
+
+    let mut b = Browser::start().await?;
+    let t = Instant::now();
+    b.goto(&url).await?;
+    // Every peer and the service, live (no reload from here on).
+    b.wait_for("document.querySelectorAll('[data-peer][data-state=alive]').length === 3", Duration::from_secs(10))
+        .await?;
+    b.wait_for("document.querySelector('[data-service=web]')?.dataset.running === '2'", Duration::from_secs(60))
+        .await?;
+    let first_render = t.elapsed();
+    let dir = screenshot_dir();
+    b.screenshot(&dir.join("dashboard-1-cluster.png")).await?;
+    let weight = b.eval("document.documentElement.outerHTML.length").await?;
+
+    // The token was spent: the same URL, or no cookie, opens nothing.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let path = &url[url.find("/?").unwrap_or(0)..];
+    assert_eq!(http_request(addr, "GET", path, &[], b"")?.status, 401, "a spent token");
+    assert_eq!(http_request(addr, "GET", "/api/state", &[], b"")?.status, 401, "no session");
+
+    // A peer dies: the page says so without a reload, soon after the cluster decides.
+    let killed = Instant::now();
+    lab.ok(&["kill", "--all", &victim_index.to_string()])?;
+    let client = lab.client(0);
+    let mut decided = None;
+    let mut shown = None;
+    while shown.is_none() || decided.is_none() {
+        anyhow::ensure!(killed.elapsed() < Duration::from_secs(30), "no death seen (api {decided:?}, page {shown:?})");
+        if decided.is_none() {
+            let list: Vec<shoal_types::PeerInfo> = client.get("/v1/peers").await?;
+            if list.iter().any(|p| p.name == victim && p.state == PeerState::Dead) {
+                decided = Some(killed.elapsed());
+            }
+        }
+        if shown.is_none() {
+            let q = format!("document.querySelector('[data-peer=\"{victim}\"]')?.dataset.state === 'dead'");
+            if b.eval(&q).await? == true {
+                shown = Some(killed.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (decided, shown) = (decided.unwrap_or_default(), shown.unwrap_or_default());
+    eprintln!(
+        "dashboard: first render {first_render:?}, page {weight} bytes of HTML; peer dead in the API after {decided:?}, on the page after {shown:?}"
+    );
+    assert!(shown <= decided + Duration::from_millis(1500), "the page lagged: api {decided:?}, page {shown:?}");
+
+    // Scale from the page: 2 → 3 replicas.
+    b.eval(
+        "(() => { const i = document.querySelector('[data-scale-input=web]'); i.value = 3; \
+          document.querySelector('[data-scale=web]').click(); return true; })()",
+    )
+    .await?;
+    b.wait_for("document.querySelector('[data-service=web]')?.dataset.desired === '3'", Duration::from_secs(10))
+        .await?;
+    b.wait_for("document.querySelector('[data-service=web]')?.dataset.running === '3'", Duration::from_secs(60))
+        .await?;
+    let info: ServiceInfo = client.get("/v1/services/web").await?;
+    assert_eq!(info.spec.replicas, 3, "the page's scale went through the API");
+    b.screenshot(&dir.join("dashboard-2-dead-peer-and-scaled.png")).await?;
+    let events = b.eval("document.querySelectorAll('[data-event=\"peer.dead\"]').length").await?;
+    assert!(events.as_u64().unwrap_or(0) >= 1, "the death is in the page's event list");
+    Ok(())
+}
