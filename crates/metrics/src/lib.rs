@@ -291,6 +291,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_grafana_dashboard_names_only_metrics_that_exist() {
+        let snap = Snapshot {
+            peers: vec![("alive".into(), 1)],
+            containers: vec![("running".into(), 1)],
+            services: vec![("web".into(), 1, 1)],
+            ..Default::default()
+        };
+        let m = get();
+        // Families with labels show only once they have a child.
+        m.events.get_or_create(&KindLabel { kind: "peer.dead".into() });
+        m.content_sent.get_or_create(&PeerLabel { peer: "p".into() });
+        m.content_received.get_or_create(&PeerLabel { peer: "p".into() });
+        m.api_request_seconds.get_or_create(&RequestLabels {
+            method: "GET".into(),
+            route: "/v1/peers".into(),
+            status: "200".into(),
+        });
+        let text = m.encode(&snap, false);
+        let dash = include_str!("../../../docs/grafana-dashboard.json");
+        let mut names: Vec<&str> = Vec::new();
+        for (i, _) in dash.match_indices("shoal_").chain(dash.match_indices("process_")) {
+            let rest = &dash[i..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            names.push(&rest[..end]);
+        }
+        assert!(names.len() > 20, "{names:?}");
+        for n in names {
+            let family = n.strip_suffix("_bucket").unwrap_or(n);
+            assert!(text.contains(&format!("# TYPE {family} ")), "the dashboard uses {n}, which /metrics does not have");
+        }
+    }
+
+    #[test]
     fn both_formats_name_counters_with_total_and_carry_the_snapshot() {
         let m = get();
         m.pieces_verified.inc();
