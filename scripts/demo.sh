@@ -15,9 +15,12 @@ export SHOAL_LAB=demo
 if [[ $(id -u) -ne 0 ]]; then echo "the demo needs root (network namespaces, cgroups)" >&2; exit 1; fi
 
 REG=/tmp/shoal-demo-registry
+DASH=/tmp/shoal-demo-dashboard
 stop_registry() {
   if [[ -f $REG/pid ]]; then kill "$(cat "$REG/pid")" 2>/dev/null || true; fi
   rm -rf "$REG"
+  if [[ -f $DASH/pid ]]; then kill "$(cat "$DASH/pid")" 2>/dev/null || true; fi
+  rm -rf "$DASH"
 }
 if [[ ${1:-} == stop ]]; then
   [[ -x target/release/shoal ]] && target/release/shoal lab down
@@ -133,6 +136,22 @@ echo "healed: every peer sees 5 alive again"
 for _ in $(seq 300); do (($(running 3) == 3)) && break; sleep 0.1; done
 $SHOAL lab exec 3 -- shoal service ls
 
+say "what happened, from any peer (shoal lab exec 2 -- shoal events --since 10m)"
+$SHOAL lab exec 2 -- shoal events --since 10m | tail -n 15
+
+say "the dashboard (shoal dashboard, on this host's loopback, talking to peer 0's API socket)"
+mkdir -p "$DASH"
+setsid "$SHOAL" --addr "${SHOAL_LAB_ROOT:-/var/lib/shoal/labs}/demo/peer-0/shoal.sock" dashboard --listen 127.0.0.1:8480 \
+  >"$DASH/out" 2>"$DASH/err" </dev/null &
+echo $! >"$DASH/pid"
+for _ in $(seq 50); do grep -q "http://" "$DASH/out" && break; sleep 0.1; done
+if grep -q "http://" "$DASH/out"; then
+  cat "$DASH/out"
+  echo "(open it in a browser on this machine, or tunnel it: ssh -L 8480:127.0.0.1:8480 THIS-HOST)"
+else
+  echo "the dashboard did not start: $(cat "$DASH/err")" >&2
+fi
+
 cat <<EOT
 
 The lab and the service keep running. Try:
@@ -144,5 +163,7 @@ The lab and the service keep running. Try:
   $SHOAL lab logs 1
   $SHOAL lab link 2 --bandwidth 5mbit
   $SHOAL lab exec 3 -- shoal image ls
+  $SHOAL lab exec 1 -- shoal events -f
+  $SHOAL lab exec 0 -- busybox wget -qO- 127.0.0.1:9464/metrics
 (set SHOAL_LAB=demo or pass --name demo). Tear it down with: bash scripts/demo.sh stop
 EOT

@@ -10,10 +10,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Kills the dashboard process on drop.
-struct Dashboard(std::process::Child);
+/// Kills a child process (the dashboard, a download) on drop.
+struct KillOnDrop(std::process::Child);
 
-impl Drop for Dashboard {
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -59,7 +59,7 @@ async fn the_page_shows_the_cluster_live_and_scales_a_service() -> anyhow::Resul
         .spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
-    let _dash = Dashboard(child);
+    let _dash = KillOnDrop(child);
     let url = line.split_whitespace().last().unwrap_or_default().to_string();
     anyhow::ensure!(url.starts_with("http://127.0.0.1:") && url.contains("?token="), "printed {line:?}");
 
@@ -81,6 +81,31 @@ async fn the_page_shows_the_cluster_live_and_scales_a_service() -> anyhow::Resul
     let path = &url[url.find("/?").unwrap_or(0)..];
     assert_eq!(http_request(addr, "GET", path, &[], b"")?.status, 401, "a spent token");
     assert_eq!(http_request(addr, "GET", "/api/state", &[], b"")?.status, 401, "no session");
+
+    // Content in flight: the page draws who sends to whom.
+    let receiver = (1..3).find(|i| *i != victim_index).expect("a third peer");
+    lab.ok(&["link", &receiver.to_string(), "--bandwidth", "16mbit"])?;
+    let file = lab.root.path().join("payload");
+    std::fs::write(&file, shoal_testkit::noise::random_bytes(6 << 20, 9))?;
+    let id = lab.ok(&["exec", "0", "--", "shoal", "share", &file.display().to_string()])?.trim().to_string();
+    let got = lab.root.path().join("got");
+    let get = KillOnDrop(lab.spawn(&[
+        "exec",
+        &receiver.to_string(),
+        "--",
+        "shoal",
+        "get",
+        &id,
+        "-o",
+        &got.display().to_string(),
+    ]));
+    let receiver_id = lab.ids()?[receiver].clone();
+    let receiver_name = peers.iter().find(|p| p.id == receiver_id).map(|p| p.name.clone()).expect("receiver name");
+    let edge = format!("document.querySelector('[data-edge=\"peer-0>{receiver_name}\"]') !== null");
+    b.wait_for(&edge, Duration::from_secs(10)).await?;
+    b.screenshot(&dir.join("dashboard-2-transfer.png")).await?;
+    drop(get);
+    lab.ok(&["link", &receiver.to_string(), "--bandwidth", "none"])?;
 
     // A peer dies: the page says so without a reload, soon after the cluster decides.
     let killed = Instant::now();
@@ -122,8 +147,8 @@ async fn the_page_shows_the_cluster_live_and_scales_a_service() -> anyhow::Resul
         .await?;
     let info: ServiceInfo = client.get("/v1/services/web").await?;
     assert_eq!(info.spec.replicas, 3, "the page's scale went through the API");
-    b.screenshot(&dir.join("dashboard-2-dead-peer-and-scaled.png")).await?;
-    let events = b.eval("document.querySelectorAll('[data-event=\"peer.dead\"]').length").await?;
-    assert!(events.as_u64().unwrap_or(0) >= 1, "the death is in the page's event list");
+    b.screenshot(&dir.join("dashboard-3-dead-peer-and-scaled.png")).await?;
+    // The death in the page's event list (refreshed every 2 s).
+    b.wait_for("document.querySelectorAll('[data-event=\"peer.dead\"]').length > 0", Duration::from_secs(10)).await?;
     Ok(())
 }

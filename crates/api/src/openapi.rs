@@ -27,7 +27,7 @@ use utoipa::OpenApi;
     ),
     components(schemas(
         shoal_types::AgentStatus, shoal_types::ClusterEvent, shoal_types::PeerInfo, shoal_types::PeerState, shoal_types::resources::ResourcesJson,
-        shoal_types::ErrorBody, shoal_types::ContentInfo, shoal_types::SharedContent, shoal_types::TransferInfo,
+        shoal_types::ErrorBody, shoal_types::ContentInfo, shoal_types::SharedContent, shoal_types::TransferInfo, shoal_types::TransferSource,
         shoal_types::ImageInfo, shoal_types::PullRequest, shoal_types::RegistryLogin, shoal_types::PullStatus, shoal_types::PullBlob,
         shoal_types::ContainerSpec, shoal_types::ContainerInfo, shoal_types::ContainerState, shoal_types::ContainerStats,
         shoal_types::PortMapping, shoal_types::VolumeMount, shoal_types::RestartPolicy, shoal_types::LogEntry,

@@ -103,7 +103,8 @@ impl Download {
         });
         let (tx, rx) = mpsc::channel(256);
         let n = manifest.pieces() as usize;
-        let initial = progress_of(&partial.cid, &manifest, &partial.have, 0, 0, 0.0, TransferState::Running, None);
+        let initial =
+            progress_of(&partial.cid, &manifest, &partial.have, 0, Vec::new(), 0.0, TransferState::Running, None);
         let (ptx, prx) = watch::channel(initial);
         let now = Instant::now();
         let d = Download {
@@ -184,7 +185,8 @@ impl Download {
 
     fn publish(&self, state: TransferState, error: Option<DownloadError>) {
         let have = self.shared.have.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let p = progress_of(&self.cid, &self.manifest, &have, self.fetched, self.peers.len(), self.rate, state, error);
+        let sources = self.peers.values().map(|s| (s.peer, s.rate * 8.0)).collect();
+        let p = progress_of(&self.cid, &self.manifest, &have, self.fetched, sources, self.rate, state, error);
         self.progress.send_replace(p);
     }
 
@@ -588,7 +590,7 @@ fn progress_of(
     m: &PieceManifest,
     have: &Bitfield,
     fetched: u64,
-    peers: usize,
+    sources: Vec<(PeerId, f64)>,
     rate: f64,
     state: TransferState,
     error: Option<DownloadError>,
@@ -601,11 +603,12 @@ fn progress_of(
         have_pieces: have.count(),
         have_bytes,
         fetched_bytes: fetched,
-        peers,
+        peers: sources.len(),
         rate_bps: rate * 8.0,
         state,
         failure: error.as_ref().map(|e| e.failure),
         error: error.map(|e| e.message),
         have: have.clone(),
+        sources,
     }
 }

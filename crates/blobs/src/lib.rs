@@ -79,4 +79,7 @@ pub struct Progress {
     /// What kind of failure `error` is, when the transfer failed.
     pub failure: Option<TransferFailure>,
     pub have: bitfield::Bitfield,
+    /// The peers pieces come from right now, each with its rate in bits per second.
+    #[serde(skip)]
+    pub sources: Vec<(shoal_overlay::libp2p::PeerId, f64)>,
 }

@@ -449,6 +449,7 @@ impl Blobs {
                 error: None,
                 failure: None,
                 have: crate::bitfield::Bitfield::full(pieces),
+                sources: Vec::new(),
             });
             return Ok(rx);
         }

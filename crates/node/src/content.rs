@@ -5,7 +5,7 @@ use shoal_blobs::{BlobRecord, ContentId, Progress, TransferState};
 use shoal_types::{ContentInfo, ImageInfo, SharedContent, TransferInfo};
 use std::collections::HashMap;
 
-fn transfer_info(p: &Progress) -> TransferInfo {
+fn transfer_info(p: &Progress, me: &str) -> TransferInfo {
     TransferInfo {
         id: p.cid.to_string(),
         size: p.size,
@@ -23,6 +23,12 @@ fn transfer_info(p: &Progress) -> TransferInfo {
         .to_string(),
         error: p.error.clone(),
         have: hex_bits(p.have.bytes()),
+        peer: me.to_string(),
+        sources: p
+            .sources
+            .iter()
+            .map(|(peer, rate_bps)| shoal_types::TransferSource { peer: peer.to_string(), rate_bps: *rate_bps })
+            .collect(),
     }
 }
 
@@ -87,18 +93,18 @@ impl Node {
         let cid = text.parse::<ContentId>()?;
         let rx = self.blobs().fetch(cid, None).await?;
         let p = rx.borrow().clone();
-        Ok(transfer_info(&p))
+        Ok(transfer_info(&p, &self.overlay().peer_id().to_string()))
     }
 
     /// A transfer's progress: running, or the finished state of local content.
     pub async fn transfer(&self, text: &str) -> Result<TransferInfo, NodeError> {
         let cid = self.resolve_content(text).await?;
         if let Some(p) = self.blobs().progress(&cid) {
-            return Ok(transfer_info(&p));
+            return Ok(transfer_info(&p, &self.overlay().peer_id().to_string()));
         }
         let rx = self.blobs().fetch(cid, None).await?;
         let p = rx.borrow().clone();
-        Ok(transfer_info(&p))
+        Ok(transfer_info(&p, &self.overlay().peer_id().to_string()))
     }
 
     pub async fn remove_content(&self, text: &str) -> Result<(), NodeError> {
@@ -196,6 +202,7 @@ impl Node {
 
     /// Downloads running now.
     pub fn transfers(&self) -> Vec<TransferInfo> {
-        self.blobs().running().iter().map(transfer_info).collect()
+        let me = self.overlay().peer_id().to_string();
+        self.blobs().running().iter().map(|p| transfer_info(p, &me)).collect()
     }
 }

@@ -38,14 +38,20 @@ const MAX_SERVED: usize = 16;
 /// How long a peer has to answer.
 const ASK_LIMIT: Duration = Duration::from_secs(2);
 
+/// What one peer asks another on `/shoal/events/1`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Ask {
-    since_ms: u64,
-    limit: u32,
+enum Ask {
+    /// Its events since then, the newest `limit`.
+    Events { since_ms: u64, limit: u32 },
+    /// Its downloads in progress (for the dashboard's transfer graph).
+    Transfers,
 }
 
+/// Most downloads one peer reports.
+const MAX_TRANSFERS: usize = 256;
+
 impl Node {
-    /// Serves this peer's event log to other peers until the node shuts down.
+    /// Serves this peer's event log (and its transfers) to other peers until the node stops.
     pub(crate) fn serve_events(&self) -> Result<(), NodeError> {
         let mut incoming = self
             .overlay()
@@ -67,14 +73,22 @@ impl Node {
                 tokio::spawn(async move {
                     let _slot = slot;
                     let serve = async {
-                        let ask: Ask = read_msg(&mut stream, 64).await.ok()?;
-                        let limit = (ask.limit as usize).min(MAX_ANSWER_EVENTS);
-                        let mut events = node.local_events(ask.since_ms, limit);
-                        // Within the byte bound: the newest kept.
-                        while postcard::to_stdvec(&events).map_or(0, |b| b.len()) > MAX_ANSWER_BYTES {
-                            events.drain(..events.len() / 4 + 1);
+                        match read_msg::<_, Ask>(&mut stream, 64).await.ok()? {
+                            Ask::Events { since_ms, limit } => {
+                                let limit = (limit as usize).min(MAX_ANSWER_EVENTS);
+                                let mut events = node.local_events(since_ms, limit);
+                                // Within the byte bound: the newest kept.
+                                while postcard::to_stdvec(&events).map_or(0, |b| b.len()) > MAX_ANSWER_BYTES {
+                                    events.drain(..events.len() / 4 + 1);
+                                }
+                                write_msg(&mut stream, &events).await.ok()?;
+                            }
+                            Ask::Transfers => {
+                                let mut list = node.transfers();
+                                list.truncate(MAX_TRANSFERS);
+                                write_msg(&mut stream, &list).await.ok()?;
+                            }
                         }
-                        write_msg(&mut stream, &events).await.ok()?;
                         stream.close().await.ok()
                     };
                     if tokio::time::timeout(Duration::from_secs(10), serve).await.ok().flatten().is_none() {
@@ -84,6 +98,25 @@ impl Node {
             }
         });
         Ok(())
+    }
+
+    /// Every live peer's downloads in progress, this peer's included (each names its
+    /// downloader and its sources): the cluster's transfer graph.
+    pub async fn cluster_transfers(&self) -> Vec<shoal_types::TransferInfo> {
+        let members = self.overlay().members().await.unwrap_or_default();
+        let asks = members.into_iter().map(|m| async move {
+            let mut list: Vec<shoal_types::TransferInfo> =
+                self.ask_peer(m.peer, &Ask::Transfers, MAX_ANSWER_BYTES).await.unwrap_or_default();
+            list.truncate(MAX_TRANSFERS);
+            // A peer speaks for its own downloads only.
+            list.retain(|t| t.peer == m.peer.to_string());
+            list
+        });
+        let mut all = self.transfers();
+        for list in futures::future::join_all(asks).await {
+            all.extend(list);
+        }
+        all
     }
 
     /// This peer's own events since `since_ms`, oldest first, at most `limit` (the newest).
@@ -110,22 +143,25 @@ impl Node {
     }
 
     async fn ask_events(&self, peer: PeerId, since_ms: u64, limit: usize) -> Vec<ClusterEvent> {
+        let ask = Ask::Events { since_ms, limit: limit as u32 };
+        let mut events: Vec<ClusterEvent> = self.ask_peer(peer, &ask, MAX_ANSWER_BYTES).await.unwrap_or_default();
+        events.truncate(limit);
+        events
+    }
+
+    /// One exchange on `/shoal/events/1`, within [`ASK_LIMIT`].
+    async fn ask_peer<R: serde::de::DeserializeOwned>(&self, peer: PeerId, ask: &Ask, max: usize) -> Option<R> {
         let exchange = async {
             let mut control = self.overlay().streams();
             let mut stream = control.open_stream(peer, EVENTS_PROTOCOL).await.ok()?;
-            write_msg(&mut stream, &Ask { since_ms, limit: limit as u32 }).await.ok()?;
-            read_msg::<_, Vec<ClusterEvent>>(&mut stream, MAX_ANSWER_BYTES).await.ok()
+            write_msg(&mut stream, ask).await.ok()?;
+            read_msg::<_, R>(&mut stream, max).await.ok()
         };
-        match tokio::time::timeout(ASK_LIMIT, exchange).await {
-            Ok(Some(mut events)) => {
-                events.truncate(limit);
-                events
-            }
-            _ => {
-                debug!(%peer, "no events from a peer");
-                Vec::new()
-            }
+        let answer = tokio::time::timeout(ASK_LIMIT, exchange).await.ok().flatten();
+        if answer.is_none() {
+            debug!(%peer, ?ask, "no answer from a peer");
         }
+        answer
     }
 }
 

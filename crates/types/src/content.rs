@@ -55,6 +55,22 @@ pub struct TransferInfo {
     pub error: Option<String>,
     /// Which pieces are held, as a hex bitfield (bit i of byte i/8 = piece i).
     pub have: String,
+    /// The peer downloading (its id).
+    #[serde(default)]
+    pub peer: String,
+    /// The peers pieces come from right now, with their rates.
+    #[serde(default)]
+    pub sources: Vec<TransferSource>,
+}
+
+/// A peer a download gets pieces from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TransferSource {
+    /// Its id.
+    pub peer: String,
+    /// Bits per second from it, smoothed.
+    pub rate_bps: f64,
 }
 
 /// One image.

@@ -24,6 +24,7 @@ pub use container::{
 };
 pub use content::{
     ContentInfo, ImageInfo, PullBlob, PullRequest, PullStatus, RegistryLogin, SharedContent, TransferInfo,
+    TransferSource,
 };
 pub use events::{ClusterEvent, EVENT_KINDS};
 pub use labels::{LabelError, Labels, parse_label};

@@ -166,7 +166,6 @@ async fn snapshot(client: &Client, with_events: bool) -> Snapshot {
             let replicas = client.get(&path).await.unwrap_or_default();
             s.services.push(ServiceView { info, replicas });
         }
-        s.transfers = client.get("/v1/transfers").await.unwrap_or_default();
         if with_events {
             let since = now_ms().saturating_sub(3_600_000);
             s.events = Some(client.get(&format!("/v1/events?since_ms={since}&limit=200")).await.unwrap_or_default());
@@ -183,12 +182,15 @@ async fn state(State(dash): State<Arc<Dash>>, headers: HeaderMap) -> Response {
     if !signed_in(&dash, &headers) {
         return refused();
     }
-    axum::Json(snapshot(&dash.client, true).await).into_response()
+    let mut snap = snapshot(&dash.client, true).await;
+    snap.transfers = dash.client.get("/v1/transfers?cluster=true").await.unwrap_or_default();
+    axum::Json(snap).into_response()
 }
 
 /// The state as server-sent events: a `state` event whenever it changed (checked every half
-/// second), and apart from it (a cluster-wide query waits up to 2 s on a peer that is dying) an
-/// `events` event with the event list whenever that changed (checked every 2 s).
+/// second), and apart from it (a cluster-wide query waits up to 2 s on a peer that is dying)
+/// `transfers` (every live peer's downloads, checked every second) and `events` (the event
+/// list, checked every 2 s) whenever they changed.
 async fn stream(State(dash): State<Arc<Dash>>, headers: HeaderMap) -> Response {
     if !signed_in(&dash, &headers) {
         return refused();
@@ -213,6 +215,25 @@ async fn stream(State(dash): State<Arc<Dash>>, headers: HeaderMap) -> Response {
             tokio::select! {
                 () = tokio::time::sleep(REFRESH) => {}
                 () = state_tx.closed() => return,
+            }
+        }
+    });
+    let (transfers_tx, transfers_dash) = (tx.clone(), dash.clone());
+    tokio::spawn(async move {
+        let mut last = String::new();
+        loop {
+            let list: Vec<shoal_types::TransferInfo> =
+                transfers_dash.client.get("/v1/transfers?cluster=true").await.unwrap_or_default();
+            let data = serde_json::to_string(&list).unwrap_or_default();
+            if data != last {
+                if transfers_tx.send(Ok(Event::default().event("transfers").data(data.clone()))).await.is_err() {
+                    return;
+                }
+                last = data;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(REFRESH * 2) => {}
+                () = transfers_tx.closed() => return,
             }
         }
     });

@@ -183,10 +183,23 @@ pub(crate) async fn progress(
     Ok(ApiJson(s.node.transfer(&id).await?))
 }
 
-/// Downloads running now.
-#[utoipa::path(get, path = "/v1/transfers", tag = "content", responses((status = 200, body = [TransferInfo])))]
-pub(crate) async fn transfers(State(s): State<AppState>) -> ApiJson<Vec<TransferInfo>> {
-    ApiJson(s.node.transfers())
+/// `?cluster=`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TransfersQuery {
+    /// Every live peer's downloads, not only this peer's (each names its downloader).
+    #[serde(default)]
+    cluster: bool,
+}
+
+/// Downloads running now, with the peers each gets pieces from and at what rate.
+#[utoipa::path(get, path = "/v1/transfers", tag = "content", params(TransfersQuery),
+    responses((status = 200, body = [TransferInfo])))]
+pub(crate) async fn transfers(
+    State(s): State<AppState>,
+    crate::error::ApiQuery(q): crate::error::ApiQuery<TransfersQuery>,
+) -> ApiJson<Vec<TransferInfo>> {
+    ApiJson(if q.cluster { s.node.cluster_transfers().await } else { s.node.transfers() })
 }
 
 /// Removes a blob (refused while an image uses it).
