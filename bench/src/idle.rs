@@ -14,6 +14,7 @@ pub(crate) struct IdleReport {
     pub(crate) serf_rss_mib: Option<f64>,
     pub(crate) serf_cpu_pct: Option<f64>,
     pub(crate) secs: u64,
+    pub(crate) dashboard: Option<DashboardCost>,
 }
 
 pub(crate) async fn run(peers: usize, secs: u64, with_serf: bool, base_port: u16) -> anyhow::Result<IdleReport> {
@@ -51,6 +52,12 @@ pub(crate) async fn run(peers: usize, secs: u64, with_serf: bool, base_port: u16
     }
     let after: Vec<(u64, u64)> = shoal_pids.iter().chain(&serf_pids).filter_map(|p| proc_usage(*p)).collect();
     let tps = ticks_per_sec();
+    let dashboard = match shoal_pids.first() {
+        Some(&pid) => {
+            Some(with_dashboard(&c.agents[0].socket, pid, secs, tps, cpu_pct(&before[0], &after[0], tps, wall))?)
+        }
+        None => None,
+    };
     let cpu: Vec<f64> =
         before.iter().zip(&after).map(|(b, a)| (a.1.saturating_sub(b.1)) as f64 / tps / wall * 100.0).collect();
     let rss: Vec<f64> = after.iter().map(|a| a.0 as f64 / 1024.0).collect();
@@ -62,5 +69,84 @@ pub(crate) async fn run(peers: usize, secs: u64, with_serf: bool, base_port: u16
         serf_rss_mib: with_serf.then(|| median_f64(&rss[n..])),
         serf_cpu_pct: with_serf.then(|| median_f64(&cpu[n..])),
         secs,
+        dashboard,
+    })
+}
+
+fn cpu_pct(before: &(u64, u64), after: &(u64, u64), tps: f64, wall: f64) -> f64 {
+    after.1.saturating_sub(before.1) as f64 / tps / wall * 100.0
+}
+
+/// The dashboard's cost: peer 0's agent CPU with the page open (a client reading its event
+/// stream) vs closed, and the dashboard process's own CPU and memory.
+pub(crate) struct DashboardCost {
+    pub(crate) agent_cpu_closed_pct: f64,
+    pub(crate) agent_cpu_open_pct: f64,
+    pub(crate) dashboard_cpu_pct: f64,
+    pub(crate) dashboard_rss_mib: f64,
+    pub(crate) sse_bytes: usize,
+}
+
+fn with_dashboard(
+    socket: &std::path::Path,
+    agent: u32,
+    secs: u64,
+    tps: f64,
+    closed: f64,
+) -> anyhow::Result<DashboardCost> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut child = std::process::Command::new(shoal_testkit::shoal_bin())
+        .arg("--addr")
+        .arg(socket)
+        .args(["dashboard", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    let url = line.split_whitespace().last().unwrap_or_default().to_string();
+    let path = &url[url.find("/?").unwrap_or(0)..];
+    // Sign in: the token for a cookie.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut head = String::new();
+    s.read_to_string(&mut head)?;
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .and_then(|c| c.split(';').next())
+        .ok_or_else(|| anyhow::anyhow!("the dashboard set no cookie: {head}"))?
+        .to_string();
+    // A page open for the window: read its event stream.
+    let mut sse = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(sse, "GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n")?;
+    let window = Duration::from_secs(secs);
+    sse.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let before = (proc_usage(agent), proc_usage(child.id()));
+    let t0 = Instant::now();
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    while t0.elapsed() < window {
+        match sse.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(_) => {}
+        }
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let after = (proc_usage(agent), proc_usage(child.id()));
+    let _ = child.kill();
+    let _ = child.wait();
+    let pct = |b: Option<(u64, u64)>, a: Option<(u64, u64)>| match (b, a) {
+        (Some(b), Some(a)) => cpu_pct(&b, &a, tps, wall),
+        _ => f64::NAN,
+    };
+    Ok(DashboardCost {
+        agent_cpu_closed_pct: closed,
+        agent_cpu_open_pct: pct(before.0, after.0),
+        dashboard_cpu_pct: pct(before.1, after.1),
+        dashboard_rss_mib: after.1.map_or(f64::NAN, |u| u.0 as f64 / 1024.0),
+        sse_bytes: got,
     })
 }

@@ -139,6 +139,12 @@ async fn main() -> anyhow::Result<()> {
                 println!("serf:  median RSS {m:.1} MiB, median CPU {c:.2} %");
                 println!("ratio shoal/serf: RSS {:.2}, CPU {:.2}", r.shoal_rss_mib / m, r.shoal_cpu_pct / c.max(1e-9));
             }
+            if let Some(d) = &r.dashboard {
+                println!(
+                    "dashboard on peer 0, {secs} s: agent CPU {:.2} % closed, {:.2} % with a page open; the dashboard process {:.2} % CPU, {:.1} MiB; {} bytes of events sent",
+                    d.agent_cpu_closed_pct, d.agent_cpu_open_pct, d.dashboard_cpu_pct, d.dashboard_rss_mib, d.sse_bytes
+                );
+            }
         }
         Bench::Lab { rates, sizes, runs } => {
             println!("== lab: shaped links (TCP goodput, median of {runs})");
