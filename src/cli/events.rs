@@ -64,7 +64,11 @@ fn line(e: &ClusterEvent) -> String {
         .fields
         .iter()
         .filter(|(k, _)| k.as_str() != "peer" || !e.fields.contains_key("name"))
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| match k.as_str() {
+            // Ids as `shoal ps` and `content ls` show them.
+            "container" | "cid" | "digest" => format!("{k}={}", v.get(..19).unwrap_or(v)),
+            _ => format!("{k}={v}"),
+        })
         .collect();
     format!("{}  {:<20} {}  (seen by {})", utc(e.at_ms), e.kind, fields.join(" "), e.seen_by.join(", "))
 }
