@@ -158,7 +158,10 @@ fn now_ms() -> u64 {
 async fn snapshot(client: &Client, with_events: bool) -> Snapshot {
     let mut s = Snapshot { at_ms: now_ms(), ..Default::default() };
     let read = async {
-        s.me = Some(client.get("/v1/status").await?);
+        let mut me: shoal_types::AgentStatus = client.get("/v1/status").await?;
+        // What changes every second by itself is not news (the state is sent on changes).
+        me.uptime_secs = 0;
+        s.me = Some(me);
         s.peers = client.get("/v1/peers").await?;
         let infos: Vec<shoal_types::ServiceInfo> = client.get("/v1/services").await?;
         for info in infos {
