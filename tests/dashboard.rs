@@ -84,7 +84,7 @@ async fn the_page_shows_the_cluster_live_and_scales_a_service() -> anyhow::Resul
 
     // Content in flight: the page draws who sends to whom.
     let receiver = (1..3).find(|i| *i != victim_index).expect("a third peer");
-    lab.ok(&["link", &receiver.to_string(), "--bandwidth", "16mbit"])?;
+    lab.ok(&["link", &receiver.to_string(), "--bandwidth", "8mbit"])?;
     let file = lab.root.path().join("payload");
     std::fs::write(&file, shoal_testkit::noise::random_bytes(6 << 20, 9))?;
     let id = lab.ok(&["exec", "0", "--", "shoal", "share", &file.display().to_string()])?.trim().to_string();
@@ -133,7 +133,8 @@ async fn the_page_shows_the_cluster_live_and_scales_a_service() -> anyhow::Resul
     eprintln!(
         "dashboard: first render {first_render:?}, page {weight} bytes of HTML; peer dead in the API after {decided:?}, on the page after {shown:?}"
     );
-    assert!(shown <= decided + Duration::from_millis(1500), "the page lagged: api {decided:?}, page {shown:?}");
+    // The page polls every 0.5 s; on a busy 2-core machine allow for a slow round or two.
+    assert!(shown <= decided + Duration::from_secs(3), "the page lagged: api {decided:?}, page {shown:?}");
 
     // Scale from the page: 2 → 3 replicas.
     b.eval(

@@ -437,7 +437,7 @@ async fn events_tell_a_rollout_a_peers_death_and_the_moves_in_order_from_any_pee
     import(&lab, "busybox:v2", "PATH=/bin")?;
     service(&lab, 0, &["create", "--name", "web", "--replicas", "3", "busybox:svc", "sh", "-c", TICKER])?;
     settled(&lab, 0, "web", 3, 60, |_| true).await?;
-    service(&lab, 1, &["update", "web", "--image", "busybox:v2"])?;
+    service(&lab, 0, &["update", "web", "--image", "busybox:v2"])?;
     eventually(Duration::from_secs(90), "the update done", || async {
         let s = info(&lab, 0, "web").await?;
         let p = running(&replicas(&lab, 0, "web").await);
@@ -445,9 +445,20 @@ async fn events_tell_a_rollout_a_peers_death_and_the_moves_in_order_from_any_pee
     })
     .await?;
     let placed = settled(&lab, 0, "web", 3, 60, |_| true).await?;
-    // A peer with a replica (not 0) loses power; its replica moves.
-    let (slot, victim) =
-        placed.iter().map(|(s, v)| (s.to_string(), index_of(&ids, &v[0].0))).find(|(_, i)| *i != 0).expect("a replica");
+    // Each peer records what it saw: the create and the update on peer 0, the end of the
+    // rollout on whichever peer wrote it. The victim is a peer with a replica that recorded
+    // none of them, so the survivors hold the whole story.
+    let names: BTreeMap<String, String> = lab.peers(0).await?.into_iter().map(|p| (p.id, p.name)).collect();
+    let done_by = eventually(Duration::from_secs(10), "rollout.done recorded", || async {
+        let list = events(&lab, 0).ok()?;
+        Some(list[position(&list, "rollout.done", &[("service", "web")])?].seen_by.clone())
+    })
+    .await?;
+    let (slot, victim) = placed
+        .iter()
+        .map(|(s, v)| (s.to_string(), index_of(&ids, &v[0].0)))
+        .find(|(_, i)| *i != 0 && !names.get(&ids[*i]).is_some_and(|n| done_by.contains(n)))
+        .expect("a replica on a peer that did not record the rollout's end");
     lab.ok(&["kill", "--all", &victim.to_string()])?;
     settled(&lab, 0, "web", 3, 30, |p| !peers_of(p).contains(&ids[victim].as_str())).await?;
 

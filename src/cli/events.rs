@@ -70,7 +70,9 @@ fn line(e: &ClusterEvent) -> String {
             _ => format!("{k}={v}"),
         })
         .collect();
-    format!("{}  {:<20} {}  (seen by {})", utc(e.at_ms), e.kind, fields.join(" "), e.seen_by.join(", "))
+    let line = format!("{}  {:<20} {}  (seen by {})", utc(e.at_ms), e.kind, fields.join(" "), e.seen_by.join(", "));
+    // What peers sent is printed, never interpreted by the terminal.
+    line.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
 /// Milliseconds since the epoch as an RFC 3339 UTC time.

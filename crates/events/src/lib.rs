@@ -110,8 +110,13 @@ impl EventLog {
             }
         }
         let path = dir.join("events.jsonl");
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let size = file.metadata()?.len();
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let mut size = file.metadata()?.len();
+        // A crash mid-write left a torn last line: end it, so the next event starts clean.
+        if size > 0 && std::fs::read(&path)?.last() != Some(&b'\n') {
+            file.write_all(b"\n")?;
+            size += 1;
+        }
         let hlc = Hlc::default();
         if let Some(e) = recent.back() {
             hlc.observe_at((e.at_ms, e.seq), u64::MAX - MAX_DRIFT_MS);
@@ -134,6 +139,8 @@ impl EventLog {
     /// Records an event this peer saw.
     pub fn record(&self, kind: &str, fields: BTreeMap<String, String>, message: &str) -> ClusterEvent {
         shoal_metrics::get().events.get_or_create(&shoal_metrics::KindLabel { kind: kind.to_string() }).inc();
+        // Stamped under the lock, so the log is in clock order.
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (at_ms, seq) = self.hlc.now();
         let e = ClusterEvent {
             at_ms,
@@ -143,11 +150,9 @@ impl EventLog {
             message: message.to_string(),
             seen_by: vec![self.name.clone()],
         };
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(err) = self.append(&mut inner, &e) {
-            // The event stays in memory; the log says why it is not on disk (once per failure
-            // kind would be nicer, but a full disk is already loud elsewhere).
-            eprintln!("shoal: cannot write the event log in {}: {err}", self.dir.display());
+            // The event stays in memory (a full disk is already loud elsewhere).
+            let _ = writeln!(std::io::stderr(), "shoal: cannot write the event log in {}: {err}", self.dir.display());
         }
         if inner.recent.len() == MAX_RECENT {
             inner.recent.pop_front();
@@ -163,7 +168,11 @@ impl EventLog {
         line.push(b'\n');
         if inner.size + line.len() as u64 > MAX_FILE_BYTES {
             inner.file = None;
-            std::fs::rename(self.dir.join("events.jsonl"), self.dir.join("events.jsonl.1"))?;
+            match std::fs::rename(self.dir.join("events.jsonl"), self.dir.join("events.jsonl.1")) {
+                // Already rotated (an open that failed after the rename): start the new file.
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             inner.file = Some(OpenOptions::new().create(true).append(true).open(self.dir.join("events.jsonl"))?);
             inner.size = 0;
         }
@@ -212,7 +221,10 @@ pub fn layer<S>() -> impl Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    EventsLayer.with_filter(tracing_subscriber::filter::filter_fn(|m| m.is_event() && m.fields().field("ev").is_some()))
+    // Events are logged at info and above: the hint keeps trace and debug call sites off.
+    let filter = tracing_subscriber::filter::filter_fn(|m| m.is_event() && m.fields().field("ev").is_some())
+        .with_max_level_hint(tracing::level_filters::LevelFilter::INFO);
+    EventsLayer.with_filter(filter)
 }
 
 struct EventsLayer;
@@ -290,8 +302,11 @@ pub fn merge(lists: Vec<Vec<ClusterEvent>>) -> Vec<ClusterEvent> {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for e in all {
         let key = fact(&e);
+        // Another peer's sighting of the same fact folds in; the same peer seeing it again is
+        // a new event (a crash loop, a second restart).
         if let Some(&i) = seen.get(&key)
             && e.at_ms.saturating_sub(out[i].at_ms) <= SAME_FACT_WITHIN_MS
+            && (out[i] == e || !e.seen_by.iter().any(|w| out[i].seen_by.contains(w)))
         {
             if out[i] == e {
                 continue; // the same record twice (a peer asked twice)
@@ -307,6 +322,36 @@ pub fn merge(lists: Vec<Vec<ClusterEvent>>) -> Vec<ClusterEvent> {
         out.push(e);
     }
     out
+}
+
+/// An event a peer sent, made safe to keep: attributed to that peer (whatever it claimed),
+/// its strings bounded as this peer's own are, and `None` when stamped too far ahead.
+pub fn from_peer(mut e: ClusterEvent, peer_name: &str) -> Option<ClusterEvent> {
+    if e.at_ms > wall_ms().saturating_add(MAX_DRIFT_MS) {
+        return None;
+    }
+    let cut = |v: &mut String| {
+        if v.len() > MAX_VALUE {
+            let mut at = MAX_VALUE;
+            while !v.is_char_boundary(at) {
+                at -= 1;
+            }
+            v.truncate(at);
+        }
+    };
+    cut(&mut e.kind);
+    cut(&mut e.message);
+    e.fields = std::mem::take(&mut e.fields)
+        .into_iter()
+        .take(MAX_FIELDS)
+        .map(|(mut k, mut v)| {
+            cut(&mut k);
+            cut(&mut v);
+            (k, v)
+        })
+        .collect();
+    e.seen_by = vec![peer_name.to_string()];
+    Some(e)
 }
 
 /// `10m`, `2h`, `30s`, `1d` → a duration (for `--since`).
@@ -368,6 +413,10 @@ mod tests {
         // A peer that dies again an hour later is a new event.
         let again = merge(vec![vec![ev(100, 0, "peer.dead", "p3", "a"), ev(3_700_000, 0, "peer.dead", "p3", "a")]]);
         assert_eq!(again.len(), 2);
+        // So does one peer seeing the same thing twice within a minute (a crash loop).
+        let twice =
+            merge(vec![vec![ev(100, 0, "replica.failed", "p3", "a"), ev(5_000, 0, "replica.failed", "p3", "a")]]);
+        assert_eq!(twice.len(), 2);
     }
 
     proptest! {
@@ -414,6 +463,10 @@ mod tests {
         assert_eq!(log.since(0, 10), vec![first.clone()]);
         let next = log.record("peer.joined", BTreeMap::new(), "x");
         assert!((next.at_ms, next.seq) > (first.at_ms, first.seq));
+        drop(log);
+        // The event written after the torn line survives the next restart too.
+        let log = EventLog::open(dir.path(), "me").unwrap();
+        assert_eq!(log.since(0, 10), vec![first.clone(), next.clone()]);
         // Bounded: far more than a file's worth stays under two files.
         let big = "x".repeat(400);
         for i in 0..20_000u32 {
@@ -424,6 +477,17 @@ mod tests {
         assert_eq!(log.since(0, usize::MAX).len(), MAX_RECENT);
         assert_eq!(log.since(0, 5).len(), 5);
         assert_eq!(log.since(0, 5).last().unwrap().fields["i"], "19999");
+    }
+
+    #[test]
+    fn a_peers_events_are_its_own_bounded_and_not_from_the_future() {
+        let mut e = ev(wall_ms(), 0, "peer.dead", &"x".repeat(5000), "someone-else");
+        e.fields.extend((0..100).map(|i| (format!("f{i}"), "v".to_string())));
+        let kept = from_peer(e.clone(), "sender").unwrap();
+        assert_eq!(kept.seen_by, ["sender"]);
+        assert!(kept.fields.len() <= MAX_FIELDS && kept.fields.values().all(|v| v.len() <= MAX_VALUE));
+        e.at_ms = wall_ms() + 3_600_000;
+        assert_eq!(from_peer(e, "sender"), None);
     }
 
     #[test]

@@ -129,7 +129,12 @@ impl Node {
     pub async fn cluster_events(&self, since_ms: u64, limit: usize) -> Vec<ClusterEvent> {
         let limit = limit.min(MAX_ANSWER_EVENTS);
         let members = self.overlay().members().await.unwrap_or_default();
-        let asks = members.into_iter().map(|m| self.ask_events(m.peer, since_ms, limit));
+        let asks = members.into_iter().map(|m| async move {
+            // A peer speaks for itself only: its events are its own sightings.
+            let name = if m.name.is_empty() { m.peer.to_string() } else { m.name.clone() };
+            let list = self.ask_events(m.peer, since_ms, limit).await;
+            list.into_iter().filter_map(|e| shoal_events::from_peer(e, &name)).collect::<Vec<_>>()
+        });
         let mut lists = futures::future::join_all(asks).await;
         for e in lists.iter().flatten() {
             self.event_log().clock().observe((e.at_ms, e.seq));
@@ -189,12 +194,17 @@ impl Node {
                     if sent.insert(id, e.at_ms).is_some() {
                         continue;
                     }
-                    from = from.max(e.at_ms.saturating_sub(FOLLOW_OVERLAP_MS));
                     if tx.send(e).await.is_err() {
                         return;
                     }
                 }
-                sent.retain(|_, at| *at + 2 * FOLLOW_OVERLAP_MS >= from);
+                // Ask again from a little before now (never ahead of it, whatever a peer's
+                // clock said), so late arrivals are found.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                from = from.max(now.saturating_sub(FOLLOW_OVERLAP_MS));
+                sent.retain(|_, at| at.saturating_add(2 * FOLLOW_OVERLAP_MS) >= from);
                 tokio::select! {
                     () = tokio::time::sleep(FOLLOW_EVERY) => {}
                     () = tx.closed() => return,

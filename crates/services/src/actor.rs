@@ -317,8 +317,15 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             }
         }
         let spec = with_previous(old.as_ref(), spec);
-        info!(ev = "service.created", service = %spec.name, mode = %spec.mode, replicas = spec.replicas, image = %spec.image, "service declared");
-        self.write(spec).await
+        let (name, mode, replicas, image) =
+            (spec.name.clone(), spec.mode.to_string(), spec.replicas, spec.image.clone());
+        self.write(spec).await?;
+        if create {
+            info!(ev = "service.created", service = %name, mode, replicas, image, "service declared");
+        } else {
+            info!(ev = "service.updated", service = %name, mode, replicas, image, "service changed");
+        }
+        Ok(())
     }
 
     /// Whether this peer may write desired state: it holds the operator key (or the cluster is

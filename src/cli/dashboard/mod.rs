@@ -37,8 +37,9 @@ struct Dash {
     client: Client,
     /// The one-time login token (gone once used).
     token: Mutex<Option<String>>,
-    /// Session cookies handed out.
-    sessions: Mutex<Vec<String>>,
+    /// Sessions handed out: the cookie, and the secret the page sends with each action (a
+    /// page on another loopback port gets the cookie too, but not this).
+    sessions: Mutex<Vec<(String, String)>>,
 }
 
 fn random_hex(bytes: usize) -> anyhow::Result<String> {
@@ -70,22 +71,26 @@ pub(crate) async fn run(args: Args, client: Client) -> anyhow::Result<ExitCode> 
     }
     println!("dashboard of {} ({} peers): http://{addr}/?token={token}", status.name, status.cluster_size);
     eprintln!("the token works once; ^C stops the dashboard");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    // Not a graceful shutdown: an open page's event stream never ends, and ^C must.
+    tokio::select! {
+        served = axum::serve(listener, app) => served?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The action secret of the session whose cookie the request carries, if any.
+fn session(dash: &Dash, headers: &HeaderMap) -> Option<String> {
+    let cookies = headers.get(header::COOKIE).and_then(|v| v.to_str().ok())?;
+    let sessions = dash.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    cookies.split(';').filter_map(|c| c.trim().strip_prefix("shoal_session=")).find_map(|v| {
+        sessions.iter().find(|(s, _)| constant_eq(s.as_bytes(), v.as_bytes())).map(|(_, csrf)| csrf.clone())
+    })
 }
 
 /// Whether the request carries a session cookie this process handed out.
 fn signed_in(dash: &Dash, headers: &HeaderMap) -> bool {
-    let Some(cookies) = headers.get(header::COOKIE).and_then(|v| v.to_str().ok()) else { return false };
-    let sessions = dash.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    cookies
-        .split(';')
-        .filter_map(|c| c.trim().strip_prefix("shoal_session="))
-        .any(|v| sessions.iter().any(|s| constant_eq(s.as_bytes(), v.as_bytes())))
+    session(dash, headers).is_some()
 }
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {
@@ -109,26 +114,27 @@ async fn index(
         let mut token = dash.token.lock().unwrap_or_else(|e| e.into_inner());
         if token.as_deref().is_some_and(|t| constant_eq(t.as_bytes(), given.as_bytes())) {
             *token = None;
-            let Ok(session) = random_hex(24) else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
-            dash.sessions.lock().unwrap_or_else(|e| e.into_inner()).push(session.clone());
+            let (Ok(session), Ok(csrf)) = (random_hex(24), random_hex(24)) else {
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            };
+            dash.sessions.lock().unwrap_or_else(|e| e.into_inner()).push((session.clone(), csrf));
             let cookie = format!("shoal_session={session}; HttpOnly; SameSite=Strict; Path=/");
             return ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response();
         }
         return refused();
     }
-    if !signed_in(&dash, &headers) {
-        return refused();
-    }
+    let Some(csrf) = session(&dash, &headers) else { return refused() };
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
             (
                 header::HeaderName::from_static("content-security-policy"),
-                "default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'; img-src data:",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; \
+                 frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
             ),
         ],
-        PAGE,
+        PAGE.replace("__SHOAL_CSRF__", &csrf),
     )
         .into_response()
 }
@@ -280,8 +286,10 @@ async fn scale(
     headers: HeaderMap,
     axum::Json(body): axum::Json<ScaleBody>,
 ) -> Response {
-    // A cross-site form cannot set this header (and the cookie is SameSite=Strict anyway).
-    if !signed_in(&dash, &headers) || headers.get("x-shoal-dashboard").is_none() {
+    // The session's secret, which only this process's page knows (a page on another loopback
+    // port would send the cookie too).
+    let given = headers.get("x-shoal-dashboard").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+    if !session(&dash, &headers).is_some_and(|csrf| constant_eq(csrf.as_bytes(), &given)) {
         return refused();
     }
     let path = format!("/v1/services/{}/scale?replicas={}", crate::cli::lifecycle::encode(&name), body.replicas);
