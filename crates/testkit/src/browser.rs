@@ -15,7 +15,7 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 
 /// A headless Chromium with one page, killed on drop.
 pub struct Browser {
-    child: Child,
+    _child: Chromium,
     ws: Socket,
     next_id: u64,
     _profile: tempfile::TempDir,
@@ -25,7 +25,7 @@ impl Browser {
     /// Starts Chromium (`apt-get install chromium`) on an empty page.
     pub async fn start() -> anyhow::Result<Browser> {
         let profile = tempfile::Builder::new().prefix("shoal-chromium-").tempdir()?;
-        let child = Command::new("chromium")
+        let child = Chromium(Command::new("chromium")
             // Its own process group: the renderers and helpers go with it on drop.
             .process_group(0)
             .args([
@@ -48,7 +48,7 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting chromium (apt-get install chromium, or run scripts/deps.sh)")?;
+            .context("starting chromium (apt-get install chromium, or run scripts/deps.sh)")?);
         // Chromium writes the port it chose to DevToolsActivePort.
         let port_file = profile.path().join("DevToolsActivePort");
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -67,7 +67,7 @@ impl Browser {
             .context("chromium has no page")?
             .to_string();
         let (ws, _) = tokio_tungstenite::connect_async(&page).await.context("the DevTools websocket")?;
-        let mut b = Browser { child, ws, next_id: 0, _profile: profile };
+        let mut b = Browser { _child: child, ws, next_id: 0, _profile: profile };
         b.call("Page.enable", json!({})).await?;
         Ok(b)
     }
@@ -145,12 +145,16 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
+/// The browser's processes, killed (the whole group: renderers, helpers) when dropped, from
+/// the moment it is started.
+struct Chromium(Child);
+
+impl Drop for Chromium {
     fn drop(&mut self) {
-        let group = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
+        let group = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
         let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
