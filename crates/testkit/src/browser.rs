@@ -25,30 +25,32 @@ impl Browser {
     /// Starts Chromium (`apt-get install chromium`) on an empty page.
     pub async fn start() -> anyhow::Result<Browser> {
         let profile = tempfile::Builder::new().prefix("shoal-chromium-").tempdir()?;
-        let child = Chromium(Command::new("chromium")
-            // Its own process group: the renderers and helpers go with it on drop.
-            .process_group(0)
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-extensions",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--window-size=1400,1000",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting chromium (apt-get install chromium, or run scripts/deps.sh)")?);
+        let child = Chromium(
+            Command::new("chromium")
+                // Its own process group: the renderers and helpers go with it on drop.
+                .process_group(0)
+                .args([
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--no-default-browser-check",
+                    "--disable-extensions",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--window-size=1400,1000",
+                    "--remote-debugging-address=127.0.0.1",
+                    "--remote-debugging-port=0",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg("about:blank")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting chromium (apt-get install chromium, or run scripts/deps.sh)")?,
+        );
         // Chromium writes the port it chose to DevToolsActivePort.
         let port_file = profile.path().join("DevToolsActivePort");
         let deadline = Instant::now() + Duration::from_secs(30);
