@@ -5,20 +5,9 @@
 use shoal_testkit::browser::{Browser, screenshot_dir};
 use shoal_testkit::lab::TestLab;
 use shoal_testkit::registry::http_request;
+use shoal_testkit::{Dashboard, KillOnDrop};
 use shoal_types::{PeerState, ServiceInfo};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Kills a child process (the dashboard, a download) on drop.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_page_shows_the_cluster_live_and_scales_a_service() -> anyhow::Result<()> {
@@ -49,19 +38,8 @@ async fn the_page_shows_the_cluster_live_and_scales_a_service() -> anyhow::Resul
         lab.ids()?.iter().position(|id| peers.iter().any(|p| &p.id == id && p.name == victim)).expect("its index");
 
     // `shoal dashboard` on the host, talking to peer 0's API socket.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut child = Command::new(shoal_testkit::shoal_bin())
-        .arg("--addr")
-        .arg(lab.socket(0))
-        .args(["dashboard", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line)?;
-    let _dash = KillOnDrop(child);
-    let url = line.split_whitespace().last().unwrap_or_default().to_string();
-    anyhow::ensure!(url.starts_with("http://127.0.0.1:") && url.contains("?token="), "printed {line:?}");
+    let dash = Dashboard::start(&lab.socket(0))?;
+    let (url, port) = (dash.url.clone(), dash.port);
 
     let mut b = Browser::start().await?;
     let t = Instant::now();
@@ -78,7 +56,7 @@ async fn the_page_shows_the_cluster_live_and_scales_a_service() -> anyhow::Resul
 
     // The token was spent: the same URL, or no cookie, opens nothing.
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let path = &url[url.find("/?").unwrap_or(0)..];
+    let path = dash.path();
     assert_eq!(http_request(addr, "GET", path, &[], b"")?.status, 401, "a spent token");
     assert_eq!(http_request(addr, "GET", "/api/state", &[], b"")?.status, 401, "no session");
 

@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use shoal_testkit::Cluster;
 use shoal_testkit::registry::{Registry, inspect_digest, push_docker_archive, push_two_platform_index};
+use shoal_testkit::{Cluster, KillOnDrop};
 use shoal_types::{ImageInfo, PullRequest};
 
 async fn pull(c: &shoal_api::client::Client, reference: &str) -> Result<ImageInfo, String> {
@@ -300,15 +300,6 @@ async fn real_clients_pull_through_a_peers_mirror_with_the_registry_down() -> an
     daemon.0.kill()?;
     let _ = daemon.0.wait();
     Ok(())
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `shoal run` pulls a registry image as `docker run` does; a service pins the digest its tag

@@ -94,19 +94,9 @@ fn with_dashboard(
     tps: f64,
     closed: f64,
 ) -> anyhow::Result<DashboardCost> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut child = std::process::Command::new(shoal_testkit::shoal_bin())
-        .arg("--addr")
-        .arg(socket)
-        .args(["dashboard", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    let url = line.split_whitespace().last().unwrap_or_default().to_string();
-    let path = &url[url.find("/?").unwrap_or(0)..];
+    use std::io::{Read, Write};
+    let dash = shoal_testkit::Dashboard::start(socket)?;
+    let (port, path, pid) = (dash.port, dash.path().to_string(), dash.process.0.id());
     // Sign in: the token for a cookie.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
@@ -123,7 +113,7 @@ fn with_dashboard(
     write!(sse, "GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookie}\r\n\r\n")?;
     let window = Duration::from_secs(secs);
     sse.set_read_timeout(Some(Duration::from_millis(200)))?;
-    let before = (proc_usage(agent), proc_usage(child.id()));
+    let before = (proc_usage(agent), proc_usage(pid));
     let t0 = Instant::now();
     let mut got = 0;
     let mut buf = vec![0u8; 1 << 16];
@@ -135,9 +125,8 @@ fn with_dashboard(
         }
     }
     let wall = t0.elapsed().as_secs_f64();
-    let after = (proc_usage(agent), proc_usage(child.id()));
-    let _ = child.kill();
-    let _ = child.wait();
+    let after = (proc_usage(agent), proc_usage(pid));
+    drop(dash);
     let pct = |b: Option<(u64, u64)>, a: Option<(u64, u64)>| match (b, a) {
         (Some(b), Some(a)) => cpu_pct(&b, &a, tps, wall),
         _ => f64::NAN,

@@ -313,3 +313,50 @@ pub async fn eventually_every<T>(
 pub fn state_of(peers: &[PeerInfo], id: &str) -> Option<PeerState> {
     peers.iter().find(|p| p.id == id).map(|p| p.state)
 }
+
+/// A child process, killed and reaped when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `shoal dashboard` for the agent at `socket`, on a free loopback port.
+pub struct Dashboard {
+    pub process: KillOnDrop,
+    /// The URL it printed (with its one-time token).
+    pub url: String,
+    pub port: u16,
+}
+
+impl Dashboard {
+    pub fn start(socket: &Path) -> anyhow::Result<Dashboard> {
+        use std::io::{BufRead, BufReader};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut child = std::process::Command::new(shoal_bin())
+            .arg("--addr")
+            .arg(socket)
+            .args(["dashboard", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("the dashboard's stdout")?;
+        let process = KillOnDrop(child);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let url = line.split_whitespace().last().unwrap_or_default().to_string();
+        anyhow::ensure!(
+            url.starts_with("http://127.0.0.1:") && url.contains("?token="),
+            "the dashboard printed {line:?}"
+        );
+        Ok(Dashboard { process, url, port })
+    }
+
+    /// The URL's path and query (`/?token=…`).
+    pub fn path(&self) -> &str {
+        &self.url[self.url.find("/?").unwrap_or(0)..]
+    }
+}

@@ -176,8 +176,7 @@ async fn snapshot(client: &Client, with_events: bool) -> Snapshot {
             s.services.push(ServiceView { info, replicas });
         }
         if with_events {
-            let since = now_ms().saturating_sub(3_600_000);
-            s.events = Some(client.get(&format!("/v1/events?since_ms={since}&limit=200")).await.unwrap_or_default());
+            s.events = Some(client.get(&events_path()).await.unwrap_or_default());
         }
         Ok::<(), shoal_api::client::ClientError>(())
     };
@@ -205,67 +204,67 @@ async fn stream(State(dash): State<Arc<Dash>>, headers: HeaderMap) -> Response {
         return refused();
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, Infallible>>(8);
-    let (state_tx, state_dash) = (tx.clone(), dash.clone());
-    tokio::spawn(async move {
-        let mut last = String::new();
-        loop {
-            let mut snap = snapshot(&state_dash.client, false).await;
+    let d = dash.clone();
+    feed(tx.clone(), "state", REFRESH, move || {
+        let d = d.clone();
+        async move {
+            let mut snap = snapshot(&d.client, false).await;
             let at = snap.at_ms;
             snap.at_ms = 0; // unchanged state is not sent again
-            let body = serde_json::to_string(&snap).unwrap_or_default();
-            if body != last {
-                snap.at_ms = at;
-                let data = serde_json::to_string(&snap).unwrap_or_default();
-                if state_tx.send(Ok(Event::default().event("state").data(data))).await.is_err() {
-                    return;
-                }
-                last = body;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(REFRESH) => {}
-                () = state_tx.closed() => return,
-            }
+            let key = serde_json::to_string(&snap).unwrap_or_default();
+            snap.at_ms = at;
+            (key, serde_json::to_string(&snap).unwrap_or_default())
         }
     });
-    let (transfers_tx, transfers_dash) = (tx.clone(), dash.clone());
-    tokio::spawn(async move {
-        let mut last = String::new();
-        loop {
+    let d = dash.clone();
+    feed(tx.clone(), "transfers", REFRESH * 2, move || {
+        let d = d.clone();
+        async move {
             let list: Vec<shoal_types::TransferInfo> =
-                transfers_dash.client.get("/v1/transfers?cluster=true").await.unwrap_or_default();
+                d.client.get("/v1/transfers?cluster=true").await.unwrap_or_default();
             let data = serde_json::to_string(&list).unwrap_or_default();
-            if data != last {
-                if transfers_tx.send(Ok(Event::default().event("transfers").data(data.clone()))).await.is_err() {
-                    return;
-                }
-                last = data;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(REFRESH * 2) => {}
-                () = transfers_tx.closed() => return,
-            }
+            (data.clone(), data)
         }
     });
-    tokio::spawn(async move {
-        let mut last = String::new();
-        loop {
-            let since = now_ms().saturating_sub(3_600_000);
-            let path = format!("/v1/events?since_ms={since}&limit=200");
-            let events: Vec<shoal_types::ClusterEvent> = dash.client.get(&path).await.unwrap_or_default();
+    feed(tx, "events", REFRESH * EVENTS_EVERY, move || {
+        let d = dash.clone();
+        async move {
+            let events: Vec<shoal_types::ClusterEvent> = d.client.get(&events_path()).await.unwrap_or_default();
             let data = serde_json::to_string(&events).unwrap_or_default();
-            if data != last {
-                if tx.send(Ok(Event::default().event("events").data(data.clone()))).await.is_err() {
+            (data.clone(), data)
+        }
+    });
+    Sse::new(tokio_stream_of(rx)).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// The last hour's events, as the page shows them.
+fn events_path() -> String {
+    format!("/v1/events?since_ms={}&limit=200", now_ms().saturating_sub(3_600_000))
+}
+
+/// Sends what `read` gives (its second part) as a `name` event every `every`, whenever its
+/// first part (what counts as a change) differs from the last one sent, until the page goes.
+fn feed<F, Fut>(tx: tokio::sync::mpsc::Sender<Result<Event, Infallible>>, name: &'static str, every: Duration, read: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = (String, String)> + Send,
+{
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let (key, data) = read().await;
+            if last.as_ref() != Some(&key) {
+                if tx.send(Ok(Event::default().event(name).data(data))).await.is_err() {
                     return;
                 }
-                last = data;
+                last = Some(key);
             }
             tokio::select! {
-                () = tokio::time::sleep(REFRESH * EVENTS_EVERY) => {}
+                () = tokio::time::sleep(every) => {}
                 () = tx.closed() => return,
             }
         }
     });
-    Sse::new(tokio_stream_of(rx)).keep_alive(KeepAlive::default()).into_response()
 }
 
 fn tokio_stream_of<T: Send + 'static>(

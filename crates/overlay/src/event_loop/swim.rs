@@ -106,7 +106,7 @@ impl EventLoop {
         let change = self.view.apply(&n, Instant::now());
         match change {
             Some(ViewChange::Up { peer, generation }) => {
-                let name = record::lock(&self.book).get(&peer).map(|r| r.record.name.clone()).unwrap_or_default();
+                let name = self.name_of(&peer);
                 info!(ev = "peer.joined", %peer, name, generation, "peer alive");
                 record::lock(&self.book).welcome(&peer);
                 // Every member goes into the DHT routing table, which is also where the swarm
@@ -121,13 +121,13 @@ impl EventLoop {
                 self.need_record(peer, generation);
             }
             Some(ViewChange::Restarted { peer, generation }) => {
-                let name = record::lock(&self.book).get(&peer).map(|r| r.record.name.clone()).unwrap_or_default();
+                let name = self.name_of(&peer);
                 info!(ev = "peer.restarted", %peer, name, generation, "peer restarted");
                 self.dirty.insert(peer);
                 self.need_record(peer, generation);
             }
             Some(ViewChange::Down { peer, generation }) => {
-                let name = record::lock(&self.book).get(&peer).map(|r| r.record.name.clone()).unwrap_or_default();
+                let name = self.name_of(&peer);
                 record::lock(&self.book).farewell(&peer);
                 let left = record::lock(&self.book)
                     .get(&peer)
@@ -159,6 +159,11 @@ impl EventLoop {
         for a in addrs {
             self.swarm.behaviour_mut().kad.add_address(&peer, a);
         }
+    }
+
+    /// A peer's name from its record (empty until the record has arrived).
+    fn name_of(&self, peer: &PeerId) -> String {
+        record::lock(&self.book).get(peer).map(|r| r.record.name.clone()).unwrap_or_default()
     }
 
     pub(super) fn on_swim_event(&mut self, ev: request_response::Event<Frame<Vec<u8>>, ()>) {
