@@ -25,8 +25,6 @@ pub use upstream::{Platform, Upstream};
 
 use std::time::Duration;
 
-/// Checks `username`/`password` against `registry` before they are saved: a wrong password is
-/// an error now, not at the next pull.
 /// The registry host a login is for, as references name it: `docker.io` for Docker Hub
 /// (however it is spelled), else `HOST[:PORT]` as given, a scheme or path dropped. A bare word
 /// (`myhost`) would be a Docker Hub repository in a reference, so it is refused rather than
@@ -53,6 +51,8 @@ pub fn login_host(given: &str) -> Result<String, RegistryError> {
     Ok(r.registry().to_string())
 }
 
+/// Checks `username`/`password` against `registry` before they are saved: a wrong password is
+/// an error now, not at the next pull.
 pub async fn check_login(
     upstream: &Upstream,
     registry: &str,
