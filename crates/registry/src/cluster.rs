@@ -69,7 +69,8 @@ pub enum Ask {
 
 /// Why an ask got no answer.
 enum Miss {
-    /// No stream to the peer (not connected yet, or gone): worth trying again shortly.
+    /// No stream to the peer, or one that broke at once (not connected yet, a protocol still
+    /// being negotiated, gone): worth trying again shortly.
     Open,
     /// The peer took the ask but did not answer in time: it is not asked again.
     NoAnswer,
@@ -395,11 +396,17 @@ impl Cluster {
             Ok(Ok(s)) => s,
             _ => return Err(Miss::Open),
         };
+        // A stream opens lazily: an error on it is a failed open (cheap to try again), only
+        // silence past `limit` is a peer that does not answer.
         let exchange = async {
             write_msg(&mut stream, ask).await.ok()?;
             read_msg::<_, Answer>(&mut stream, MAX_ANSWER).await.ok()
         };
-        tokio::time::timeout(limit, exchange).await.ok().flatten().ok_or(Miss::NoAnswer)
+        match tokio::time::timeout(limit, exchange).await {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => Err(Miss::Open),
+            Err(_) => Err(Miss::NoAnswer),
+        }
     }
 
     /// An ask, tried again a few times while no stream opens (a connection still being set
@@ -585,9 +592,10 @@ impl Cluster {
     /// Fetches blob `d` from the registry into the store (once at a time per digest).
     async fn fetch_here(&self, r: &ImageRef, d: &Descriptor) -> Result<ContentId, RegistryError> {
         let lock = self.fetching.lock().unwrap_or_else(|e| e.into_inner()).entry(d.digest.clone()).or_default().clone();
-        // The entry goes with the last one waiting on it, however each ends.
-        let _entry = Unlock { map: &self.fetching, digest: d.digest.clone(), lock: lock.clone() };
-        let _held = lock.lock().await;
+        // The entry goes with the last one waiting on it, however each ends. The guard holds
+        // this fetch's only reference (besides the map's), so its count says who else waits.
+        let entry = Unlock { map: &self.fetching, digest: d.digest.clone(), lock };
+        let _held = entry.lock.lock().await;
         if let Some(cid) = self.blobs.complete_sha256(&d.digest).await {
             return Ok(cid);
         }
