@@ -17,8 +17,9 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'insta
 # containerd (ctr) and podman: real clients pulling through Shoal's registry mirror.
 # prometheus: its `promtool check metrics` reads the agent's /metrics in the tests.
 # chromium: the dashboard test drives a real (headless) browser over the DevTools protocol.
+# systemd: its `systemd-analyze verify` checks the packaged unit (tests/package.rs).
 for p in pkg-config iproute2 skopeo libseccomp-dev busybox-static nftables conntrack tcpdump iputils-ping \
-  docker-registry apache2-utils containerd podman prometheus chromium; do
+  docker-registry apache2-utils containerd podman prometheus chromium systemd; do
   pkg_installed "$p" || need_pkgs+=("$p")
 done
 
@@ -53,3 +54,7 @@ if ! have cargo-nextest && ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest" >&2
   cargo install --locked cargo-nextest
 fi
+
+# cargo-deb, at the version scripts/package.sh pins: the packaging test builds the .deb with it
+# (installing it there would take most of that test's time limit).
+bash "$(dirname "${BASH_SOURCE[0]}")/package.sh" --install-tool
