@@ -6,7 +6,7 @@ use shoal_testkit::browser::{Browser, screenshot_dir};
 use shoal_testkit::lab::TestLab;
 use shoal_testkit::registry::http_request;
 use shoal_testkit::{Dashboard, KillOnDrop};
-use shoal_types::{PeerState, ServiceInfo};
+use shoal_types::{PeerState, ReplicaInfo, ServiceInfo};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -129,5 +129,69 @@ async fn the_page_shows_the_cluster_live_and_scales_a_service() -> anyhow::Resul
     b.screenshot(&dir.join("dashboard-3-dead-peer-and-scaled.png")).await?;
     // The death in the page's event list (refreshed every 2 s).
     b.wait_for("document.querySelectorAll('[data-event=\"peer.dead\"]').length > 0", Duration::from_secs(10)).await?;
+
+    // Restart a replica that runs on the other survivor (the dashboard talks to peer 0): a
+    // fresh container replaces it there.
+    let replicas: Vec<ReplicaInfo> = client.get("/v1/services/web/replicas").await?;
+    let me = &lab.ids()?[0];
+    let r = replicas.iter().find(|r| &r.peer != me && r.state == "running").expect("a replica on another peer");
+    let (slot, old) = (r.slot.to_string(), r.container.clone());
+    b.eval(&format!("(() => {{ document.querySelector('[data-restart=\"web.{slot}\"]').click(); return true; }})()"))
+        .await?;
+    let restarted = Instant::now();
+    loop {
+        anyhow::ensure!(restarted.elapsed() < Duration::from_secs(60), "replica web.{slot} was not restarted");
+        let now: Vec<ReplicaInfo> = client.get("/v1/services/web/replicas").await?;
+        if now.iter().any(|n| n.slot.to_string() == slot && n.container != old && n.state == "running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.wait_for(
+        &format!("document.querySelector('[data-replica=\"web.{slot}\"]')?.dataset.container !== '{old}'"),
+        Duration::from_secs(5),
+    )
+    .await?;
+    b.wait_for("document.querySelectorAll('[data-event=\"replica.restarted\"]').length > 0", Duration::from_secs(10))
+        .await?;
+
+    // Roll back from the page. Nothing to roll back to before an update (409, no button).
+    assert_eq!(client.raw(hyper::Method::POST, "/v1/services/web/rollback", None).await?.0, 409);
+    assert_eq!(b.eval("document.querySelector('[data-rollback=web]') === null").await?, true);
+    let first = info.spec.image.clone();
+    let v2 = lab.root.path().join("busybox-v2.tar");
+    shoal_testkit::images::write_busybox_image(
+        &v2,
+        "busybox:v2",
+        &[],
+        serde_json::json!({"Env": ["PATH=/bin", "V=2"]}),
+    );
+    lab.ok(&["exec", "0", "--", "shoal", "image", "import", &v2.display().to_string()])?;
+    lab.ok(&["exec", "0", "--", "shoal", "service", "update", "--image", "busybox:v2", "web"])?;
+    b.wait_for("document.querySelector('[data-rollback=web]') !== null", Duration::from_secs(10)).await?;
+    // Twice: the first click only arms the button.
+    let click = "(() => { document.querySelector('[data-rollback=web]').click(); return true; })()";
+    b.eval(click).await?;
+    b.wait_for("document.querySelector('[data-rollback=web]')?.textContent.includes('sure')", Duration::from_secs(2))
+        .await?;
+    b.eval(click).await?;
+    let asked = Instant::now();
+    loop {
+        anyhow::ensure!(asked.elapsed() < Duration::from_secs(10), "the page's rollback did not reach the service");
+        let now: ServiceInfo = client.get("/v1/services/web").await?;
+        if now.spec.image == first {
+            assert!(now.rollback_image.is_some_and(|i| i.contains("busybox:v2")), "v2 is the one to go back to now");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.wait_for("document.querySelector('[data-service=web]')?.dataset.running === '3'", Duration::from_secs(90))
+        .await?;
+    b.wait_for("document.querySelectorAll('[data-event=\"rollout.rolled_back\"]').length > 0", Duration::from_secs(10))
+        .await?;
+    b.screenshot(&dir.join("dashboard-4-restarted-and-rolled-back.png")).await?;
+    // A replica that does not exist: 404 with what to do.
+    let (status, body) = client.raw(hyper::Method::POST, "/v1/services/web/replicas/9/restart", None).await?;
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
     Ok(())
 }

@@ -272,5 +272,11 @@ async fn a_workers_service_create_is_refused_and_an_operators_reaches_it() -> an
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", worker.log_text()))?;
+    // Nor may the worker roll the service back or restart its replicas.
+    for args in [&["service", "rollback", "web"][..], &["service", "restart", "web", "0"]] {
+        let refused = cli(&worker, args)?;
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && err.contains("operator key"), "{args:?}: {err}");
+    }
     Ok(())
 }

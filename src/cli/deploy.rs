@@ -122,6 +122,7 @@ impl ServiceDecl {
             max_unavailable: self.max_unavailable,
             autoscale,
             previous_image: None,
+            rollback_image: None,
             vip: None,
         })
     }

@@ -93,6 +93,14 @@ enum Cmd {
         #[arg(long)]
         max_unavailable: Option<u32>,
     },
+    /// Go back to the image before the last update (a rolling update to it).
+    Rollback { name: String },
+    /// Restart one replica wherever it runs: its peer stops it and starts a fresh one.
+    Restart {
+        name: String,
+        /// Which replica: its index (`1` for web.1), or for a global service its peer's id.
+        replica: String,
+    },
     /// Output of every replica, wherever it runs, merged by time.
     Logs {
         name: String,
@@ -150,6 +158,7 @@ fn spec(a: CreateArgs) -> anyhow::Result<ServiceSpec> {
             }
         },
         previous_image: None,
+        rollback_image: None,
     })
 }
 
@@ -234,6 +243,16 @@ pub(crate) async fn run(args: Args, client: &Client) -> anyhow::Result<ExitCode>
             let path = format!("/v1/services/{}", encode(&name));
             let info: ServiceInfo = client.send_json(hyper::Method::PUT, &path, &info.spec).await?;
             println!("{} updated to {}", info.spec.name, info.spec.image);
+        }
+        Cmd::Rollback { name } => {
+            let path = format!("/v1/services/{}/rollback", encode(&name));
+            let info: ServiceInfo = client.send_json(hyper::Method::POST, &path, &()).await?;
+            println!("{} rolling back to {}", info.spec.name, info.spec.image);
+        }
+        Cmd::Restart { name, replica } => {
+            let path = format!("/v1/services/{}/replicas/{}/restart", encode(&name), encode(&replica));
+            let r: ReplicaInfo = client.send_json(hyper::Method::POST, &path, &()).await?;
+            println!("{} restarting on {}", r.name(), r.peer_name);
         }
         Cmd::Logs { name, follow, tail } => {
             let mut path = format!("/v1/services/{}/logs?follow={follow}", encode(&name));

@@ -22,7 +22,8 @@ use utoipa::OpenApi;
         crate::v1::containers::exec,
         crate::v1::images::pulls, crate::v1::images::login, crate::v1::images::logout,
         crate::v1::services::list, crate::v1::services::create, crate::v1::services::get, crate::v1::services::update,
-        crate::v1::services::scale, crate::v1::services::rebalance, crate::v1::services::replicas, crate::v1::services::remove,
+        crate::v1::services::scale, crate::v1::services::rebalance, crate::v1::services::rollback,
+        crate::v1::services::restart_replica, crate::v1::services::replicas, crate::v1::services::remove,
         crate::v1::services::logs,
     ),
     components(schemas(

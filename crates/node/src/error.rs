@@ -99,6 +99,20 @@ pub enum NodeError {
         "{data_dir} belongs to a peer that ran without a cluster key: a new key would cut it off from its peers. Give it the cluster's key with --cluster-key FILE (all peers alike), or keep the open cluster with --insecure"
     )]
     NoKeyForOldCluster { data_dir: std::path::PathBuf },
+    /// A service has no image to roll back to (409).
+    #[error(
+        "service {0} has no earlier image to roll back to (it has not been updated, or its last update was rolled back already); set one with `shoal service update --image IMAGE {0}`"
+    )]
+    NoRollback(String),
+    /// No such replica of a service (404).
+    #[error("service {service} has no replica {replica}; see `shoal service ps {service}`")]
+    NoReplica { service: String, replica: String },
+    /// The replica has no container to restart yet (409).
+    #[error("replica {replica} has no container to restart (it is {state}); see `shoal service ps`")]
+    ReplicaNotStarted { replica: String, state: String },
+    /// The peer running the replica did not restart it (502).
+    #[error("peer {peer} did not restart replica {replica}: {why}")]
+    RestartRefused { replica: String, peer: String, why: String },
     /// The data dir could not be prepared.
     #[error("cannot prepare data dir {path}: {source}")]
     DataDir {
@@ -119,7 +133,12 @@ impl NodeError {
     pub fn kind(&self) -> ErrorKind {
         use ErrorKind as K;
         match self {
-            NodeError::NoPeer(_) | NodeError::NoImage(_) | NodeError::NoImageAnywhere { .. } => K::NotFound,
+            NodeError::NoPeer(_)
+            | NodeError::NoImage(_)
+            | NodeError::NoImageAnywhere { .. }
+            | NodeError::NoReplica { .. } => K::NotFound,
+            NodeError::NoRollback(_) | NodeError::ReplicaNotStarted { .. } => K::Conflict,
+            NodeError::RestartRefused { .. } => K::Peers,
             NodeError::BadContentId(_) => K::BadRequest,
             NodeError::Upload(e) if disk_full(e) => K::Full,
             NodeError::Upload(_) => K::BadRequest,

@@ -9,7 +9,8 @@
 //! - The accept loop of `/shoal/state/1` (one task, each exchange a task of its own bounded to
 //!   [`STATE_SERVE_LIMIT`], all tied to the node's cancellation token) hands a peer's map to the
 //!   actor (`Sync` → `Sync`/`Same`) and serves log lines of local replicas (`Logs` →
-//!   `LogLines`, for `service logs`).
+//!   `LogLines`, for `service logs`) and restarts them (`Restart` → `Restarting`, for
+//!   `service restart`).
 
 use crate::{ErrorKind, Node, NodeError};
 use shoal_overlay::Overlay;
@@ -21,7 +22,7 @@ use shoal_types::{ContainerInfo, ContainerSpec, ReplicaInfo, ServiceInfo, Servic
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 /// The desired-state protocol.
 pub(crate) const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/state/1");
@@ -29,6 +30,8 @@ pub(crate) const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/st
 const STATE_SERVE_LIMIT: Duration = Duration::from_secs(15);
 /// Most `/shoal/state/1` exchanges served at once (each holds up to two 4 MiB maps).
 const MAX_STATE_STREAMS: usize = 32;
+/// How long a restarted replica gets to stop before it is killed (as `shoal stop`'s default).
+const RESTART_GRACE_SECS: u64 = 10;
 /// Largest message of the protocol.
 const MAX_STATE_MSG: usize = shoal_services::store::MAX_MAP + 64;
 
@@ -54,6 +57,15 @@ pub(crate) enum StateMsg {
     LogLines(Vec<(String, u64, String)>),
     /// The request could not be served.
     Refused,
+    /// Asks the peer to restart a local service replica (`service restart`): only an operator
+    /// peer may, and only a replica's container.
+    Restart {
+        /// Container id.
+        container: String,
+    },
+    /// The answer to `Restart`: the replica is stopping, and the peer's next round starts a
+    /// fresh one.
+    Restarting,
 }
 
 /// How a failed start reads in the replica's report: whether another peer may do better.
@@ -243,6 +255,22 @@ impl Node {
                     if replica { self.local_log_lines(&container, since_nanos, tail).await } else { Vec::new() };
                 StateMsg::LogLines(lines)
             }
+            StateMsg::Restart { container } => {
+                // Only an operator peer, and only a service replica's container.
+                let replica = self.peer_is_operator(&peer).await
+                    && self.container(&container).await.is_ok_and(|c| c.spec.labels.contains_key(LABEL_SERVICE));
+                if replica {
+                    let members = self.overlay().members().await.unwrap_or_default();
+                    let by = members
+                        .iter()
+                        .find(|m| m.peer == peer && !m.name.is_empty())
+                        .map_or_else(|| peer.to_string(), |m| m.name.clone());
+                    self.restart_local_replica(&container, &by);
+                    StateMsg::Restarting
+                } else {
+                    StateMsg::Refused
+                }
+            }
             StateMsg::Sync(bytes) => match self.services().merge(bytes).await {
                 Ok(Ok(Some(ours))) => StateMsg::Sync(ours),
                 Ok(Ok(None)) => StateMsg::Same,
@@ -291,6 +319,72 @@ impl Node {
         }
         spec.image = self.pin_image(&spec.image).await?;
         Ok(self.services().update(spec).await?)
+    }
+
+    /// Rolls service `name` back to the image it ran before its last update (Swarm's `service
+    /// rollback`): a rolling update to that image, after which the image it leaves is the one
+    /// to roll back to.
+    pub async fn rollback_service(&self, name: &str) -> Result<ServiceInfo, NodeError> {
+        self.may_write().await?;
+        let mut spec = self.service_spec(name).await?;
+        let Some(to) = spec.rollback_image.clone() else { return Err(NodeError::NoRollback(name.to_string())) };
+        info!(ev = "rollout.rolled_back", service = %name, from = %spec.image, %to, reason = "asked", "rolling back as asked");
+        spec.image = to;
+        Ok(self.services().update(spec).await?)
+    }
+
+    /// Restarts one replica of service `name` (`replica`: its index, or for a global service
+    /// its peer's id or the id's last 8 characters) wherever it runs: its peer stops the
+    /// container and starts a fresh one. Only an operator peer may; the answer is the replica
+    /// as it was.
+    pub async fn restart_replica(&self, name: &str, replica: &str) -> Result<ReplicaInfo, NodeError> {
+        self.may_write().await?;
+        let all = self.replicas(Some(name)).await?;
+        let Some(r) = all.into_iter().find(|r| r.slot.to_string() == replica || r.slot.short() == replica) else {
+            return Err(NodeError::NoReplica { service: name.to_string(), replica: replica.to_string() });
+        };
+        if r.container.is_empty() {
+            return Err(NodeError::ReplicaNotStarted { replica: r.name(), state: r.state.clone() });
+        }
+        let me = self.overlay().peer_id();
+        if r.peer == me.to_string() {
+            self.restart_local_replica(&r.container, "this peer");
+            return Ok(r);
+        }
+        let refused = |why: String| NodeError::RestartRefused { replica: r.name(), peer: r.peer_name.clone(), why };
+        let peer: PeerId = r.peer.parse().map_err(|_| refused("its peer id does not parse".into()))?;
+        match self.ask_state(peer, &StateMsg::Restart { container: r.container.clone() }).await {
+            Ok(StateMsg::Restarting) => Ok(r),
+            Ok(_) => Err(refused(
+                "it refused (it does not run that container any more, or does not take this peer for an operator)"
+                    .into(),
+            )),
+            Err(e) => Err(refused(e)),
+        }
+    }
+
+    /// Refuses unless this peer may change services (operator key, not revoked).
+    async fn may_write(&self) -> Result<(), NodeError> {
+        match self.services().may_write().await? {
+            true => Ok(()),
+            false => Err(shoal_services::ServiceError::NotOperator.into()),
+        }
+    }
+
+    /// Stops a local replica's container in the background; the services round that its exit
+    /// wakes starts a fresh one (the stop is asked for, so it counts as no crash).
+    fn restart_local_replica(&self, container: &str, by: &str) {
+        let (node, container, by) = (self.clone(), container.to_string(), by.to_string());
+        tokio::spawn(async move {
+            let (service, replica) = match node.container(&container).await {
+                Ok(c) => (c.spec.labels.get(LABEL_SERVICE).cloned().unwrap_or_default(), c.name.clone()),
+                Err(_) => return,
+            };
+            info!(ev = "replica.restarted", %service, %replica, %container, %by, "restarting a replica as asked");
+            if let Err(e) = node.stop_container(&container, RESTART_GRACE_SECS).await {
+                warn!(%container, err = %e, "cannot stop the replica to restart it");
+            }
+        });
     }
 
     /// Changes a replicated service's replica count.

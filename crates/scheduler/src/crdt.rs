@@ -22,9 +22,11 @@
 //! itself merges whatever it is given; checking seals is the caller's job before it merges.
 //!
 //! On the wire a map is one format byte followed by the postcard encoding of the entries and of
-//! the revocations; [`ServiceMap::decode`] refuses input over a caller-given size before parsing
-//! it, and refuses entries whose key differs from the name in their spec. Format 3 (before
-//! seals) is still read, as entries without seals.
+//! the revocations, then (format 5) each service's `rollback_image` (not part of the spec's own
+//! encoding, so a spec written by a format-4 peer encodes, and verifies, as it did);
+//! [`ServiceMap::decode`] refuses input over a caller-given size before parsing it, and refuses
+//! entries whose key differs from the name in their spec. Formats 4 (before rollback images)
+//! and 3 (before seals) are still read.
 
 use crate::hlc::Hlc;
 use crate::trust::{PublicKey, Revocation, Seal};
@@ -34,7 +36,9 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 /// The format byte that starts [`ServiceMap::encode`]'s output.
-pub const WIRE_FORMAT: u8 = 4;
+pub const WIRE_FORMAT: u8 = 5;
+/// The format before rollback images.
+const WIRE_FORMAT_NO_ROLLBACK: u8 = 4;
 /// The format before entries were sealed.
 const WIRE_FORMAT_UNSEALED: u8 = 3;
 /// The most revocations a map carries (only the authority can make them).
@@ -67,7 +71,9 @@ impl Entry {
             (None, Some(_)) => Ordering::Greater,
             (Some(_), None) => Ordering::Less,
             (Some(a), Some(b)) if a == b => Ordering::Equal,
-            (Some(a), Some(b)) => encode_spec(a).cmp(&encode_spec(b)),
+            (Some(a), Some(b)) => {
+                encode_spec(a).cmp(&encode_spec(b)).then_with(|| a.rollback_image.cmp(&b.rollback_image))
+            }
         })
     }
 }
@@ -99,6 +105,9 @@ pub enum DecodeError {
     /// More revocations than any cluster makes
     #[error("the service map carries {count} revocations, more than the {MAX_REVOCATIONS} allowed")]
     TooManyRevocations { count: usize },
+    /// A rollback image for a name the map has no live service under
+    #[error("the service map names a rollback image for `{name}`, which it has no service under")]
+    RollbackWithoutService { name: String },
 }
 
 /// The replicated map of declared services (see the module docs).
@@ -304,6 +313,7 @@ impl ServiceMap {
                     h.update(&[1]);
                     // postcard's encoding of one type is self-delimiting, so no length prefix.
                     postcard::to_io(spec, &mut h).expect("a ServiceSpec always serialises and a hasher never fails");
+                    postcard::to_io(&spec.rollback_image, &mut h).expect("an Option<String> always serialises");
                 }
             }
         }
@@ -335,6 +345,12 @@ impl ServiceMap {
         postcard::to_io(&self.entries, &mut out).expect("a ServiceMap always serialises and a Vec never fails");
         let revoked: Vec<&Revocation> = self.revoked.values().collect();
         postcard::to_io(&revoked, &mut out).expect("revocations always serialise and a Vec never fails");
+        let rollbacks: Vec<(&str, &str)> = self
+            .entries
+            .iter()
+            .filter_map(|(name, e)| Some((name.as_str(), e.spec.as_ref()?.rollback_image.as_deref()?)))
+            .collect();
+        postcard::to_io(&rollbacks, &mut out).expect("pairs of strings always serialise and a Vec never fails");
         out
     }
 
@@ -347,10 +363,21 @@ impl ServiceMap {
         let (&format, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
         let malformed = |source| DecodeError::Malformed { source };
         let (entries, revoked, rest) = match format {
-            WIRE_FORMAT => {
-                let (entries, rest): (BTreeMap<String, Entry>, _) =
+            WIRE_FORMAT | WIRE_FORMAT_NO_ROLLBACK => {
+                let (mut entries, rest): (BTreeMap<String, Entry>, _) =
                     postcard::take_from_bytes(body).map_err(malformed)?;
-                let (revoked, rest): (Vec<Revocation>, _) = postcard::take_from_bytes(rest).map_err(malformed)?;
+                let (revoked, mut rest): (Vec<Revocation>, _) = postcard::take_from_bytes(rest).map_err(malformed)?;
+                if format == WIRE_FORMAT {
+                    let (rollbacks, after): (Vec<(String, String)>, _) =
+                        postcard::take_from_bytes(rest).map_err(malformed)?;
+                    rest = after;
+                    for (name, image) in rollbacks {
+                        let Some(spec) = entries.get_mut(&name).and_then(|e| e.spec.as_mut()) else {
+                            return Err(DecodeError::RollbackWithoutService { name });
+                        };
+                        spec.rollback_image = Some(image);
+                    }
+                }
                 (entries, revoked, rest)
             }
             WIRE_FORMAT_UNSEALED => {
@@ -486,6 +513,7 @@ mod tests {
         let mut bytes = vec![WIRE_FORMAT];
         bytes.extend(postcard::to_stdvec(&entries).unwrap());
         bytes.push(0); // no revocations
+        bytes.push(0); // no rollback images
         let err = ServiceMap::decode(&bytes, 1 << 20).unwrap_err();
         assert!(matches!(err, DecodeError::NameMismatch { .. }), "{err}");
     }
@@ -535,6 +563,71 @@ mod tests {
         assert_eq!(back.revocations().count(), 1);
         assert_eq!(back.digest(), a.digest());
         assert_ne!(a.digest(), ServiceMap::try_from(a.entries.clone()).unwrap().digest());
+    }
+
+    #[test]
+    fn a_rollback_image_travels_beside_the_spec_and_is_sealed_with_it() {
+        use crate::trust::{Authority, Writer};
+        let op = [1u8; 32];
+        let w = Writer::new(&[2; 32], &op);
+        let authority = Authority::from_secret(&op);
+        let v = Hlc::new(10, 0, "g");
+        let mut s = spec("web", "app:2");
+        s.rollback_image = Some("app:1".into());
+        let mut m = ServiceMap::new();
+        m.insert_entry("web", Entry { seal: Some(w.seal("web", &v, Some(&s))), version: v.clone(), spec: Some(s) });
+        m.put(spec("db", "pg:1"), Hlc::new(3, 0, "g"));
+        let back = ServiceMap::decode(&m.encode(), 1 << 20).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.get("web").and_then(|s| s.rollback_image.as_deref()), Some("app:1"));
+        assert_eq!(back.get("db").and_then(|s| s.rollback_image.clone()), None);
+        assert_eq!(back.digest(), m.digest());
+        let entry = back.entry("web").unwrap();
+        assert!(authority.check_entry("web", entry).is_ok());
+        // The seal covers the rollback image: another one (or none) does not verify.
+        let mut forged = entry.clone();
+        forged.spec.as_mut().unwrap().rollback_image = Some("evil:1".into());
+        assert!(authority.check_entry("web", &forged).is_err());
+        forged.spec.as_mut().unwrap().rollback_image = None;
+        assert!(authority.check_entry("web", &forged).is_err());
+        // A different rollback image is a different map.
+        let mut other = m.clone();
+        other.entries.get_mut("web").unwrap().spec.as_mut().unwrap().rollback_image = None;
+        assert_ne!(other.digest(), m.digest());
+    }
+
+    #[test]
+    fn a_format_4_map_is_read_and_its_seals_still_verify() {
+        use crate::trust::{Authority, Writer};
+        let op = [1u8; 32];
+        let w = Writer::new(&[2; 32], &op);
+        let v = Hlc::new(10, 0, "g");
+        let s = spec("web", "app:1");
+        let mut entries = BTreeMap::new();
+        entries.insert("web".to_string(), Entry { seal: Some(w.seal("web", &v, Some(&s))), version: v, spec: Some(s) });
+        // What a format-4 peer sends: entries and revocations, nothing after.
+        let mut bytes = vec![4u8];
+        postcard::to_io(&entries, &mut bytes).unwrap();
+        bytes.push(0);
+        let m = ServiceMap::decode(&bytes, 1 << 20).unwrap();
+        assert!(Authority::from_secret(&op).check_entry("web", m.entry("web").unwrap()).is_ok());
+        assert_eq!(m.get("web").and_then(|s| s.rollback_image.clone()), None);
+    }
+
+    #[test]
+    fn a_rollback_image_for_no_service_is_refused() {
+        let mut m = ServiceMap::new();
+        m.put(spec("web", "app:1"), Hlc::new(1, 0, "a"));
+        m.remove("gone", Hlc::new(2, 0, "a"));
+        let mut bytes = vec![WIRE_FORMAT];
+        postcard::to_io(&m.entries, &mut bytes).unwrap();
+        bytes.push(0);
+        for name in ["nope", "gone"] {
+            let mut b = bytes.clone();
+            postcard::to_io(&vec![(name, "app:0")], &mut b).unwrap();
+            let err = ServiceMap::decode(&b, 1 << 20).unwrap_err();
+            assert!(matches!(err, DecodeError::RollbackWithoutService { .. }), "{err}");
+        }
     }
 
     #[test]

@@ -127,6 +127,8 @@ pub fn decide(
         let mut back = spec.clone();
         back.image = previous.clone();
         back.previous_image = None;
+        // Nothing to roll back to: the image it came from is the one that failed.
+        back.rollback_image = None;
         return Some(Write {
             why: WriteReason::RollBack { from: spec.image.clone(), to: previous.clone() },
             spec: back,

@@ -90,7 +90,12 @@ fn grant_digest(writer: &PublicKey) -> [u8; 32] {
 fn entry_digest(name: &str, version: &Hlc, spec: Option<&ServiceSpec>) -> [u8; 32] {
     let v = postcard::to_stdvec(version).expect("an Hlc always serialises");
     let s = postcard::to_stdvec(&spec).expect("a ServiceSpec always serialises");
-    digest("shoal 2026 desired-state entry v1", &[name.as_bytes(), &v, &s])
+    // The rollback image is not in the spec's encoding (format 4 peers' entries verify as they
+    // were signed); when there is one, the seal covers it too.
+    match spec.and_then(|s| s.rollback_image.as_deref()) {
+        None => digest("shoal 2026 desired-state entry v1", &[name.as_bytes(), &v, &s]),
+        Some(r) => digest("shoal 2026 desired-state entry v1", &[name.as_bytes(), &v, &s, r.as_bytes()]),
+    }
 }
 
 fn tag_digest(reference: &str, manifest: &str, at_ms: u64) -> [u8; 32] {

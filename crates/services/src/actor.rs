@@ -34,6 +34,7 @@ pub(crate) enum Command {
     Remove { name: String, reply: oneshot::Sender<Result<(), ServiceError>> },
     Revoke { revocation: Revocation, reply: oneshot::Sender<Result<(), ServiceError>> },
     IsRevoked { key: [u8; 32], reply: oneshot::Sender<bool> },
+    MayWrite { reply: oneshot::Sender<bool> },
     Spec { name: String, reply: oneshot::Sender<Option<ServiceSpec>> },
     List { reply: oneshot::Sender<Vec<ServiceInfo>> },
     Replicas { name: Option<String>, reply: oneshot::Sender<Vec<ReplicaInfo>> },
@@ -265,6 +266,9 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             Command::IsRevoked { key, reply } => {
                 let _ = reply.send(self.map.is_writer_revoked(&key));
             }
+            Command::MayWrite { reply } => {
+                let _ = reply.send(self.may_write());
+            }
             Command::List { reply } => {
                 let _ = reply.send(view::services(&self.map, &self.snapshot));
             }
@@ -485,15 +489,17 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
     }
 }
 
-/// For `update`: remembers the image being replaced so a failing update can roll back, and
-/// keeps a rebalance in progress.
+/// For `update`: remembers the image being replaced so a failing update can roll back (and
+/// `shoal service rollback` can, later), and keeps a rebalance in progress.
 fn with_previous(old: Option<&ServiceSpec>, mut new: ServiceSpec) -> ServiceSpec {
     if let Some(old) = old {
         if old.image != new.image {
             info!(ev = "rollout.started", service = %new.name, from = %old.image, to = %new.image, "rolling update");
             new.previous_image = Some(old.image.clone());
+            new.rollback_image = Some(old.image.clone());
         } else {
             new.previous_image = old.previous_image.clone();
+            new.rollback_image = old.rollback_image.clone();
         }
         new.rebalance = new.rebalance.or(old.rebalance);
         // The address is the service's for life: a changed spec keeps it.

@@ -169,6 +169,12 @@ impl Services {
         self.ask(|reply| actor::Command::IsRevoked { key, reply }).await
     }
 
+    /// Whether this peer may change services (and ask other peers to restart replicas): it
+    /// holds the operator key (or the cluster is open) and its grant is not revoked.
+    pub async fn may_write(&self) -> Result<bool, ServiceError> {
+        self.ask(|reply| actor::Command::MayWrite { reply }).await
+    }
+
     /// Removes a service everywhere.
     pub async fn remove(&self, name: &str) -> Result<(), ServiceError> {
         let name = name.to_string();

@@ -137,7 +137,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
                 let name = w.spec.name.clone();
                 match &w.why {
                     WriteReason::RollBack { from, to } => {
-                        warn!(ev = "rollout.rolled_back", service = %name, %from, %to, "new replicas are failing: rolling back")
+                        warn!(ev = "rollout.rolled_back", service = %name, %from, %to, reason = "failing", "new replicas are failing: rolling back")
                     }
                     WriteReason::Settled => info!(ev = "rollout.done", service = %name, "update or rebalance complete"),
                     WriteReason::Autoscale { from, to } => {

@@ -127,6 +127,7 @@ pub(crate) fn services(map: &ServiceMap, snap: &Snapshot) -> Vec<ServiceInfo> {
                 state: state.to_string(),
                 unplaced,
                 errors,
+                rollback_image: spec.rollback_image.clone(),
             }
         })
         .collect()

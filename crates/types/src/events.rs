@@ -32,11 +32,15 @@ pub const EVENT_KINDS: &[(&str, &str)] = &[
     ("service.removed", "a service was removed"),
     ("service.scaled", "autoscaling changed a service's replica count"),
     ("rollout.started", "a rolling update began"),
-    ("rollout.rolled_back", "a rolling update's new replicas failed: the service went back"),
+    (
+        "rollout.rolled_back",
+        "a service went back to its image before the last update (reason: its new replicas failed, or asked)",
+    ),
     ("rollout.done", "an update or rebalance completed"),
     ("replica.started", "a peer started a replica of a service"),
     ("replica.stopped", "a peer stopped a replica (the reason says why)"),
     ("replica.failed", "a replica exited or failed its health check"),
+    ("replica.restarted", "a replica was restarted as an operator asked (`shoal service restart`)"),
     ("image.pulled", "an image was pulled from a registry or from peers"),
     ("transfer.done", "a download of shared content completed"),
 ];

@@ -69,6 +69,13 @@ pub struct ServiceSpec {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, example = "198.18.240.7"))]
     pub vip: Option<std::net::Ipv4Addr>,
+    /// The image before the last update, kept after the update settles (unlike
+    /// `previous_image`): `shoal service rollback` returns to it. The cluster keeps it: a spec
+    /// sent to the API does not set it and JSON does not carry it (see
+    /// [`ServiceInfo::rollback_image`]); the service map's binary form carries it beside the
+    /// spec, so specs of the format before it encode (and are signed) as they were.
+    #[serde(skip)]
+    pub rollback_image: Option<String>,
 }
 
 /// How many replicas a service runs and where.
@@ -223,6 +230,9 @@ pub struct ServiceInfo {
     /// Why replicas fail to start, when they do (distinct messages).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// The image `shoal service rollback` would return to: the one before the last update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_image: Option<String>,
 }
 
 /// One line of a service's output, with the replica it came from (`service logs`).

@@ -6,9 +6,11 @@
 //! is spent, so a URL copied from a terminal later opens nothing. The page is one embedded
 //! file (HTML, CSS and plain JavaScript: no build step, no CDN, works offline); it gets the
 //! cluster's state over server-sent events (peers, services and their replicas, transfers,
-//! the event stream), refreshed every half second, and its actions (scale a service) are the
-//! agent's own API calls, with the same permissions as the CLI.
+//! the event stream), refreshed every half second, and its actions (scale a service, roll it
+//! back, restart a replica) are the agent's own API calls, with the same permissions as the
+//! CLI.
 
+use crate::cli::lifecycle::encode;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -59,6 +61,8 @@ pub(crate) async fn run(args: Args, client: Client) -> anyhow::Result<ExitCode> 
         .route("/api/state", axum::routing::get(state))
         .route("/api/stream", axum::routing::get(stream))
         .route("/api/services/{name}/scale", axum::routing::post(scale))
+        .route("/api/services/{name}/rollback", axum::routing::post(rollback))
+        .route("/api/services/{name}/replicas/{replica}/restart", axum::routing::post(restart))
         .with_state(dash);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -171,7 +175,7 @@ async fn snapshot(client: &Client, with_events: bool) -> Snapshot {
         s.peers = client.get("/v1/peers").await?;
         let infos: Vec<shoal_types::ServiceInfo> = client.get("/v1/services").await?;
         for info in infos {
-            let path = format!("/v1/services/{}/replicas", crate::cli::lifecycle::encode(&info.spec.name));
+            let path = format!("/v1/services/{}/replicas", encode(&info.spec.name));
             let replicas = client.get(&path).await.unwrap_or_default();
             s.services.push(ServiceView { info, replicas });
         }
@@ -285,14 +289,35 @@ async fn scale(
     headers: HeaderMap,
     axum::Json(body): axum::Json<ScaleBody>,
 ) -> Response {
+    let path = format!("/v1/services/{}/scale?replicas={}", encode(&name), body.replicas);
+    act(&dash, &headers, hyper::Method::PUT, &path).await
+}
+
+/// Rolls a service back to its image before the last update, through the agent's API.
+async fn rollback(State(dash): State<Arc<Dash>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    act(&dash, &headers, hyper::Method::POST, &format!("/v1/services/{}/rollback", encode(&name))).await
+}
+
+/// Restarts one replica, wherever it runs, through the agent's API.
+async fn restart(
+    State(dash): State<Arc<Dash>>,
+    Path((name, replica)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/v1/services/{}/replicas/{}/restart", encode(&name), encode(&replica));
+    act(&dash, &headers, hyper::Method::POST, &path).await
+}
+
+/// An action: the agent's API call `method path`, made only for a request that carries the
+/// session's cookie and its action secret; the agent's answer goes back as it is.
+async fn act(dash: &Dash, headers: &HeaderMap, method: hyper::Method, path: &str) -> Response {
     // The session's secret, which only this process's page knows (a page on another loopback
     // port would send the cookie too).
     let given = headers.get("x-shoal-dashboard").map(|v| v.as_bytes().to_vec()).unwrap_or_default();
-    if !session(&dash, &headers).is_some_and(|csrf| constant_eq(csrf.as_bytes(), &given)) {
+    if !session(dash, headers).is_some_and(|csrf| constant_eq(csrf.as_bytes(), &given)) {
         return refused();
     }
-    let path = format!("/v1/services/{}/scale?replicas={}", crate::cli::lifecycle::encode(&name), body.replicas);
-    match dash.client.raw(hyper::Method::PUT, &path, None).await {
+    match dash.client.raw(method, path, None).await {
         Ok((status, bytes)) => (
             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
             [(header::CONTENT_TYPE, "application/json")],

@@ -52,6 +52,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/services/{name}", get(services::get).put(services::update).delete(services::remove))
         .route("/v1/services/{name}/scale", put(services::scale))
         .route("/v1/services/{name}/rebalance", post(services::rebalance))
+        .route("/v1/services/{name}/rollback", post(services::rollback))
         .route("/v1/services/{name}/replicas", get(services::replicas))
+        .route("/v1/services/{name}/replicas/{replica}/restart", post(services::restart_replica))
         .route("/v1/services/{name}/logs", get(services::logs))
 }

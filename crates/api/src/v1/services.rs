@@ -72,6 +72,29 @@ pub(crate) async fn rebalance(
     Ok(ApiJson(s.node.rebalance_service(&name).await?))
 }
 
+/// Rolls a service back to the image it ran before its last update: a rolling update to it.
+#[utoipa::path(post, path = "/v1/services/{name}/rollback", tag = "services", params(("name" = String, Path, description = "service name")),
+    responses((status = 200, body = ServiceInfo), (status = 403, body = shoal_types::ErrorBody), (status = 404, body = shoal_types::ErrorBody), (status = 409, body = shoal_types::ErrorBody)))]
+pub(crate) async fn rollback(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<ApiJson<ServiceInfo>, ApiError> {
+    Ok(ApiJson(s.node.rollback_service(&name).await?))
+}
+
+/// Restarts one replica wherever it runs: its peer stops the container and starts a fresh
+/// one. Answers at once (202) with the replica as it was.
+#[utoipa::path(post, path = "/v1/services/{name}/replicas/{replica}/restart", tag = "services",
+    params(("name" = String, Path, description = "service name"), ("replica" = String, Path, description = "the replica's index, or for a global service its peer's id (or the id's last 8 characters)")),
+    responses((status = 202, body = ReplicaInfo), (status = 403, body = shoal_types::ErrorBody), (status = 404, body = shoal_types::ErrorBody),
+        (status = 409, body = shoal_types::ErrorBody), (status = 502, body = shoal_types::ErrorBody)))]
+pub(crate) async fn restart_replica(
+    State(s): State<AppState>,
+    Path((name, replica)): Path<(String, String)>,
+) -> Result<(StatusCode, ApiJson<ReplicaInfo>), ApiError> {
+    Ok((StatusCode::ACCEPTED, ApiJson(s.node.restart_replica(&name, &replica).await?)))
+}
+
 /// Each replica of a service: where it runs and how it is doing, and why one does not run
 /// (`error`); replicas not reported yet are `pending`, those no peer can run `unplaced`.
 #[utoipa::path(get, path = "/v1/services/{name}/replicas", tag = "services", params(("name" = String, Path, description = "service name")),
