@@ -139,3 +139,98 @@ fn with_dashboard(
         sse_bytes: got,
     })
 }
+
+/// Median resident memory and CPU of a cluster's agents over one idle window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Usage {
+    pub(crate) rss_mib: f64,
+    pub(crate) cpu_pct: f64,
+}
+
+/// The agents' idle cost before and after a change: the same window on a cluster of an older
+/// build (`baseline`) and of this one, alternated round by round (which goes first alternates
+/// too, so a drift of the machine hits both alike).
+pub(crate) struct BeforeAfter {
+    pub(crate) before: Usage,
+    pub(crate) after: Usage,
+}
+
+/// This build runs as shipped: the metrics endpoint on (each agent its own port), scraped
+/// every 15 s as Prometheus does by default, and the event log recording; the baseline runs
+/// with its own defaults.
+pub(crate) async fn before_after(
+    peers: usize,
+    secs: u64,
+    rounds: usize,
+    baseline: std::path::PathBuf,
+) -> anyhow::Result<BeforeAfter> {
+    anyhow::ensure!(baseline.is_file(), "no baseline binary at {}", baseline.display());
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let mut pair = [None, None];
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let u = if which == 0 {
+                let c = Cluster::start_bin(peers, true, "info", Some(baseline.clone()), |_| Vec::new()).await?;
+                idle_usage(&c, secs, &[]).await
+            } else {
+                let ports: Vec<u16> = (0..peers).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+                let flags = |i: usize| vec!["--metrics-listen".to_string(), format!("127.0.0.1:{}", ports[i])];
+                let c = Cluster::start_bin(peers, true, "info", None, flags).await?;
+                idle_usage(&c, secs, &ports).await
+            };
+            pair[which] = Some(u);
+        }
+        let (Some(b), Some(a)) = (pair[0], pair[1]) else { unreachable!("both ran") };
+        println!(
+            "  round {}: before {:.1} MiB {:.2} % CPU, after {:.1} MiB {:.2} % CPU",
+            round + 1,
+            b.rss_mib,
+            b.cpu_pct,
+            a.rss_mib,
+            a.cpu_pct
+        );
+        out.push((b, a));
+    }
+    let med = |f: &dyn Fn(&(Usage, Usage)) -> f64| median_f64(&out.iter().map(f).collect::<Vec<_>>());
+    Ok(BeforeAfter {
+        before: Usage { rss_mib: med(&|r| r.0.rss_mib), cpu_pct: med(&|r| r.0.cpu_pct) },
+        after: Usage { rss_mib: med(&|r| r.1.rss_mib), cpu_pct: med(&|r| r.1.cpu_pct) },
+    })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The agents' median memory and CPU over `secs` after a settling pause, scraping each
+/// `/metrics` port every 15 s meanwhile.
+async fn idle_usage(c: &Cluster, secs: u64, scrape: &[u16]) -> Usage {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pids: Vec<u32> = c.agents.iter().filter_map(|a| a.pid()).collect();
+    let before: Vec<Option<(u64, u64)>> = pids.iter().map(|p| proc_usage(*p)).collect();
+    let t0 = Instant::now();
+    let window = Duration::from_secs(secs);
+    while t0.elapsed() < window {
+        for port in scrape {
+            let _ = shoal_testkit::registry::http_request(
+                std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
+                "GET",
+                "/metrics",
+                &[],
+                b"",
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(15).min(window.saturating_sub(t0.elapsed()))).await;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let tps = ticks_per_sec();
+    let (mut rss, mut cpu) = (Vec::new(), Vec::new());
+    for (p, b) in pids.iter().zip(before) {
+        if let (Some(b), Some(a)) = (b, proc_usage(*p)) {
+            rss.push(a.0 as f64 / 1024.0);
+            cpu.push(cpu_pct(&b, &a, tps, wall));
+        }
+    }
+    Usage { rss_mib: median_f64(&rss), cpu_pct: median_f64(&cpu) }
+}

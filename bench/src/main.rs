@@ -34,12 +34,18 @@ enum Bench {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
-    /// Idle cluster: memory, CPU and false positives; Shoal vs Serf.
+    /// Idle cluster: memory, CPU and false positives; Shoal vs Serf (and vs an older build).
     Idle {
         #[arg(long, default_value_t = 5)]
         peers: usize,
         #[arg(long, default_value_t = 60)]
         secs: u64,
+        /// Also compare with this older build of `shoal` (before/after a change), alternating
+        /// `--rounds` windows of each.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// The lab: shaped-link throughput vs setting, `lab up` time, agents' memory.
     Lab {
@@ -128,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("serf not installed (apt-get install serf): no reference in this run");
             }
         }
-        Bench::Idle { peers, secs } => {
+        Bench::Idle { peers, secs, baseline, rounds } => {
             println!("== idle cluster: {peers} peers, {secs} s");
             let r = idle::run(peers, secs, serf::version().is_some(), SERF_PORT).await?;
             println!(
@@ -143,6 +149,22 @@ async fn main() -> anyhow::Result<()> {
                 println!(
                     "dashboard on peer 0, {secs} s: agent CPU {:.2} % closed, {:.2} % with a page open; the dashboard process {:.2} % CPU, {:.1} MiB; {} bytes of events sent",
                     d.agent_cpu_closed_pct, d.agent_cpu_open_pct, d.dashboard_cpu_pct, d.dashboard_rss_mib, d.sse_bytes
+                );
+            }
+            if let Some(bin) = baseline {
+                println!(
+                    "== idle cost before/after: {} vs this build (metrics on and scraped every 15 s, events recorded), {rounds} rounds of {secs} s",
+                    bin.display()
+                );
+                let r = idle::before_after(peers, secs, rounds, bin).await?;
+                println!(
+                    "median of rounds: before {:.1} MiB {:.2} % CPU, after {:.1} MiB {:.2} % CPU; ratio after/before: RSS {:.3}, CPU {:.3}",
+                    r.before.rss_mib,
+                    r.before.cpu_pct,
+                    r.after.rss_mib,
+                    r.after.cpu_pct,
+                    r.after.rss_mib / r.before.rss_mib,
+                    r.after.cpu_pct / r.before.cpu_pct.max(1e-9)
                 );
             }
         }

@@ -222,10 +222,7 @@ async fn read_loop(
                                 data[0] ^= 0xff;
                             }
                             ctx.uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
-                            shoal_metrics::get()
-                                .content_sent
-                                .get_or_create(&shoal_metrics::PeerLabel { peer: peer.to_string() })
-                                .inc_by(data.len() as u64);
+                            shoal_metrics::get().content_sent_to(&peer.to_string(), data.len() as u64);
                             let _ = data_tx.send(Frame::Piece(i, Bytes::from(data))).await;
                         }
                         None => {
@@ -245,9 +242,7 @@ async fn read_loop(
                 let m = shoal_metrics::get();
                 if ok {
                     m.pieces_verified.inc();
-                    m.content_received
-                        .get_or_create(&shoal_metrics::PeerLabel { peer: peer.to_string() })
-                        .inc_by(data.len() as u64);
+                    m.content_received_from(&peer.to_string(), data.len() as u64);
                     forward(SessionEvent::Piece { sid, index: i, data }).await;
                 } else {
                     m.pieces_rejected.inc();

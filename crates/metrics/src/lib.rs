@@ -51,10 +51,12 @@ pub struct Metrics {
     pub swim_packets_sent: Counter,
     /// SWIM packets received.
     pub swim_packets_received: Counter,
-    /// Content bytes sent to each peer.
+    /// Content bytes sent to each peer ([`Metrics::content_sent_to`]).
     pub content_sent: Family<PeerLabel, Counter>,
-    /// Content bytes received from each peer (verified pieces).
+    /// Content bytes received from each peer, verified pieces ([`Metrics::content_received_from`]).
     pub content_received: Family<PeerLabel, Counter>,
+    /// The peers that have series of their own (at most [`MAX_PEER_SERIES`]).
+    peer_series: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Pieces that matched their hash.
     pub pieces_verified: Counter,
     /// Pieces that did not (the sender is dropped).
@@ -77,6 +79,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     swim_packets_received: Counter::default(),
     content_sent: Family::default(),
     content_received: Family::default(),
+    peer_series: std::sync::Mutex::new(std::collections::HashSet::new()),
     pieces_verified: Counter::default(),
     pieces_rejected: Counter::default(),
     transfers_completed: Counter::default(),
@@ -91,6 +94,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
 pub fn get() -> &'static Metrics {
     &METRICS
 }
+
+/// Most peers with per-peer series of their own; the bytes of any further peer count under
+/// `peer="other"`. A key holder can make peer identities at will: the series stay bounded.
+pub const MAX_PEER_SERIES: usize = 1024;
 
 /// State read at scrape time.
 #[derive(Debug, Default, Clone)]
@@ -136,6 +143,26 @@ struct ServiceLabel {
 }
 
 impl Metrics {
+    /// Counts `bytes` of content sent to `peer`.
+    pub fn content_sent_to(&self, peer: &str, bytes: u64) {
+        self.content_sent.get_or_create(&self.peer_label(peer)).inc_by(bytes);
+    }
+
+    /// Counts `bytes` of verified content received from `peer`.
+    pub fn content_received_from(&self, peer: &str, bytes: u64) {
+        self.content_received.get_or_create(&self.peer_label(peer)).inc_by(bytes);
+    }
+
+    /// `peer`'s label: its own while fewer than [`MAX_PEER_SERIES`] peers have one, else `other`.
+    fn peer_label(&self, peer: &str) -> PeerLabel {
+        let mut seen = self.peer_series.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(peer) || (seen.len() < MAX_PEER_SERIES && seen.insert(peer.to_string())) {
+            PeerLabel { peer: peer.to_string() }
+        } else {
+            PeerLabel { peer: "other".to_string() }
+        }
+    }
+
     /// Every metric, the counters' current values and `snap`'s gauges, in OpenMetrics (when
     /// `openmetrics`) or the classic text format.
     pub fn encode(&self, snap: &Snapshot, openmetrics: bool) -> String {
@@ -324,6 +351,21 @@ mod tests {
                 "the dashboard uses {n}, which /metrics does not have"
             );
         }
+    }
+
+    #[test]
+    fn per_peer_series_are_bounded() {
+        let m = get();
+        for i in 0..MAX_PEER_SERIES + 10 {
+            m.content_sent_to(&format!("bounded-{i}"), 1);
+        }
+        m.content_received_from("bounded-0", 5);
+        let text = m.encode(&Snapshot::default(), false);
+        // (Other tests share the process's metrics: count this test's peers only.)
+        let series = text.lines().filter(|l| l.starts_with("shoal_content_sent_bytes_total{peer=\"bounded-")).count();
+        assert!((MAX_PEER_SERIES - 10..=MAX_PEER_SERIES).contains(&series), "{series} series");
+        assert!(text.contains("shoal_content_sent_bytes_total{peer=\"other\"}"), "later peers count as other");
+        assert!(text.contains("shoal_content_received_bytes_total{peer=\"bounded-0\"} 5"));
     }
 
     #[test]

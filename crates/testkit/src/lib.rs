@@ -50,6 +50,9 @@ pub struct AgentSpec {
     pub log_level: String,
     /// `--listen` [default: a free port on 127.0.0.1].
     pub listen: Option<String>,
+    /// Another `shoal` binary [default: [`shoal_bin`]], e.g. an older build for a before/after
+    /// benchmark; flags it does not know are left out of the defaults this kit adds.
+    pub bin: Option<PathBuf>,
 }
 
 impl AgentSpec {
@@ -61,6 +64,7 @@ impl AgentSpec {
             extra: vec![],
             log_level: "info,shoal_overlay=debug".to_string(),
             listen: None,
+            bin: None,
         }
     }
 }
@@ -94,7 +98,16 @@ impl Agent {
 
     fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let mut cmd = Command::new(shoal_bin());
+        let bin = self.spec.bin.clone().unwrap_or_else(shoal_bin);
+        // An older binary may predate some of the defaults below.
+        let knows = |flag: &str| match &self.spec.bin {
+            None => true,
+            Some(b) => Command::new(b)
+                .args(["agent", "--help"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag)),
+        };
+        let mut cmd = Command::new(&bin);
         cmd.arg("agent")
             .arg("--data-dir")
             .arg(&self.dir)
@@ -122,14 +135,13 @@ impl Agent {
         }
         // Likewise the metrics endpoint and the registry mirror: off unless a test asks for one
         // on its own port.
-        if !self.spec.extra.iter().any(|a| a == "--metrics-listen") {
-            cmd.args(["--metrics-listen", "off"]);
-        }
-        if !self.spec.extra.iter().any(|a| a == "--mirror-listen") {
-            cmd.args(["--mirror-listen", "off"]);
+        for flag in ["--metrics-listen", "--mirror-listen"] {
+            if !self.spec.extra.iter().any(|a| a == flag) && knows(flag) {
+                cmd.args([flag, "off"]);
+            }
         }
         cmd.args(&self.spec.extra);
-        self.child = Some(cmd.spawn().with_context(|| format!("starting {}", shoal_bin().display()))?);
+        self.child = Some(cmd.spawn().with_context(|| format!("starting {}", bin.display()))?);
         Ok(())
     }
 
@@ -232,6 +244,8 @@ pub struct Cluster {
     pub key: Option<PathBuf>,
     pub root: tempfile::TempDir,
     log_level: String,
+    /// The binary its agents run [default: [`shoal_bin`]].
+    bin: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -242,11 +256,25 @@ impl Cluster {
 
     /// [`Cluster::start`] with a log level for every agent.
     pub async fn start_with(n: usize, with_key: bool, log_level: &str) -> anyhow::Result<Cluster> {
+        Self::start_bin(n, with_key, log_level, None, |_| Vec::new()).await
+    }
+
+    /// [`Cluster::start_with`] running `bin` (another build of shoal), each agent with the
+    /// extra flags `extra(i)` gives.
+    pub async fn start_bin(
+        n: usize,
+        with_key: bool,
+        log_level: &str,
+        bin: Option<PathBuf>,
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> anyhow::Result<Cluster> {
         let root = tempfile::Builder::new().prefix("shoal-test-").tempdir()?;
         let key = if with_key { Some(write_key(root.path(), "cluster.key")?) } else { None };
-        let mut c = Cluster { agents: Vec::new(), key, root, log_level: log_level.to_string() };
+        let mut c = Cluster { agents: Vec::new(), key, root, log_level: log_level.to_string(), bin };
         for i in 0..n {
-            c.add(&format!("peer-{i}")).await?;
+            let flags = extra(i);
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            c.add_with(&format!("peer-{i}"), &flags).await?;
         }
         Ok(c)
     }
@@ -262,6 +290,7 @@ impl Cluster {
         spec.extra = extra.iter().map(|s| s.to_string()).collect();
         spec.log_level = self.log_level.clone();
         spec.cluster_key = self.key.clone();
+        spec.bin = self.bin.clone();
         if let Some(first) = self.agents.first() {
             spec.join.push(first.join_addr().await?);
         }
