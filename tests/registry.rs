@@ -83,6 +83,63 @@ async fn three_peers_pulling_at_once_fetch_each_blob_from_the_registry_once() ->
     Ok(())
 }
 
+/// With no `shoal registry login`, the agent takes a registry's credentials from the user's
+/// Docker config: inline `auths`, and a credential helper (`credsStore`) on the PATH.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_come_from_the_users_docker_config_and_its_helper() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let reg = Registry::start(&scratch.path().join("reg"), Some(("alice", "s3cret")))?;
+    let archive = scratch.path().join("app.tar");
+    shoal_testkit::images::write_busybox_image(&archive, "app:v1", &[], serde_json::json!({}));
+    let pushed = push_docker_archive(&reg, &archive, "team/app:v1", Some(("alice", "s3cret")))?;
+    let host = reg.host();
+
+    // Inline: {"auths": {HOST: {"auth": base64("user:password")}}}.
+    let inline = scratch.path().join("docker-inline");
+    std::fs::create_dir_all(&inline)?;
+    let auth = "YWxpY2U6czNjcmV0"; // base64("alice:s3cret")
+    std::fs::write(inline.join("config.json"), serde_json::json!({"auths": {&host: {"auth": auth}}}).to_string())?;
+    // A helper: {"credsStore": "shoaltest"} runs docker-credential-shoaltest get, HOST on stdin.
+    let helper = scratch.path().join("docker-helper");
+    let bin = scratch.path().join("bin");
+    std::fs::create_dir_all(&helper)?;
+    std::fs::create_dir_all(&bin)?;
+    std::fs::write(helper.join("config.json"), r#"{"credsStore": "shoaltest"}"#)?;
+    let script = bin.join("docker-credential-shoaltest");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nread host\n[ \"$1\" = get ] && [ \"$host\" = \"{host}\" ] || exit 1\n\
+             echo '{{\"ServerURL\":\"{host}\",\"Username\":\"alice\",\"Secret\":\"s3cret\"}}'\n"
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+
+    for (name, config, path) in [("inline", &inline, None), ("helper", &helper, Some(path))] {
+        let mut spec = shoal_testkit::AgentSpec::new(name);
+        spec.env.push(("DOCKER_CONFIG".into(), config.display().to_string()));
+        if let Some(p) = path {
+            spec.env.push(("PATH".into(), p));
+        }
+        let mut agent = shoal_testkit::Agent::start(scratch.path(), spec)?;
+        agent.ready().await?;
+        let img = pull(&agent.client(), &format!("{host}/team/app:v1"))
+            .await
+            .map_err(|e| anyhow::anyhow!("{name}: {e}\n{}", agent.log_text()))?;
+        assert_eq!(img.digest, pushed, "{name}");
+        assert!(!agent.dir.join("registry-logins.json").exists(), "{name}: nothing saved on the peer");
+    }
+    // And with neither, the registry refuses (the credentials did come from the config).
+    let mut spec = shoal_testkit::AgentSpec::new("none");
+    spec.env.push(("DOCKER_CONFIG".into(), scratch.path().join("empty").display().to_string()));
+    let mut agent = shoal_testkit::Agent::start(scratch.path(), spec)?;
+    agent.ready().await?;
+    let e = pull(&agent.client(), &format!("{host}/team/app:v1")).await.unwrap_err();
+    assert!(e.contains("shoal registry login"), "{e}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn registry_errors_are_clear_and_store_nothing() -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;

@@ -53,6 +53,8 @@ pub struct AgentSpec {
     /// Another `shoal` binary [default: [`shoal_bin`]], e.g. an older build for a before/after
     /// benchmark; flags it does not know are left out of the defaults this kit adds.
     pub bin: Option<PathBuf>,
+    /// Extra environment variables for the agent process.
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentSpec {
@@ -65,6 +67,7 @@ impl AgentSpec {
             log_level: "info,shoal_overlay=debug".to_string(),
             listen: None,
             bin: None,
+            env: Vec::new(),
         }
     }
 }
@@ -117,6 +120,7 @@ impl Agent {
             .arg(&self.listen)
             .args(["--cpus", "1", "--memory", "1g", "--log-level", &self.spec.log_level])
             .env_remove("RUST_LOG")
+            .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
