@@ -355,7 +355,19 @@ impl Blobs {
         tokio::spawn(async move {
             let m = shared.manifest.clone();
             let first = if m.piece_size == 0 { 0 } else { (offset / u64::from(m.piece_size)) as u32 };
+            // The piece this reader waits for steers the picker. Another reader of the same blob
+            // may have moved the mark since: only our own mark is cleared.
+            let release = |at: u32| {
+                let _ = shared.reader_at.compare_exchange(
+                    at,
+                    u32::MAX,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            };
+            let mut at = u32::MAX;
             for i in first..m.pieces() {
+                at = i;
                 shared.reader_at.store(i, std::sync::atomic::Ordering::Relaxed);
                 let mut over = false;
                 loop {
@@ -372,14 +384,14 @@ impl Blobs {
                     let failed = failed.or_else(|| over.then(|| format!("the download stopped before piece {i}")));
                     if let Some(e) = failed {
                         let _ = tx.send(Err(std::io::Error::other(e))).await;
-                        shared.reader_at.store(u32::MAX, std::sync::atomic::Ordering::Relaxed);
+                        release(at);
                         return;
                     }
                     tokio::select! {
                         changed = progress.changed() => over = changed.is_err(),
                         // The reader went away while waiting.
                         () = tx.closed() => {
-                            shared.reader_at.store(u32::MAX, std::sync::atomic::Ordering::Relaxed);
+                            release(at);
                             return;
                         }
                     }
@@ -399,7 +411,7 @@ impl Blobs {
                     break;
                 }
             }
-            shared.reader_at.store(u32::MAX, std::sync::atomic::Ordering::Relaxed);
+            release(at);
         });
         Ok((size, rx))
     }
@@ -426,10 +438,34 @@ impl Blobs {
         cid: ContentId,
         expect_sha256: Option<Digest>,
     ) -> Result<watch::Receiver<Progress>, BlobsError> {
+        self.fetch_sized(cid, expect_sha256, None).await
+    }
+
+    /// [`Blobs::fetch`] of content that must be `expect_size` bytes long: content of another
+    /// size (a peer naming the wrong content) is refused before a byte is fetched or space
+    /// reserved.
+    async fn fetch_sized(
+        &self,
+        cid: ContentId,
+        expect_sha256: Option<Digest>,
+        expect_size: Option<u64>,
+    ) -> Result<watch::Receiver<Progress>, BlobsError> {
+        let sized = |size: u64| match expect_size {
+            Some(want) if want != size => Err(BlobsError::Transfer {
+                cid,
+                reason: format!("the content is {size} bytes, not the {want} expected"),
+                failure: crate::TransferFailure::Other,
+            }),
+            _ => Ok(()),
+        };
         if let Some(r) = self.ctx.running.lock().unwrap_or_else(|p| p.into_inner()).get(&cid) {
+            sized(r.shared.manifest.size)?;
             return Ok(r.progress.clone());
         }
         let rec = self.blocking(move |s| s.get(&cid)).await?;
+        if let Some(r) = &rec {
+            sized(r.size)?;
+        }
         if let Some(r) = &rec
             && r.complete
         {
@@ -465,6 +501,7 @@ impl Blobs {
             ),
             None => self.fetch_manifest(cid).await?,
         };
+        sized(manifest.size)?;
         let manifest = Arc::new(manifest);
         let store = self.ctx.store.clone();
         let m2 = manifest.clone();
@@ -536,8 +573,13 @@ impl Blobs {
     /// Fetches `cid` and waits until it is complete.
     /// With `expect_sha256`, the content must hash to it, however it got here (a download
     /// joined or one finished before may have been started without that expectation).
-    pub async fn fetch_and_wait(&self, cid: ContentId, expect_sha256: Option<Digest>) -> Result<(), BlobsError> {
-        let mut rx = self.fetch(cid, expect_sha256.clone()).await?;
+    pub async fn fetch_and_wait(
+        &self,
+        cid: ContentId,
+        expect_sha256: Option<Digest>,
+        expect_size: Option<u64>,
+    ) -> Result<(), BlobsError> {
+        let mut rx = self.fetch_sized(cid, expect_sha256.clone(), expect_size).await?;
         let checked = async |this: &Self| match &expect_sha256 {
             Some(d) if !this.is_complete_as(cid, d).await => Err(BlobsError::Transfer {
                 cid,
@@ -778,7 +820,7 @@ impl Blobs {
             return Err(bad("a peer's record for this digest names other content"));
         }
         // The manifest first: it names the config and layers by sha256, binding everything.
-        self.fetch_and_wait(rec.manifest.cid, Some(rec.manifest.digest.clone())).await?;
+        self.fetch_and_wait(rec.manifest.cid, Some(rec.manifest.digest.clone()), None).await?;
         let manifest = self.read_json(rec.manifest.cid).await?;
         let cfg = manifest["config"]["digest"].as_str().ok_or_else(|| bad("manifest has no config"))?;
         if cfg != rec.config.digest.to_string() {
@@ -795,7 +837,7 @@ impl Blobs {
         let fetches = std::iter::once(&rec.config)
             .chain(&rec.layers)
             .chain(&rec.index)
-            .map(|b| self.fetch_and_wait(b.cid, Some(b.digest.clone())));
+            .map(|b| self.fetch_and_wait(b.cid, Some(b.digest.clone()), None));
         for r in futures::future::join_all(fetches).await {
             r?;
         }

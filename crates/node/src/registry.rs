@@ -13,9 +13,18 @@ use shoal_blobs::{BlobsError, ImageRecord};
 use shoal_registry::{Cluster, ImageRef, Logins, Platform, RegistryError, Upstream};
 use std::sync::Arc;
 
-/// Errors of a cluster lookup after which the registry is worth asking.
+/// Errors of a cluster lookup after which the registry is worth asking: nobody has it, or
+/// what peers offered did not hold up (an inconsistent record, layers no peer could send or
+/// that failed their checks). A full disk here is not one: the registry would not help.
 fn not_in_cluster(e: &BlobsError) -> bool {
-    matches!(e, BlobsError::NoImageHolder(_) | BlobsError::BadReference(_) | BlobsError::UnsignedTag(_))
+    match e {
+        BlobsError::NoImageHolder(_)
+        | BlobsError::BadReference(_)
+        | BlobsError::UnsignedTag(_)
+        | BlobsError::BadImage { .. } => true,
+        BlobsError::Transfer { failure, .. } => !matches!(failure, shoal_blobs::TransferFailure::DiskFull),
+        _ => false,
+    }
 }
 
 /// The error when neither the cluster nor the registry gave the image: what peers offered
@@ -196,5 +205,22 @@ impl Node {
                     .collect(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_blobs::{ContentId, TransferFailure};
+
+    #[test]
+    fn what_peers_failed_to_give_is_asked_of_the_registry_but_a_full_disk_is_not() {
+        let transfer = |failure| BlobsError::Transfer { cid: ContentId([0; 32]), reason: "x".into(), failure };
+        assert!(not_in_cluster(&BlobsError::NoImageHolder("a".into())));
+        assert!(not_in_cluster(&BlobsError::BadImage { reference: "a".into(), reason: "lies".into() }));
+        assert!(not_in_cluster(&transfer(TransferFailure::NoHolder)));
+        assert!(not_in_cluster(&transfer(TransferFailure::Other)));
+        assert!(!not_in_cluster(&transfer(TransferFailure::DiskFull)));
+        assert!(!not_in_cluster(&BlobsError::NoName));
     }
 }

@@ -199,7 +199,16 @@ impl Cluster {
                         };
                     let answer = match slot {
                         Ok(_slot) => {
-                            tokio::time::timeout(SERVE_LIMIT, c.serve(peer, ask)).await.unwrap_or(Answer::Busy)
+                            // The asker sends one ask and waits: anything more from it (its
+                            // stream closing, it giving up) ends the work done for it.
+                            let mut more = [0u8; 1];
+                            tokio::select! {
+                                a = tokio::time::timeout(SERVE_LIMIT, c.serve(peer, ask)) => a.unwrap_or(Answer::Busy),
+                                _ = futures::AsyncReadExt::read(&mut stream, &mut more) => {
+                                    tracing::debug!(%peer, "the asker went away: its ask is dropped");
+                                    return;
+                                }
+                            }
                         }
                         Err(_) => Answer::Busy,
                     };
@@ -571,7 +580,17 @@ impl Cluster {
             match self.ask_again(owner, &ask, limit).await {
                 Some(Answer::Blob { cid }) => {
                     progress.lock().unwrap_or_else(|e| e.into_inner()).blobs[i].cid = Some(cid);
-                    match self.blobs.fetch_and_wait(cid, Some(d.digest.clone())).await {
+                    // Bounded like the ask: a peer that names content it cannot send does not
+                    // hold this pull up.
+                    let swarm = self.blobs.fetch_and_wait(cid, Some(d.digest.clone()), Some(d.size));
+                    let swarmed = tokio::time::timeout(limit, swarm).await.unwrap_or_else(|_| {
+                        Err(shoal_blobs::BlobsError::Transfer {
+                            cid,
+                            reason: format!("not here after {limit:?}"),
+                            failure: shoal_blobs::TransferFailure::Interrupted,
+                        })
+                    });
+                    match swarmed {
                         Ok(()) if self.blobs.is_complete_as(cid, &d.digest).await => return Ok((cid, Source::Peers)),
                         Ok(()) => {
                             warn!(peer = %owner, digest = %d.digest, %cid, "a peer named content that is not the blob; fetching it here")

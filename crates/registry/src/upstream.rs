@@ -275,6 +275,13 @@ impl Upstream {
                 };
                 match pump(stream, skip, &mut offset, d.size, &tx).await {
                     Pumped::Done | Pumped::ReaderGone => return,
+                    Pumped::TooLong => {
+                        let message = format!("{what}: the registry sent more than the {} bytes announced", d.size);
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(RegistryError::Registry { registry, message: message.clone() });
+                        let _ = tx.send(Err(std::io::Error::other(message))).await;
+                        return;
+                    }
                     Pumped::Broken(e) if resumes < RESUMES => {
                         resumes += 1;
                         tracing::debug!(registry, digest = %d.digest, offset, err = %e, "blob download broke; resuming");
@@ -296,6 +303,8 @@ impl Upstream {
 enum Pumped {
     Done,
     ReaderGone,
+    /// More bytes than the manifest says the blob has: a lying or broken registry.
+    TooLong,
     Broken(String),
 }
 
@@ -326,10 +335,7 @@ async fn pump(
         }
         *offset += chunk.len() as u64;
         if *offset > size {
-            let _ = tx
-                .send(Err(std::io::Error::other(format!("the registry sent more than the {size} bytes announced"))))
-                .await;
-            return Pumped::ReaderGone;
+            return Pumped::TooLong;
         }
         if tx.send(Ok(chunk)).await.is_err() {
             return Pumped::ReaderGone;

@@ -23,9 +23,9 @@ impl ByteRange {
         let (a, b) = spec.split_once('-')?;
         Some(match (a.trim(), b.trim()) {
             ("", "") => return None,
-            ("", n) => ByteRange::Last(n.parse().ok()?),
-            (s, "") => ByteRange::From(s.parse().ok()?),
-            (s, e) => ByteRange::Between(s.parse().ok()?, e.parse().ok()?),
+            ("", n) => ByteRange::Last(digits(n)?),
+            (s, "") => ByteRange::From(digits(s)?),
+            (s, e) => ByteRange::Between(digits(s)?, digits(e)?),
         })
     }
 
@@ -51,6 +51,14 @@ impl ByteRange {
     }
 }
 
+/// A position as HTTP writes it: decimal digits only (`u64::from_str` also takes a `+`).
+fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::ByteRange;
@@ -74,6 +82,10 @@ mod tests {
         assert_eq!(within("items=0-1", 100), None);
         assert_eq!(within("bytes=-", 100), None);
         assert_eq!(within("bytes=x-", 100), None);
+        assert_eq!(within("bytes=+5-", 100), None);
+        assert_eq!(within("bytes=-+5", 100), None);
+        assert_eq!(within("bytes=1-+5", 100), None);
+        assert_eq!(within("bytes=99999999999999999999-", 100), None);
         assert_eq!(ByteRange::parse("bytes=7-9").and_then(|r| r.start()), Some(7));
         assert_eq!(ByteRange::parse("bytes=-9").and_then(|r| r.start()), None);
     }
