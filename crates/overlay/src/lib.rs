@@ -264,6 +264,12 @@ impl Overlay {
         self.ask(Command::Members).await
     }
 
+    /// Where `peer`'s open connections to this peer come from, as the transport saw them (a
+    /// peer's advertised addresses are its own claim; these are not). Empty when none is open.
+    pub async fn remote_addrs(&self, peer: PeerId) -> Result<Vec<Multiaddr>, OverlayError> {
+        self.ask(|tx| Command::RemoteAddrs(peer, tx)).await
+    }
+
     /// The value of `ext` key `key` in every record this peer holds (live peers' and, until
     /// they are pruned, dead ones'), this peer's own excluded.
     pub async fn published(&self, key: &str) -> Result<Vec<Published>, OverlayError> {

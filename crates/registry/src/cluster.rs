@@ -238,8 +238,10 @@ impl Cluster {
             Err(e) => return failed(e),
         };
         // A loopback registry is this machine's: only a peer on the same machine means the same
-        // one (and another machine's peer has no business with this one's local services).
-        if is_local(&r).await && !self.machine_mates().await.contains(&peer) {
+        // one (and another machine's peer has no business with this one's local services). Its
+        // addresses are its own claim: its connections to this peer must come from the
+        // loopback too.
+        if is_local(&r).await && !(self.machine_mates().await.contains(&peer) && self.connected_locally(peer).await) {
             return Answer::Failed {
                 kind: "refused".into(),
                 message: "a loopback registry is fetched from only for peers on the same machine".into(),
@@ -301,6 +303,12 @@ impl Cluster {
     async fn machine_mates(&self) -> Vec<PeerId> {
         let members = self.overlay.members().await.unwrap_or_default();
         members.into_iter().filter(|m| on_loopback(&m.addrs)).map(|m| m.peer).collect()
+    }
+
+    /// Whether every connection `peer` has open to this peer comes from the loopback (as the
+    /// transport saw it, whatever the peer advertises).
+    async fn connected_locally(&self, peer: PeerId) -> bool {
+        on_loopback(&self.overlay.remote_addrs(peer).await.unwrap_or_default())
     }
 
     /// What `r` names now: the digest of its index, or of its manifest when it has no index

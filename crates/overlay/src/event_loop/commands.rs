@@ -37,6 +37,10 @@ impl EventLoop {
                 let _ = reply.send(());
             }
             Command::Leave(reply) => self.start_leave(reply),
+            Command::RemoteAddrs(peer, reply) => {
+                let addrs = self.connections.get(&peer).map(|c| c.values().cloned().collect()).unwrap_or_default();
+                let _ = reply.send(addrs);
+            }
             Command::Members(reply) => {
                 let book = record::lock(&self.book);
                 let members = self

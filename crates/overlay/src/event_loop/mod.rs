@@ -72,6 +72,9 @@ pub(crate) enum Command {
     Unprovide(kad::RecordKey),
     /// Who the DHT says holds `key`.
     FindProviders(kad::RecordKey, oneshot::Sender<Vec<PeerId>>),
+    /// Where `peer`'s open connections come from (the addresses the transport saw, not the
+    /// ones the peer advertises).
+    RemoteAddrs(PeerId, oneshot::Sender<Vec<Multiaddr>>),
     /// Sets keys of this peer's published per-peer state (`None` removes one); with `push`,
     /// the new record is also sent straight to live members, not only gossiped.
     SetExt(Vec<(String, Option<serde_json::Value>)>, bool),
@@ -132,6 +135,8 @@ pub(crate) struct EventLoop {
     pub(crate) bootstrap: Vec<Multiaddr>,
     pub(crate) known: Vec<KnownPeer>,
     pub(crate) join_dials: HashMap<ConnectionId, Multiaddr>,
+    /// Each connected peer's open connections and the remote address of each.
+    pub(crate) connections: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
     pub(crate) store: PeerStore,
     pub(crate) dirty: HashSet<PeerId>,
     pub(crate) forget: Vec<PeerId>,
@@ -218,6 +223,7 @@ impl EventLoop {
             bootstrap: p.bootstrap,
             known: p.known,
             join_dials: HashMap::new(),
+            connections: HashMap::new(),
             store: p.store,
             dirty: HashSet::new(),
             forget: Vec::new(),
@@ -306,7 +312,19 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::ConnectionEstablished { peer_id, connection_id, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
+                if let Some(open) = self.connections.get_mut(&peer_id) {
+                    open.remove(&connection_id);
+                    if open.is_empty() {
+                        self.connections.remove(&peer_id);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .insert(connection_id, endpoint.get_remote_address().clone());
                 if let Some(addr) = self.join_dials.remove(&connection_id) {
                     debug!(%peer_id, %addr, "reached join address");
                     let mut addr = addr;
