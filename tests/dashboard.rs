@@ -193,5 +193,28 @@ async fn the_page_shows_the_cluster_live_and_scales_a_service() -> anyhow::Resul
     // A replica that does not exist: 404 with what to do.
     let (status, body) = client.raw(hyper::Method::POST, "/v1/services/web/replicas/9/restart", None).await?;
     assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
+
+    // A partition between the two peers left: peer 0's page and events keep working (the
+    // other side is first unreachable, then suspect and dead), and it heals.
+    let other = receiver.to_string();
+    lab.ok(&["partition", "0", &other])?;
+    let cut = Instant::now();
+    let q = format!("document.querySelector('[data-peer=\"{receiver_name}\"]')?.dataset.state !== 'alive'");
+    b.wait_for(&q, Duration::from_secs(20)).await?;
+    for _ in 0..3 {
+        let asked = Instant::now();
+        let (status, _) = client.raw(hyper::Method::GET, "/v1/events?limit=100", None).await?;
+        assert_eq!(status, 200);
+        assert!(asked.elapsed() < Duration::from_secs(5), "events took {:?} across a partition", asked.elapsed());
+    }
+    // The page goes on following: the cut-off peer turns dead there too.
+    let q = format!("document.querySelector('[data-peer=\"{receiver_name}\"]')?.dataset.state === 'dead'");
+    b.wait_for(&q, Duration::from_secs(20)).await?;
+    assert_eq!(b.eval("document.getElementById('live').className").await?, "on");
+    b.screenshot(&dir.join("dashboard-5-partitioned.png")).await?;
+    lab.ok(&["heal"])?;
+    let q = format!("document.querySelector('[data-peer=\"{receiver_name}\"]')?.dataset.state === 'alive'");
+    b.wait_for(&q, Duration::from_secs(30)).await?;
+    eprintln!("dashboard: partitioned peer shown not alive and back alive, {:?} after the cut", cut.elapsed());
     Ok(())
 }
