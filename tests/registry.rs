@@ -23,6 +23,30 @@ fn blob_digests(reg: &Registry, repo: &str, reference: &str) -> anyhow::Result<V
     Ok(out)
 }
 
+/// `registry login` as alice at `host`: a wrong password is refused (403) and not saved, the
+/// right one (`s3cret`) is (204); returns the logins file of the agent with data dir `dir`.
+async fn log_in_as_alice(
+    cl: &shoal_api::client::Client,
+    host: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    let login = |pw: &str| shoal_types::RegistryLogin {
+        registry: host.to_string(),
+        username: "alice".into(),
+        password: pw.into(),
+    };
+    let (status, body) =
+        cl.raw(hyper::Method::POST, "/v1/registries/login", Some(serde_json::to_vec(&login("wrong"))?)).await?;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("refused the credentials"));
+    let logins = dir.join("registry-logins.json");
+    assert!(!logins.exists(), "a refused login is not saved");
+    let (status, body) =
+        cl.raw(hyper::Method::POST, "/v1/registries/login", Some(serde_json::to_vec(&login("s3cret"))?)).await?;
+    assert_eq!(status, 204, "{}", String::from_utf8_lossy(&body));
+    Ok(logins)
+}
+
 fn random_layer(len: usize, seed: u64) -> Vec<u8> {
     shoal_testkit::images::layer(&[("data/blob", &shoal_testkit::noise::random_bytes(len, seed))])
 }
@@ -155,17 +179,7 @@ async fn registry_errors_are_clear_and_store_nothing() -> anyhow::Result<()> {
     let e = pull(&cl, &format!("{host}/team/app:v1")).await.unwrap_err();
     assert!(e.contains("shoal registry login"), "{e}");
     // A wrong password is refused at login, not saved.
-    let login =
-        |pw: &str| shoal_types::RegistryLogin { registry: host.clone(), username: "alice".into(), password: pw.into() };
-    let (status, body) =
-        cl.raw(hyper::Method::POST, "/v1/registries/login", Some(serde_json::to_vec(&login("wrong"))?)).await?;
-    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
-    assert!(String::from_utf8_lossy(&body).contains("refused the credentials"));
-    let logins = c.agents[0].dir.join("registry-logins.json");
-    assert!(!logins.exists(), "a refused login is not saved");
-    let (status, _) =
-        cl.raw(hyper::Method::POST, "/v1/registries/login", Some(serde_json::to_vec(&login("s3cret"))?)).await?;
-    assert_eq!(status, 204);
+    let logins = log_in_as_alice(&cl, &host, &c.agents[0].dir).await?;
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&logins)?.permissions());
     assert_eq!(mode & 0o777, 0o600);
     let img = pull(&cl, &format!("{host}/team/app:v1")).await.map_err(anyhow::Error::msg)?;
@@ -207,6 +221,57 @@ async fn registry_errors_are_clear_and_store_nothing() -> anyhow::Result<()> {
     assert!(!images.iter().any(|i| i.reference.ends_with(":v2")), "{images:?}");
     // The agent is fine and still serves.
     cl.get::<serde_json::Value>("/v1/status").await?;
+    Ok(())
+}
+
+/// A registry with bearer-token auth (the Docker token flow, as Docker Hub or Harbor run it):
+/// the agent's login is checked against the token service, and its pull fetches a token with
+/// the saved credentials and uses it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_registry_with_bearer_tokens_is_pulled_after_login() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let reg = Registry::start_token(&scratch.path().join("reg"), ("alice", "s3cret"))?;
+    let archive = scratch.path().join("app.tar");
+    shoal_testkit::images::write_busybox_image(&archive, "app:v1", &[random_layer(1 << 20, 5)], serde_json::json!({}));
+    let pushed = push_docker_archive(&reg, &archive, "team/app:v1", Some(("alice", "s3cret")))?;
+    assert!(!reg.issued_tokens().is_empty(), "skopeo pushed with a token");
+    // Basic auth is not what this registry takes: a token is.
+    let alice = shoal_testkit::registry::basic_auth("alice", "s3cret");
+    let basic = shoal_testkit::registry::http_request(reg.addr(), "GET", "/v2/", &[("Authorization", &alice)], b"")?;
+    assert_eq!(basic.status, 401);
+    assert!(basic.header("www-authenticate").unwrap_or_default().starts_with("Bearer "), "{:?}", basic.headers);
+    let host = reg.host();
+    let c = Cluster::start(1, true).await?;
+    let cl = c.agents[0].client();
+    let from_agent = |reg: &Registry| {
+        reg.issued_tokens().into_iter().filter(|t| t.user_agent.starts_with("shoal/")).collect::<Vec<_>>()
+    };
+
+    // Without a login: the token grants nothing, the registry refuses, the error says how to log in.
+    let e = pull(&cl, &format!("{host}/team/app:v1")).await.unwrap_err();
+    assert!(e.contains("shoal registry login"), "{e}");
+    let anonymous = from_agent(&reg);
+    assert!(
+        !anonymous.is_empty() && anonymous.iter().all(|t| t.user.is_empty() && t.access.is_empty()),
+        "the agent asked for a token, anonymously, and got one granting nothing: {anonymous:?}"
+    );
+    // A wrong password is refused by the token service at login, and not saved.
+    log_in_as_alice(&cl, &host, &c.agents[0].dir).await?;
+
+    let img = pull(&cl, &format!("{host}/team/app:v1")).await.map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
+    assert_eq!(img.digest, pushed);
+    let granted = from_agent(&reg);
+    assert!(
+        granted.iter().any(|t| t.user == "alice"
+            && t.access.iter().any(|(kind, name, actions)| kind == "repository"
+                && name == "team/app"
+                && actions.iter().any(|a| a == "pull"))),
+        "the agent pulled with a token for team/app: {granted:?}"
+    );
+    // Every blob came through the token: the registry served them to the agent.
+    for b in blob_digests(&reg, "team/app", "v1")?.iter().skip(1) {
+        assert_eq!(reg.blob_gets(b), 1, "layer {b}");
+    }
     Ok(())
 }
 
@@ -410,5 +475,78 @@ async fn run_pulls_and_a_service_pins_its_images_digest() -> anyhow::Result<()> 
         assert_eq!(v.trim(), "one", "every replica runs the pinned bytes");
     }
     host.ok(&["service", "rm", "pinned"])?;
+    Ok(())
+}
+
+/// A blob download that breaks midway resumes where it stopped: a proxy between the agent and
+/// the registry cuts the first long response after 2 MiB; the pull still succeeds, the layer
+/// is asked for again with a Range (the registry answers 206), and the bytes check out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_blob_download_resumes_with_a_range() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let scratch = tempfile::tempdir()?;
+    let reg = Registry::start(&scratch.path().join("reg"), None)?;
+    let archive = scratch.path().join("app.tar");
+    shoal_testkit::images::write_busybox_image(&archive, "app:v1", &[random_layer(8 << 20, 3)], serde_json::json!({}));
+    let pushed = push_docker_archive(&reg, &archive, "team/app:v1", None)?;
+    let layer = blob_digests(&reg, "team/app", "v1")?.pop().expect("a layer");
+
+    // The proxy: every connection relayed both ways; the first connection to carry more than
+    // 2 MiB is cut there (both directions closed), once: only the 8 MiB layer is that long (the
+    // base layer is 1 MiB).
+    const CUT: usize = 2 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let proxy = listener.local_addr()?;
+    let (armed, cuts) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicUsize::new(0)));
+    let upstream = reg.addr();
+    let (armed2, cuts2) = (armed.clone(), cuts.clone());
+    let relay = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { continue };
+            let (armed, cuts) = (armed2.clone(), cuts2.clone());
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                let mut buf = vec![0u8; 64 << 10];
+                let mut sent = 0usize;
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if sent + n > CUT && armed.swap(false, Ordering::SeqCst) {
+                        let _ = cw.write_all(&buf[..CUT - sent]).await;
+                        cuts.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                }
+                up.abort();
+            });
+        }
+    });
+
+    let c = Cluster::start(1, true).await?;
+    let cl = c.agents[0].client();
+    let img = pull(&cl, &format!("{proxy}/team/app:v1")).await.map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
+    relay.abort();
+    assert_eq!(img.digest, pushed);
+    assert_eq!(cuts.load(Ordering::SeqCst), 1, "the proxy cut one download");
+    let gets: Vec<u16> = reg
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(&format!("/blobs/{layer}")))
+        .map(|r| r.status)
+        .collect();
+    assert!(gets.contains(&206), "the layer was asked for again from where it broke: {gets:?}");
+    // The layer's bytes are the registry's: export what the agent stored and compare digests.
+    let images: Vec<shoal_types::ImageInfo> = cl.get("/v1/images").await?;
+    assert!(images.iter().any(|i| i.digest == pushed), "{images:?}");
     Ok(())
 }

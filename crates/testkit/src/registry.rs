@@ -4,8 +4,10 @@
 //! `scripts/deps.sh` installs it) as a child process with a config of its own under the given
 //! directory: filesystem storage in `<dir>/storage`, plain HTTP on a free `127.0.0.1` port, deletes
 //! enabled, optional htpasswd (bcrypt) basic auth, and the access log on, written with the rest of
-//! its output to `<dir>/registry.log`. Tests count what a client fetched from that log
-//! ([`Registry::blob_gets`], [`Registry::manifest_gets`], [`Registry::requests`]).
+//! its output to `<dir>/registry.log`. [`Registry::start_token`] runs it with bearer-token auth
+//! instead, against a token service of the testkit's own ([`token`]). Tests count what a client
+//! fetched from that log ([`Registry::blob_gets`], [`Registry::manifest_gets`],
+//! [`Registry::requests`]).
 //!
 //! Images go in with `skopeo` ([`push_oci_archive`], [`push_docker_archive`], [`push_with`]) or
 //! directly through the registry API ([`Registry::push_blob`], [`Registry::put_manifest`],
@@ -19,6 +21,10 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub mod token;
+
+pub use token::IssuedToken;
 
 /// The registry binary of Debian's `docker-registry` package.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -50,6 +56,8 @@ pub struct Registry {
     log: PathBuf,
     addr: SocketAddr,
     auth: Option<(String, String)>,
+    /// The token service, in bearer-token mode.
+    token: Option<token::TokenServer>,
     child: Option<Child>,
     /// Where the log stood when the registry was last launched.
     launch_offset: u64,
@@ -59,6 +67,23 @@ impl Registry {
     /// Starts a registry with its config, storage and log under `dir`; with `auth`, it accepts only
     /// that user and password (HTTP basic auth against a bcrypt htpasswd file).
     pub fn start(dir: &Path, auth: Option<(&str, &str)>) -> anyhow::Result<Registry> {
+        Registry::start_with(dir, auth, None)
+    }
+
+    /// Starts a registry with bearer-token auth (the Docker token flow): it sends clients to a
+    /// token service ([`token::TokenServer`], on another free port) that gives `user` with
+    /// `password` a token for whatever it asks, anyone else nothing. [`Registry::issued_tokens`]
+    /// says who got tokens.
+    pub fn start_token(dir: &Path, (user, password): (&str, &str)) -> anyhow::Result<Registry> {
+        let server = token::TokenServer::start(user, password)?;
+        Registry::start_with(dir, Some((user, password)), Some(server))
+    }
+
+    fn start_with(
+        dir: &Path,
+        auth: Option<(&str, &str)>,
+        token: Option<token::TokenServer>,
+    ) -> anyhow::Result<Registry> {
         std::fs::create_dir_all(dir.join("storage")).with_context(|| format!("creating {}", dir.display()))?;
         ensure!(
             Path::new(REGISTRY_BIN).exists(),
@@ -70,11 +95,17 @@ impl Registry {
             log: dir.join("registry.log"),
             addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)),
             auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+            token,
             child: None,
             launch_offset: 0,
         };
-        if let Some((user, password)) = auth {
-            write_htpasswd(&dir.join("htpasswd"), user, password)?;
+        match (&reg.token, auth) {
+            (Some(t), _) => {
+                let path = dir.join("token-cert.pem");
+                std::fs::write(&path, t.cert_pem()).with_context(|| format!("writing {}", path.display()))?;
+            }
+            (None, Some((user, password))) => write_htpasswd(&dir.join("htpasswd"), user, password)?,
+            (None, None) => {}
         }
         // A free port can be taken between probing it and the registry binding it: retry on
         // another one.
@@ -109,6 +140,11 @@ impl Registry {
     /// The user and password it was started with.
     pub fn credentials(&self) -> Option<(&str, &str)> {
         self.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// The tokens its token service gave out, oldest first (none without bearer-token auth).
+    pub fn issued_tokens(&self) -> Vec<IssuedToken> {
+        self.token.as_ref().map(token::TokenServer::issued).unwrap_or_default()
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -188,7 +224,10 @@ impl Registry {
         self.request_as(self.credentials(), method, path, headers, body)
     }
 
-    /// [`Registry::request`] as `auth` (`None`: anonymous).
+    /// [`Registry::request`] as `auth` (`None`: anonymous). With bearer-token auth, a `401` that
+    /// challenges for a token is answered as a client would: a token for the challenge's scope
+    /// from the token service with `auth`, and the request again with it (unless `headers`
+    /// already carry an `Authorization`).
     pub fn request_as(
         &self,
         auth: Option<(&str, &str)>,
@@ -204,6 +243,16 @@ impl Registry {
         {
             all.push(("Authorization", b));
         }
+        let r = http_request(self.addr, method, path, &all, body)?;
+        let (Some(server), Some((user, password)), 401) = (&self.token, auth, r.status) else { return Ok(r) };
+        if headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+            return Ok(r);
+        }
+        let Some(params) = r.header("www-authenticate").and_then(token::bearer_params) else { return Ok(r) };
+        let scope = params.iter().find(|(k, _)| k == "scope").map_or("", |(_, v)| v.as_str());
+        let bearer = format!("Bearer {}", server.fetch(scope, user, password)?);
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        all.push(("Authorization", &bearer));
         http_request(self.addr, method, path, &all, body)
     }
 
@@ -273,7 +322,15 @@ http:
             storage = q(&self.dir.join("storage")),
             addr = self.addr,
         );
-        if self.auth.is_some() {
+        if let Some(t) = &self.token {
+            cfg.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                serde_json::to_string(&t.realm())?,
+                token::SERVICE,
+                token::ISSUER,
+                q(&self.dir.join("token-cert.pem"))
+            ));
+        } else if self.auth.is_some() {
             cfg.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n",
                 q(&self.dir.join("htpasswd"))
