@@ -148,7 +148,9 @@ async fn the_page_shows_the_cluster_live_and_scales_a_service() -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     b.wait_for(
-        &format!("document.querySelector('[data-replica=\"web.{slot}\"]')?.dataset.container !== '{old}'"),
+        &format!(
+            "(c => !!c && c !== '{old}')(document.querySelector('[data-replica=\"web.{slot}\"]')?.dataset.container)"
+        ),
         Duration::from_secs(5),
     )
     .await?;

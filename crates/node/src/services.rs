@@ -328,9 +328,11 @@ impl Node {
         self.may_write().await?;
         let mut spec = self.service_spec(name).await?;
         let Some(to) = spec.rollback_image.clone() else { return Err(NodeError::NoRollback(name.to_string())) };
-        info!(ev = "rollout.rolled_back", service = %name, from = %spec.image, %to, reason = "asked", "rolling back as asked");
-        spec.image = to;
-        Ok(self.services().update(spec).await?)
+        let from = std::mem::replace(&mut spec.image, to.clone());
+        // (Read, then written like `scale`: an update landing in between loses to this one.)
+        let info = self.services().update(spec).await?;
+        info!(ev = "rollout.rolled_back", service = %name, %from, %to, reason = "asked", "rolling back as asked");
+        Ok(info)
     }
 
     /// Restarts one replica of service `name` (`replica`: its index, or for a global service
@@ -340,7 +342,11 @@ impl Node {
     pub async fn restart_replica(&self, name: &str, replica: &str) -> Result<ReplicaInfo, NodeError> {
         self.may_write().await?;
         let all = self.replicas(Some(name)).await?;
-        let Some(r) = all.into_iter().find(|r| r.slot.to_string() == replica || r.slot.short() == replica) else {
+        // During a move or a rollout a slot may have several copies: the running one first.
+        let mut copies: Vec<ReplicaInfo> =
+            all.into_iter().filter(|r| r.slot.to_string() == replica || r.slot.short() == replica).collect();
+        copies.sort_by_key(|r| (r.state != "running", r.container.is_empty()));
+        let Some(r) = copies.into_iter().next() else {
             return Err(NodeError::NoReplica { service: name.to_string(), replica: replica.to_string() });
         };
         if r.container.is_empty() {

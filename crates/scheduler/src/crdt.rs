@@ -39,8 +39,8 @@ use std::collections::BTreeMap;
 pub const WIRE_FORMAT: u8 = 5;
 /// The format before rollback images.
 const WIRE_FORMAT_NO_ROLLBACK: u8 = 4;
-/// The format before entries were sealed.
-const WIRE_FORMAT_UNSEALED: u8 = 3;
+/// The format before entries were sealed (still read, as entries without seals).
+pub const WIRE_FORMAT_UNSEALED: u8 = 3;
 /// The most revocations a map carries (only the authority can make them).
 pub const MAX_REVOCATIONS: usize = 1024;
 
@@ -108,6 +108,9 @@ pub enum DecodeError {
     /// A rollback image for a name the map has no live service under
     #[error("the service map names a rollback image for `{name}`, which it has no service under")]
     RollbackWithoutService { name: String },
+    /// Rollback images out of order, twice for a name, empty, or an empty list
+    #[error("the service map's rollback images are not in canonical form")]
+    RollbackNotCanonical,
 }
 
 /// The replicated map of declared services (see the module docs).
@@ -313,7 +316,10 @@ impl ServiceMap {
                     h.update(&[1]);
                     // postcard's encoding of one type is self-delimiting, so no length prefix.
                     postcard::to_io(spec, &mut h).expect("a ServiceSpec always serialises and a hasher never fails");
-                    postcard::to_io(&spec.rollback_image, &mut h).expect("an Option<String> always serialises");
+                    // Only when set: a map without rollback images digests as format 4 did.
+                    if let Some(r) = &spec.rollback_image {
+                        hash_str(&mut h, r);
+                    }
                 }
             }
         }
@@ -339,18 +345,23 @@ impl ServiceMap {
         before - self.entries.len()
     }
 
-    /// The wire form: [`WIRE_FORMAT`] followed by the postcard encoding of the entries.
+    /// The wire form: [`WIRE_FORMAT`] followed by the postcard encoding of the entries, the
+    /// revocations and the rollback images; a map without rollback images is written in format
+    /// 4 (the same bytes without the last part), which peers of the version before read too.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![WIRE_FORMAT];
-        postcard::to_io(&self.entries, &mut out).expect("a ServiceMap always serialises and a Vec never fails");
-        let revoked: Vec<&Revocation> = self.revoked.values().collect();
-        postcard::to_io(&revoked, &mut out).expect("revocations always serialise and a Vec never fails");
         let rollbacks: Vec<(&str, &str)> = self
             .entries
             .iter()
             .filter_map(|(name, e)| Some((name.as_str(), e.spec.as_ref()?.rollback_image.as_deref()?)))
             .collect();
-        postcard::to_io(&rollbacks, &mut out).expect("pairs of strings always serialise and a Vec never fails");
+        let format = if rollbacks.is_empty() { WIRE_FORMAT_NO_ROLLBACK } else { WIRE_FORMAT };
+        let mut out = vec![format];
+        postcard::to_io(&self.entries, &mut out).expect("a ServiceMap always serialises and a Vec never fails");
+        let revoked: Vec<&Revocation> = self.revoked.values().collect();
+        postcard::to_io(&revoked, &mut out).expect("revocations always serialise and a Vec never fails");
+        if format == WIRE_FORMAT {
+            postcard::to_io(&rollbacks, &mut out).expect("pairs of strings always serialise and a Vec never fails");
+        }
         out
     }
 
@@ -371,10 +382,18 @@ impl ServiceMap {
                     let (rollbacks, after): (Vec<(String, String)>, _) =
                         postcard::take_from_bytes(rest).map_err(malformed)?;
                     rest = after;
+                    // Canonical: names in strictly increasing order, each a live service, each
+                    // image non-empty (format 5 is written only with at least one).
+                    if rollbacks.is_empty() || rollbacks.windows(2).any(|w| w[0].0 >= w[1].0) {
+                        return Err(DecodeError::RollbackNotCanonical);
+                    }
                     for (name, image) in rollbacks {
                         let Some(spec) = entries.get_mut(&name).and_then(|e| e.spec.as_mut()) else {
                             return Err(DecodeError::RollbackWithoutService { name });
                         };
+                        if image.is_empty() {
+                            return Err(DecodeError::RollbackNotCanonical);
+                        }
                         spec.rollback_image = Some(image);
                     }
                 }
@@ -510,10 +529,9 @@ mod tests {
             "web".to_string(),
             Entry { version: Hlc::new(1, 0, "a"), spec: Some(spec("db", "pg")), seal: None },
         );
-        let mut bytes = vec![WIRE_FORMAT];
+        let mut bytes = vec![WIRE_FORMAT_NO_ROLLBACK];
         bytes.extend(postcard::to_stdvec(&entries).unwrap());
         bytes.push(0); // no revocations
-        bytes.push(0); // no rollback images
         let err = ServiceMap::decode(&bytes, 1 << 20).unwrap_err();
         assert!(matches!(err, DecodeError::NameMismatch { .. }), "{err}");
     }
@@ -612,6 +630,27 @@ mod tests {
         let m = ServiceMap::decode(&bytes, 1 << 20).unwrap();
         assert!(Authority::from_secret(&op).check_entry("web", m.entry("web").unwrap()).is_ok());
         assert_eq!(m.get("web").and_then(|s| s.rollback_image.clone()), None);
+    }
+
+    #[test]
+    fn rollback_images_are_canonical_and_a_map_without_any_is_format_4() {
+        let mut m = ServiceMap::new();
+        m.put(spec("a", "app:1"), Hlc::new(1, 0, "x"));
+        m.put(spec("b", "app:1"), Hlc::new(1, 0, "x"));
+        assert_eq!(m.encode()[0], WIRE_FORMAT_NO_ROLLBACK, "peers of the version before read it");
+        let mut body = Vec::new();
+        postcard::to_io(&m.entries, &mut body).unwrap();
+        body.push(0);
+        let with = |pairs: &[(&str, &str)]| {
+            let mut b = vec![WIRE_FORMAT];
+            b.extend(&body);
+            postcard::to_io(&pairs.to_vec(), &mut b).unwrap();
+            ServiceMap::decode(&b, 1 << 20)
+        };
+        assert!(with(&[("a", "app:0"), ("b", "app:0")]).is_ok());
+        for bad in [&[][..], &[("b", "app:0"), ("a", "app:0")], &[("a", "app:0"), ("a", "app:9")], &[("a", "")]] {
+            assert!(matches!(with(bad), Err(DecodeError::RollbackNotCanonical)), "{bad:?}");
+        }
     }
 
     #[test]

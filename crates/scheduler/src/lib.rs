@@ -29,7 +29,7 @@ pub mod sim;
 pub mod synth;
 pub mod trust;
 
-pub use crdt::{DecodeError, Entry, MAX_REVOCATIONS, ServiceMap, WIRE_FORMAT};
+pub use crdt::{DecodeError, Entry, MAX_REVOCATIONS, ServiceMap, WIRE_FORMAT, WIRE_FORMAT_UNSEALED};
 pub use hlc::{Clock, ClockError, Hlc, HlcParseError};
 pub use place::{
     Assignment, MAX_REPLICAS_PER_PEER, MAX_REPLICAS_PER_SERVICE, MAX_UNPLACED_PER_SERVICE, PeerView, ReplicaKey,

@@ -30,7 +30,7 @@ impl Store {
     pub(crate) fn load(&self) -> (ServiceMap, bool) {
         let Ok(bytes) = std::fs::read(&self.path) else { return (ServiceMap::new(), false) };
         match ServiceMap::decode(&bytes, MAX_MAP) {
-            Ok(m) => (m, bytes.first().is_some_and(|&f| f < shoal_scheduler::WIRE_FORMAT)),
+            Ok(m) => (m, bytes.first() == Some(&shoal_scheduler::WIRE_FORMAT_UNSEALED)),
             Err(e) => {
                 let bad = self.path.with_extension("bin.bad");
                 warn!(err = %e, path = %self.path.display(), kept = %bad.display(),
@@ -80,7 +80,23 @@ mod tests {
         let mut m = ServiceMap::new();
         m.put(ServiceSpec { name: "web".into(), image: "app".into(), ..Default::default() }, Hlc::new(1, 0, "a"));
         store.save(m.encode()).await.unwrap();
-        assert_eq!(store.load(), (m, false));
+        assert_eq!(store.load(), (m.clone(), false));
+        // Only a format-3 file is from before seals (its entries are adopted under this peer's
+        // seal); format 4 and 5 files are sealed already.
+        // (An empty format-3 map: the format byte and a zero entry count.)
+        let v3 = [shoal_scheduler::WIRE_FORMAT_UNSEALED, 0];
+        std::fs::write(dir.path().join("services.bin"), v3).unwrap();
+        assert!(store.load().1, "format 3 is unsealed");
+        let mut sealed = ServiceMap::new();
+        let mut s = ServiceSpec { name: "web".into(), image: "app:2".into(), ..Default::default() };
+        s.rollback_image = Some("app:1".into());
+        sealed.put(s, Hlc::new(2, 0, "a"));
+        for map in [&m, &sealed] {
+            let bytes = map.encode();
+            assert!(bytes[0] >= 4);
+            store.save(bytes).await.unwrap();
+            assert_eq!(store.load(), (map.clone(), false), "format {} is sealed", map.encode()[0]);
+        }
         std::fs::write(dir.path().join("services.bin"), b"\x09junk").unwrap();
         assert!(store.load().0.is_empty());
         assert!(dir.path().join("services.bin.bad").exists());
