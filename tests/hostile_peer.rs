@@ -646,3 +646,62 @@ async fn a_peer_is_not_made_to_fetch_from_its_own_loopback() -> anyhow::Result<(
     assert!(!c.agents[0].log_text().contains("panicked"));
     Ok(())
 }
+
+/// The `/shoal/state/1` messages as the agent reads them (same variants, same order: postcard
+/// encodes a variant by its index).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum StateMsg {
+    Sync(Vec<u8>),
+    Same,
+    Logs { container: String, since_nanos: u64, tail: u32 },
+    LogLines(Vec<(String, u64, String)>),
+    Refused,
+    Restart { container: String },
+    Restarting,
+}
+
+/// A key holder that is no operator asks a peer to restart its service replica and a plain
+/// container: both refused, both keep running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_is_no_operator_cannot_restart_containers() -> anyhow::Result<()> {
+    let host = shoal_testkit::containers::ContainerHost::start("hostile-restart").await?;
+    host.ok(&["service", "create", "--name", "web", "--replicas", "1", "busybox:test", "sleep", "600"])?;
+    host.ok(&["run", "-d", "--name", "plain", "busybox:test", "sleep", "600"])?;
+    let client = host.agent.client();
+    let replica = shoal_testkit::eventually(Duration::from_secs(60), "the replica running", async || {
+        let r: Vec<shoal_types::ReplicaInfo> = client.get("/v1/services/web/replicas").await.ok()?;
+        r.into_iter().find(|r| r.state == "running").map(|r| r.container)
+    })
+    .await?;
+    let plain = host.inspect("plain")?["id"].as_str().unwrap().to_string();
+
+    let target_addr: Multiaddr = host.agent.join_addr().await?.parse()?;
+    let target: PeerId = host.agent.status().await?.id.parse()?;
+    let mut swarm = hostile_swarm(ClusterKey::load(&host.agent.dir.join("cluster.key"))?);
+    connect(&mut swarm, target_addr).await?;
+    let mut control = swarm.behaviour().streams.new_control();
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    for container in [&replica, &plain] {
+        let exchange = async {
+            let mut s = control.open_stream(target, StreamProtocol::new("/shoal/state/1")).await?;
+            shoal_blobs::proto::write_msg(&mut s, &StateMsg::Restart { container: container.clone() }).await?;
+            anyhow::Ok(shoal_blobs::proto::read_msg::<_, StateMsg>(&mut s, 1 << 20).await?)
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(20), exchange).await??;
+        assert!(matches!(answer, StateMsg::Refused), "{container}: {answer:?}");
+    }
+    driver.abort();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for container in [&replica, &plain] {
+        let info = host.inspect(container)?;
+        assert_eq!(info["state"], "running", "{container} was stopped: {info}");
+    }
+    let now: Vec<shoal_types::ReplicaInfo> = client.get("/v1/services/web/replicas").await?;
+    assert!(now.iter().any(|r| r.container == replica && r.state == "running"), "{now:?}");
+    assert!(!host.agent.log_text().contains("replica.restarted"));
+    Ok(())
+}
