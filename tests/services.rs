@@ -466,12 +466,18 @@ async fn events_tell_a_rollout_a_peers_death_and_the_moves_in_order_from_any_pee
     let mut seen = Vec::new();
     for &i in &survivors {
         // Every peer answers for the cluster: the same facts in the same order.
+        // The move is a failover: the start names the peer it took over from.
+        let victim_name = names.get(&ids[victim]).cloned().unwrap_or_default();
         let list = eventually(Duration::from_secs(10), "the move in the events", || async {
             let list = events(&lab, i).ok()?;
             let dead = position(&list, "peer.dead", &[("peer", ids[victim].as_str())])?;
             list[dead..]
                 .iter()
-                .any(|e| e.kind == "replica.started" && e.fields.get("slot") == Some(&slot))
+                .any(|e| {
+                    e.kind == "replica.started"
+                        && e.fields.get("slot") == Some(&slot)
+                        && e.fields.get("took_over_from") == Some(&victim_name)
+                })
                 .then_some(list)
         })
         .await?;

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub pieces_rejected: Counter,
     /// Downloads completed.
     pub transfers_completed: Counter,
+    /// Replicas this peer started in place of a peer that died or left (failovers).
+    pub replica_failovers: Counter,
     /// Containers started (and how long from the request to running).
     pub container_starts: Counter,
     pub container_start_seconds: Histogram,
@@ -83,6 +85,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     pieces_verified: Counter::default(),
     pieces_rejected: Counter::default(),
     transfers_completed: Counter::default(),
+    replica_failovers: Counter::default(),
     container_starts: Counter::default(),
     container_start_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
     container_start_failures: Counter::default(),
@@ -188,6 +191,11 @@ impl Metrics {
             m.container_start_seconds.clone(),
         );
         r.register("container_start_failures", "Containers that failed to start", m.container_start_failures.clone());
+        r.register(
+            "replica_failovers",
+            "Replicas this peer started in place of a peer that died or left",
+            m.replica_failovers.clone(),
+        );
         r.register("events", "Events this peer recorded, by kind", m.events.clone());
         r.register_with_unit(
             "api_request",

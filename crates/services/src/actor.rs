@@ -82,6 +82,9 @@ pub(crate) struct Actor<C, K> {
     pub(crate) health: BTreeMap<String, Health>,
     pub(crate) failures: BTreeMap<ReplicaKey, StartFailure>,
     pub(crate) starting: BTreeSet<ReplicaKey>,
+    /// Replicas whose peer died or left lately: that peer's name, and when it went. A start of
+    /// one of them here within [`crate::round::FAILOVER_WINDOW`] is a failover.
+    pub(crate) departed: BTreeMap<ReplicaKey, (String, tokio::time::Instant)>,
     pub(crate) stopping: BTreeSet<String>,
     pub(crate) scaled: BTreeMap<String, u64>,
     pub(crate) cpu: BTreeMap<String, u64>,
@@ -132,6 +135,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             health: BTreeMap::new(),
             failures: BTreeMap::new(),
             starting: BTreeSet::new(),
+            departed: BTreeMap::new(),
             stopping: BTreeSet::new(),
             scaled: BTreeMap::new(),
             cpu: BTreeMap::new(),
@@ -440,9 +444,21 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
                 for id in replaced {
                     self.stopping.remove(&id);
                 }
+                let took_over = match result {
+                    Ok(()) => self.departed.remove(&key).map(|(from, _)| from),
+                    Err(_) => None,
+                };
                 match result {
                     Ok(()) => {
-                        info!(ev = "replica.started", service = %key.0, slot = %key.1, on = %self.cfg.name, "replica started");
+                        match took_over {
+                            Some(from) => {
+                                shoal_metrics::get().replica_failovers.inc();
+                                info!(ev = "replica.started", service = %key.0, slot = %key.1, on = %self.cfg.name, took_over_from = %from, "replica started in place of a peer that is gone");
+                            }
+                            None => {
+                                info!(ev = "replica.started", service = %key.0, slot = %key.1, on = %self.cfg.name, "replica started")
+                            }
+                        }
                         self.failures.remove(&key);
                     }
                     Err(fault) => {

@@ -28,6 +28,8 @@ pub(crate) const SETTLE_MAX: Duration = Duration::from_secs(5);
 /// ... or this long when it remembers peers but has heard from none of them yet (a slow
 /// rejoin must not make it run the whole cluster's replicas alone).
 pub(crate) const SETTLE_ALONE: Duration = Duration::from_secs(15);
+/// How long after its peer went a replica started here counts as a failover.
+pub(crate) const FAILOVER_WINDOW: Duration = Duration::from_secs(60);
 /// A health check that takes longer fails.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// CPU use is sampled over this window (a fair window for the percentage).
@@ -128,6 +130,7 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
             ),
         };
         self.forget(&local, &theirs);
+        self.note_departed(&view);
         let acting = self.settled(&view);
         let refs: Vec<&Report> = theirs.iter().collect();
         let plan = plan::plan(&self.input(&peers, &refs, &local));
@@ -162,6 +165,20 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
         };
         self.publish_endpoints();
         self.finish_drain(&local).await;
+    }
+
+    /// Remembers the replicas that peers gone since the last round ran (see `departed`), and
+    /// forgets those older than [`FAILOVER_WINDOW`].
+    fn note_departed(&mut self, view: &ClusterView) {
+        let now = tokio::time::Instant::now();
+        self.departed.retain(|_, (_, at)| now.duration_since(*at) < FAILOVER_WINDOW);
+        let live: BTreeSet<&str> = view.members.iter().map(|m| m.view.id.as_str()).collect();
+        for r in &self.snapshot.reports {
+            if r.peer != self.me && !live.contains(r.peer.as_str()) {
+                let name = self.snapshot.names.get(&r.peer).cloned().unwrap_or_else(|| r.peer.clone());
+                self.departed.entry((r.service.clone(), r.slot.clone())).or_insert((name, now));
+            }
+        }
     }
 
     /// Tells the network each service's running replicas (only when something changed).

@@ -37,7 +37,10 @@ pub const EVENT_KINDS: &[(&str, &str)] = &[
         "a service went back to its image before the last update (reason: its new replicas failed, or asked)",
     ),
     ("rollout.done", "an update or rebalance completed"),
-    ("replica.started", "a peer started a replica of a service"),
+    (
+        "replica.started",
+        "a peer started a replica of a service (`took_over_from`: in place of a peer that died or left)",
+    ),
     ("replica.stopped", "a peer stopped a replica (the reason says why)"),
     ("replica.failed", "a replica exited or failed its health check"),
     ("replica.restarted", "a replica was restarted as an operator asked (`shoal service restart`)"),
