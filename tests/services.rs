@@ -487,6 +487,10 @@ async fn events_tell_a_rollout_a_peers_death_and_the_moves_in_order_from_any_pee
         let done = position(&list, "rollout.done", &[("service", "web")]).expect("rollout.done");
         let dead = position(&list, "peer.dead", &[("peer", ids[victim].as_str())]).expect("peer.dead");
         assert!(created < started && started < done && done < dead, "out of order: {list:#?}");
+        // The failure detector suspected it first.
+        let suspect = position(&list, "peer.suspect", &[("peer", ids[victim].as_str())])
+            .ok_or_else(|| anyhow::anyhow!("no peer.suspect in {list:#?}"))?;
+        assert!(suspect < dead, "suspected after it was dead: {list:#?}");
         let dead_event = &list[dead];
         assert!(
             survivors.len() == dead_event.seen_by.len(),

@@ -25,6 +25,7 @@ pub struct ClusterEvent {
 pub const EVENT_KINDS: &[(&str, &str)] = &[
     ("peer.joined", "a peer was seen alive for the first time (or again after it was dead)"),
     ("peer.restarted", "a peer came back with a new generation"),
+    ("peer.suspect", "a peer missed its probes: the failure detector suspects it (it may still refute)"),
     ("peer.dead", "the failure detector declared a peer dead"),
     ("peer.left", "a peer left the cluster cleanly"),
     ("service.created", "a service was declared"),

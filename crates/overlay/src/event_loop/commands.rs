@@ -167,7 +167,7 @@ impl EventLoop {
         pending
     }
 
-    fn suspects(&self) -> HashSet<(PeerId, u64)> {
+    pub(super) fn suspects(&self) -> HashSet<(PeerId, u64)> {
         self.foca
             .iter_membership_state()
             .filter(|m| m.state() == foca::State::Suspect)

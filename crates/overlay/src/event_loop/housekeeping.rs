@@ -7,7 +7,7 @@ use crate::record;
 use crate::swim::swim_config;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -15,6 +15,14 @@ fn unix_ms() -> u64 {
 impl EventLoop {
     pub(super) fn housekeeping(&mut self) {
         let now = Instant::now();
+        // Suspicions begun since the last look (every half second: well inside the suspicion
+        // time), for the event log; SWIM itself does not report them.
+        let suspects = self.suspects();
+        for (peer, generation) in suspects.difference(&self.suspected) {
+            let name = self.name_of(peer);
+            info!(ev = "peer.suspect", %peer, name, generation, "peer suspected (missed probes)");
+        }
+        self.suspected = suspects;
         let rejected = self.rejected.load(Ordering::Relaxed);
         if rejected > self.rejected_seen {
             if let Some(suppressed) = self.bad_msg_log.check(now) {

@@ -135,6 +135,8 @@ pub(crate) struct EventLoop {
     pub(crate) bootstrap: Vec<Multiaddr>,
     pub(crate) known: Vec<KnownPeer>,
     pub(crate) join_dials: HashMap<ConnectionId, Multiaddr>,
+    /// The peers suspected at the last housekeeping (for `peer.suspect` events).
+    pub(crate) suspected: HashSet<(PeerId, u64)>,
     /// Each connected peer's open connections and the remote address of each.
     pub(crate) connections: HashMap<PeerId, HashMap<ConnectionId, Multiaddr>>,
     pub(crate) store: PeerStore,
@@ -224,6 +226,7 @@ impl EventLoop {
             known: p.known,
             join_dials: HashMap::new(),
             connections: HashMap::new(),
+            suspected: HashSet::new(),
             store: p.store,
             dirty: HashSet::new(),
             forget: Vec::new(),

@@ -162,7 +162,7 @@ impl EventLoop {
     }
 
     /// A peer's name from its record (empty until the record has arrived).
-    fn name_of(&self, peer: &PeerId) -> String {
+    pub(super) fn name_of(&self, peer: &PeerId) -> String {
         record::lock(&self.book).get(peer).map(|r| r.record.name.clone()).unwrap_or_default()
     }
 
