@@ -47,6 +47,14 @@ async fn log_in_as_alice(
     Ok(logins)
 }
 
+/// Pushes `team/app:v1` (busybox with `layers`, its archive written in `dir`) to `reg` as
+/// alice; its digest.
+fn push_app_as_alice(reg: &Registry, dir: &std::path::Path, layers: &[Vec<u8>]) -> anyhow::Result<String> {
+    let archive = dir.join("app.tar");
+    shoal_testkit::images::write_busybox_image(&archive, "app:v1", layers, serde_json::json!({}));
+    push_docker_archive(reg, &archive, "team/app:v1", Some(("alice", "s3cret")))
+}
+
 fn random_layer(len: usize, seed: u64) -> Vec<u8> {
     shoal_testkit::images::layer(&[("data/blob", &shoal_testkit::noise::random_bytes(len, seed))])
 }
@@ -113,15 +121,14 @@ async fn three_peers_pulling_at_once_fetch_each_blob_from_the_registry_once() ->
 async fn credentials_come_from_the_users_docker_config_and_its_helper() -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let reg = Registry::start(&scratch.path().join("reg"), Some(("alice", "s3cret")))?;
-    let archive = scratch.path().join("app.tar");
-    shoal_testkit::images::write_busybox_image(&archive, "app:v1", &[], serde_json::json!({}));
-    let pushed = push_docker_archive(&reg, &archive, "team/app:v1", Some(("alice", "s3cret")))?;
+    let pushed = push_app_as_alice(&reg, scratch.path(), &[])?;
     let host = reg.host();
 
     // Inline: {"auths": {HOST: {"auth": base64("user:password")}}}.
     let inline = scratch.path().join("docker-inline");
     std::fs::create_dir_all(&inline)?;
-    let auth = "YWxpY2U6czNjcmV0"; // base64("alice:s3cret")
+    let basic = shoal_testkit::registry::basic_auth("alice", "s3cret");
+    let auth = basic.trim_start_matches("Basic ");
     std::fs::write(inline.join("config.json"), serde_json::json!({"auths": {&host: {"auth": auth}}}).to_string())?;
     // A helper: {"credsStore": "shoaltest"} runs docker-credential-shoaltest get, HOST on stdin.
     let helper = scratch.path().join("docker-helper");
@@ -168,9 +175,7 @@ async fn credentials_come_from_the_users_docker_config_and_its_helper() -> anyho
 async fn registry_errors_are_clear_and_store_nothing() -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let reg = Registry::start(&scratch.path().join("reg"), Some(("alice", "s3cret")))?;
-    let archive = scratch.path().join("app.tar");
-    shoal_testkit::images::write_busybox_image(&archive, "app:v1", &[], serde_json::json!({}));
-    let pushed = push_docker_archive(&reg, &archive, "team/app:v1", Some(("alice", "s3cret")))?;
+    let pushed = push_app_as_alice(&reg, scratch.path(), &[])?;
     let host = reg.host();
     let c = Cluster::start(1, true).await?;
     let cl = c.agents[0].client();
@@ -231,9 +236,7 @@ async fn registry_errors_are_clear_and_store_nothing() -> anyhow::Result<()> {
 async fn a_registry_with_bearer_tokens_is_pulled_after_login() -> anyhow::Result<()> {
     let scratch = tempfile::tempdir()?;
     let reg = Registry::start_token(&scratch.path().join("reg"), ("alice", "s3cret"))?;
-    let archive = scratch.path().join("app.tar");
-    shoal_testkit::images::write_busybox_image(&archive, "app:v1", &[random_layer(1 << 20, 5)], serde_json::json!({}));
-    let pushed = push_docker_archive(&reg, &archive, "team/app:v1", Some(("alice", "s3cret")))?;
+    let pushed = push_app_as_alice(&reg, scratch.path(), &[random_layer(1 << 20, 5)])?;
     assert!(!reg.issued_tokens().is_empty(), "skopeo pushed with a token");
     // Basic auth is not what this registry takes: a token is.
     let alice = shoal_testkit::registry::basic_auth("alice", "s3cret");
@@ -295,10 +298,6 @@ async fn a_two_platform_index_resolves_to_this_platform_and_is_kept() -> anyhow:
     Ok(())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// containerd (ctr, hosts.toml), Podman and skopeo (registries.conf) pull an image through a
 /// peer's mirror while the registry is down: the peer has it from another peer.
 #[tokio::test(flavor = "multi_thread")]
@@ -313,7 +312,7 @@ async fn real_clients_pull_through_a_peers_mirror_with_the_registry_down() -> an
     let host = reg.host();
     let reference = format!("{host}/team/app:v1");
 
-    let port = free_port();
+    let port = shoal_testkit::free_port()?;
     let mirror = format!("127.0.0.1:{port}");
     let mut c = Cluster::start(1, true).await?;
     c.add_with("mirror", &["--mirror-listen", &mirror, "--mirror-registry", &host]).await?;

@@ -174,7 +174,7 @@ pub(crate) async fn before_after(
                 let c = Cluster::start_bin(peers, true, "info", Some(baseline.clone()), |_| Vec::new()).await?;
                 idle_usage(&c, secs, &[]).await
             } else {
-                let ports: Vec<u16> = (0..peers).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+                let ports: Vec<u16> = (0..peers).map(|_| shoal_testkit::free_port()).collect::<anyhow::Result<_>>()?;
                 let flags = |i: usize| vec!["--metrics-listen".to_string(), format!("127.0.0.1:{}", ports[i])];
                 let c = Cluster::start_bin(peers, true, "info", None, flags).await?;
                 idle_usage(&c, secs, &ports).await
@@ -197,10 +197,6 @@ pub(crate) async fn before_after(
         before: Usage { rss_mib: med(&|r| r.0.rss_mib), cpu_pct: med(&|r| r.0.cpu_pct) },
         after: Usage { rss_mib: med(&|r| r.1.rss_mib), cpu_pct: med(&|r| r.1.cpu_pct) },
     })
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The agents' median memory and CPU over `secs` after a settling pause, scraping each

@@ -461,17 +461,13 @@ fn host_sink(conns: usize) -> anyhow::Result<(SocketAddr, std::thread::JoinHandl
     Ok((addr, t))
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
-}
-
 fn isolation_net(h: &Host, mib: u64) -> anyhow::Result<()> {
     let bytes = mib << 20;
     println!(
         "== runtime: isolation cost, TCP from the host into a container, {mib} MiB, median of {NET_RUNS} \
          (container: busybox nc -ll -e dd bs=1M; host reference: a loopback reader with 1 MiB reads)"
     );
-    let port = free_port()?;
+    let port = shoal_testkit::free_port()?;
     let publish = format!("{port}:{SINK_PORT}");
     let serve = format!("exec nc -ll -p {SINK_PORT} -e dd of=/dev/null bs=1M 2>/dev/null");
     h.shoal_ok(&["run", "-d", "--name", SINK, "-p", &publish, IMAGE, "sh", "-c", &serve])?;

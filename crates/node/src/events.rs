@@ -131,7 +131,7 @@ impl Node {
         let members = self.overlay().members().await.unwrap_or_default();
         let asks = members.into_iter().map(|m| async move {
             // A peer speaks for itself only: its events are its own sightings.
-            let name = if m.name.is_empty() { m.peer.to_string() } else { m.name.clone() };
+            let name = m.name_or_id();
             let list = self.ask_events(m.peer, since_ms, limit).await;
             list.into_iter().filter_map(|e| shoal_events::from_peer(e, &name)).collect::<Vec<_>>()
         });

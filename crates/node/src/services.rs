@@ -261,10 +261,8 @@ impl Node {
                     && self.container(&container).await.is_ok_and(|c| c.spec.labels.contains_key(LABEL_SERVICE));
                 if replica {
                     let members = self.overlay().members().await.unwrap_or_default();
-                    let by = members
-                        .iter()
-                        .find(|m| m.peer == peer && !m.name.is_empty())
-                        .map_or_else(|| peer.to_string(), |m| m.name.clone());
+                    let by =
+                        members.iter().find(|m| m.peer == peer).map_or_else(|| peer.to_string(), |m| m.name_or_id());
                     self.restart_local_replica(&container, &by);
                     StateMsg::Restarting
                 } else {

@@ -36,6 +36,12 @@ pub fn shoal_bin() -> PathBuf {
     dir.join("shoal")
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (another process may take it before the
+/// caller binds it).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// The cluster subnet of test agents started without network settings of their own.
 pub const PLAIN_AGENT_POOL: &str = "198.19.224.0/20";
 
@@ -368,7 +374,7 @@ pub struct Dashboard {
 impl Dashboard {
     pub fn start(socket: &Path) -> anyhow::Result<Dashboard> {
         use std::io::{BufRead, BufReader};
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let mut child = std::process::Command::new(shoal_bin())
             .arg("--addr")
             .arg(socket)

@@ -97,6 +97,13 @@ pub struct Member {
     pub ext: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
+impl Member {
+    /// Its name, or its id while its record has not said (or says no name).
+    pub fn name_or_id(&self) -> String {
+        if self.name.is_empty() { self.peer.to_string() } else { self.name.clone() }
+    }
+}
+
 /// One peer's value of an `ext` key, whatever the peer's state.
 #[derive(Debug, Clone)]
 pub struct Published {
