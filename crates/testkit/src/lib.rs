@@ -109,13 +109,14 @@ impl Agent {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let bin = self.spec.bin.clone().unwrap_or_else(shoal_bin);
         // An older binary may predate some of the defaults below.
-        let knows = |flag: &str| match &self.spec.bin {
-            None => true,
-            Some(b) => Command::new(b)
+        let help = self.spec.bin.as_ref().map(|b| {
+            Command::new(b)
                 .args(["agent", "--help"])
                 .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag)),
-        };
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        });
+        let knows = |flag: &str| help.as_ref().is_none_or(|h| h.contains(flag));
         let mut cmd = Command::new(&bin);
         cmd.arg("agent")
             .arg("--data-dir")
