@@ -48,6 +48,28 @@ async fn sigkill_is_dead_everywhere_and_restart_is_alive_with_same_id() -> anyho
         let all: Vec<&Agent> = c.agents.iter().collect();
         all_see(&all, &id, PeerState::Alive, Duration::from_secs(15)).await?;
     }
+    // `shoal events -f --json` on peer 0 follows what happens next, one JSON object a line.
+    let mut follower = shoal_testkit::KillOnDrop(
+        std::process::Command::new(shoal_testkit::shoal_bin())
+            .arg("--addr")
+            .arg(&c.agents[0].socket)
+            .args(["events", "-f", "--json", "--since", "1s"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?,
+    );
+    let (tx, lines) = std::sync::mpsc::channel::<shoal_types::ClusterEvent>();
+    let out = follower.0.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(e) = serde_json::from_str(&line)
+                && tx.send(e).is_err()
+            {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
     c.agents[2].kill()?;
     {
         let others: Vec<&Agent> = c.agents.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, a)| a).collect();
@@ -55,6 +77,19 @@ async fn sigkill_is_dead_everywhere_and_restart_is_alive_with_same_id() -> anyho
             .await
             .map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
     }
+    // The follower told the suspicion, then the death, as they happened.
+    let mut told = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !told.iter().any(|k: &String| k == "peer.dead") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let e = lines.recv_timeout(left).map_err(|_| anyhow::anyhow!("`events -f` told only {told:?}"))?;
+        if e.fields.get("peer") == Some(&id) {
+            told.push(e.kind);
+        }
+    }
+    assert!(told.iter().position(|k| k == "peer.suspect") < told.iter().position(|k| k == "peer.dead"), "{told:?}");
+    assert!(told.contains(&"peer.suspect".to_string()), "{told:?}");
+    drop(follower);
     let after = c.agents[2].restart().await?;
     assert_eq!(after.id, id, "the peer id survives a restart");
     assert!(after.generation > gen_before);

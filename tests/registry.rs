@@ -478,7 +478,8 @@ async fn run_pulls_and_a_service_pins_its_images_digest() -> anyhow::Result<()> 
 }
 
 /// A blob download that breaks midway resumes where it stopped: a proxy between the agent and
-/// the registry cuts the first long response after 4 MiB; the pull still succeeds, the layer
+/// the registry holds the first long response after 4 MiB (the pull's progress shows the layer
+/// part-way, from the registry), then cuts it; the pull still succeeds, the layer
 /// is asked for again with a Range (the registry answers 206), and the bytes check out.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broken_blob_download_resumes_with_a_range() -> anyhow::Result<()> {
@@ -518,6 +519,8 @@ async fn a_broken_blob_download_resumes_with_a_range() -> anyhow::Result<()> {
                     };
                     if sent + n > CUT && armed.swap(false, Ordering::SeqCst) {
                         let _ = cw.write_all(&buf[..CUT - sent]).await;
+                        // Held there a while first: the pull's progress shows it mid-layer.
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                         cuts.fetch_add(1, Ordering::SeqCst);
                         break;
                     }
@@ -533,7 +536,26 @@ async fn a_broken_blob_download_resumes_with_a_range() -> anyhow::Result<()> {
 
     let c = Cluster::start(1, true).await?;
     let cl = c.agents[0].client();
-    let img = pull(&cl, &format!("{proxy}/team/app:v1")).await.map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
+    let reference = format!("{proxy}/team/app:v1");
+    let pulling = {
+        let (cl, reference) = (cl.clone(), reference.clone());
+        tokio::spawn(async move { pull(&cl, &reference).await })
+    };
+    // While it runs, the pull's progress (what `shoal image pull` draws its bars from) shows the
+    // layer part-way, coming from the registry.
+    let seen = shoal_testkit::eventually(
+        std::time::Duration::from_secs(20),
+        "the layer mid-way in the pull's progress",
+        async || {
+            let pulls: Vec<shoal_types::PullStatus> = cl.get("/v1/images/pulls").await.ok()?;
+            let p = pulls.into_iter().find(|p| p.reference == reference)?;
+            let b = p.blobs.into_iter().find(|b| b.digest == layer)?;
+            (b.done > 0 && b.done < b.size && !b.finished).then_some(b)
+        },
+    )
+    .await?;
+    assert_eq!(seen.source.as_deref(), Some("registry"), "{seen:?}");
+    let img = pulling.await?.map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
     relay.abort();
     assert_eq!(img.digest, pushed);
     assert_eq!(cuts.load(Ordering::SeqCst), 1, "the proxy cut one download");
