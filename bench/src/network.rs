@@ -202,13 +202,20 @@ fn in_table(lab: &TestLab, i: usize, ip: Ipv4Addr) -> bool {
         .arg(format!("--net=/run/netns/{}", peer_ns(lab, i)))
         .args(["nft", "list", "table", "inet", TABLE])
         .output();
-    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&ip.to_string()))
+    out.is_ok_and(|o| mentions(&String::from_utf8_lossy(&o.stdout), &ip.to_string()))
+}
+
+/// Whether `text` has `word` with no digit or dot either side (198.19.1.2 is not in 198.19.1.23).
+fn mentions(text: &str, word: &str) -> bool {
+    let part = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit() || c == '.');
+    text.match_indices(word)
+        .any(|(at, _)| !part(text[..at].chars().next_back()) && !part(text[at + word.len()..].chars().next()))
 }
 
 /// Whether peer `i` routes `subnet` (text like `198.19.7.0/24`) through the transport.
 fn routes(lab: &TestLab, i: usize, subnet: &str) -> bool {
     let out = Command::new("ip").args(["-n", &peer_ns(lab, i), "route", "show", "proto", "83"]).output();
-    out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(subnet))
+    out.is_ok_and(|o| mentions(&String::from_utf8_lossy(&o.stdout), subnet))
 }
 
 async fn network(lab: &TestLab, i: usize) -> anyhow::Result<NetworkInfo> {
@@ -477,6 +484,7 @@ async fn transport(name: &str, runs: usize, mib: u64) -> anyhow::Result<()> {
     let t_kill = Instant::now();
     lab.ok(&["kill", "--all", &victim.to_string()])?;
     let mut dead_at = None;
+    let mut left = Vec::new();
     let gone = until(Duration::from_secs(30), "the dead peer's routes and backends gone", async || {
         if dead_at.is_none() {
             let mut all = true;
@@ -488,9 +496,19 @@ async fn transport(name: &str, runs: usize, mib: u64) -> anyhow::Result<()> {
                 dead_at = Some(Instant::now());
             }
         }
-        watchers.iter().all(|&i| !routes(&lab, i, &vnet) && vreplicas.iter().all(|ip| !in_table(&lab, i, *ip)))
+        left.clear();
+        for &i in &watchers {
+            if routes(&lab, i, &vnet) {
+                left.push(format!("peer {i} routes {vnet}"));
+            }
+            for ip in vreplicas.iter().filter(|ip| in_table(&lab, i, **ip)) {
+                left.push(format!("peer {i}'s table has {ip}"));
+            }
+        }
+        left.is_empty()
     })
-    .await?;
+    .await
+    .with_context(|| format!("still there: {}", left.join("; ")))?;
     let dead_at = match dead_at {
         Some(d) => d,
         None => {

@@ -3,12 +3,13 @@
 //!
 //! ```text
 //!  containers ─► bridge ─► route (peer subnet dev <bridge>wg) ─► TUN (TSO super-packets)
-//!     tx thread: recv_multiple (split into MTU packets) ─► peer by destination subnet ─►
-//!                Tunn::encapsulate into one buffer ─► UDP GSO sendmsg (one per peer run)
-//!     rx thread: UDP GRO recvmsg (many datagrams) ─► peer by receiver index (handshakes: by
-//!                the initiator's static key) ─► Tunn::decapsulate ─► source must be in the
-//!                peer's subnet ─► send_multiple (GRO-coalesced) ─► TUN ─► bridge ─► container
-//!     timer thread: Tunn::update_timers every 100 ms (handshakes, rekeys, keepalives)
+//!  data-path thread, taking turns between the two directions and waiting on both when idle:
+//!     out: TUN read (split into MTU packets) ─► peer by destination subnet ─►
+//!          Tunn::encapsulate into one buffer ─► UDP GSO sendmsg (one per peer run)
+//!     in:  UDP GRO recvmsg (many datagrams) ─► peer by receiver index (handshakes: by
+//!          the initiator's static key) ─► Tunn::decapsulate ─► source must be in the
+//!          peer's subnet ─► send_multiple (GRO-coalesced) ─► TUN ─► bridge ─► container
+//!  timer thread: Tunn::update_timers every 100 ms (handshakes, rekeys, keepalives)
 //! ```
 //!
 //! Keys: each peer's static x25519 key lives in its data dir (`wg.key`, 0600) and its public
@@ -127,7 +128,6 @@ pub(crate) struct Shared {
     pub(crate) limiter: Arc<RateLimiter>,
     pub(crate) peers: RwLock<Table>,
     pub(crate) stop: AtomicBool,
-    pub(crate) stop_tun: tun_rs::InterruptEvent,
 }
 
 /// What `shoal network` shows about one peer of the device.
@@ -188,15 +188,14 @@ impl WgDevice {
             .map_err(|source| WgError::Tun { dev: config.dev.clone(), source })?;
         let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, config.port))
             .map_err(|source| WgError::Udp { port: config.port, source })?;
-        let _ = udp.set_read_timeout(Some(Duration::from_millis(500)));
         udp::size_buffers(&udp);
         if !udp::enable_gro(&udp) {
             tracing::debug!("UDP GRO is not available; datagrams are received one by one");
         }
         let private = StaticSecret::from(config.private);
         let public = PublicKey::from(&private);
-        let stop_tun =
-            tun_rs::InterruptEvent::new().map_err(|source| WgError::Tun { dev: config.dev.clone(), source })?;
+        // Read without blocking: the data path waits on the device and the socket together.
+        tun.set_nonblocking(true).map_err(|source| WgError::Tun { dev: config.dev.clone(), source })?;
         let mask = if config.peer_prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(config.peer_prefix)) };
         let shared = Arc::new(Shared {
             tun,
@@ -206,12 +205,9 @@ impl WgDevice {
             public,
             peers: RwLock::new(Table { mask, ..Table::default() }),
             stop: AtomicBool::new(false),
-            stop_tun,
         });
         let mut threads = Vec::new();
-        for (name, run) in
-            [("shoal-wg-tx", path::tx as fn(Arc<Shared>)), ("shoal-wg-rx", path::rx), ("shoal-wg-timers", path::timers)]
-        {
+        for (name, run) in [("shoal-wg", path::run as fn(Arc<Shared>)), ("shoal-wg-timers", path::timers)] {
             let s = shared.clone();
             if let Ok(t) = std::thread::Builder::new().name(name.into()).spawn(move || run(s)) {
                 threads.push(t);
@@ -291,7 +287,10 @@ impl WgDevice {
     /// Stops the threads; the TUN device goes with the last handle.
     pub fn stop(mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = self.shared.stop_tun.trigger();
+        // An empty datagram to ourselves wakes the data path at once (else within its wait).
+        if let Ok(s) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) {
+            let _ = s.send_to(&[], (Ipv4Addr::LOCALHOST, self.config.port));
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
