@@ -218,6 +218,19 @@ fn routes(lab: &TestLab, i: usize, subnet: &str) -> bool {
     out.is_ok_and(|o| mentions(&String::from_utf8_lossy(&o.stdout), subnet))
 }
 
+/// `r`, after printing the end of peer `i`'s log when it is an error.
+fn with_log<T>(lab: &TestLab, i: usize, r: anyhow::Result<T>) -> anyhow::Result<T> {
+    if r.is_err() {
+        let log = String::from_utf8_lossy(&lab.cli(&["logs", &i.to_string()]).stdout).into_owned();
+        for l in log.lines().filter(|l| l.contains("panick") || l.contains("ERROR")) {
+            eprintln!("peer {i}'s log: {l}");
+        }
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        eprintln!("peer {i}'s log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    r
+}
+
 async fn network(lab: &TestLab, i: usize) -> anyhow::Result<NetworkInfo> {
     Ok(lab.client(i).get("/v1/network").await?)
 }
@@ -401,12 +414,7 @@ async fn transport(name: &str, runs: usize, mib: u64) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t_kill = Instant::now();
     lab.ok(&["kill", "1"])?;
-    if let Err(e) = lab.ok(&["start", "1"]) {
-        let log = String::from_utf8_lossy(&lab.cli(&["logs", "1"]).stdout).into_owned();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        eprintln!("peer 1's log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-        return Err(e);
-    }
+    with_log(&lab, 1, lab.ok(&["start", "1"]))?;
     let restarted = t_kill.elapsed();
     let answered = prober.join().map_err(|_| anyhow::anyhow!("prober panicked"))?;
     let gaps: Vec<f64> = answered.windows(2).map(|w| secs(w[1] - w[0])).collect();
@@ -444,7 +452,8 @@ async fn transport(name: &str, runs: usize, mib: u64) -> anyhow::Result<()> {
         others.iter().all(|&i| routes(&lab, i, &subnet))
     })
     .await?;
-    let gw_new: Ipv4Addr = network(&lab, newcomer).await?.gateway.context("no gateway")?.parse()?;
+    let gw_new: Ipv4Addr =
+        with_log(&lab, newcomer, network(&lab, newcomer).await)?.gateway.context("no gateway")?.parse()?;
     let answered = until(Duration::from_secs(20), "peer 0 reaches the new peer's bridge", async || {
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", peer_ns(&lab, 0)))

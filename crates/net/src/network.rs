@@ -214,43 +214,62 @@ impl Actor {
                     continue;
                 }
             };
-            match cmd {
-                None => return,
-                Some(Command::Apply(mut d)) => {
-                    // Only the latest state matters.
-                    while let Ok(Command::Apply(newer)) = rx.try_recv().map_err(|_| ()) {
-                        d = newer;
-                    }
-                    dirty = self.sync(&d).await.is_err();
-                    want = Some(d);
+            let Some(cmd) = cmd else { return };
+            let Command::Apply(mut d) = cmd else {
+                if self.handle(cmd).await.is_break() {
+                    return;
                 }
-                Some(Command::State(reply)) => {
-                    let mut s = self.state.clone();
-                    if let Some(wg) = &self.wg {
-                        let stats: BTreeMap<String, crate::wg::WgPeerStats> =
-                            wg.stats().into_iter().map(|p| (p.id.clone(), p)).collect();
-                        for p in &mut s.peers {
-                            if let Some(st) = stats.get(&p.peer.id) {
-                                p.last_handshake = st.last_handshake;
-                                p.rx_bytes = st.rx_bytes;
-                                p.tx_bytes = st.tx_bytes;
-                            }
-                        }
-                    }
-                    let _ = reply.send(s);
+                continue;
+            };
+            // Only the latest state matters; what else waits is answered after it.
+            let mut others = Vec::new();
+            while let Ok(c) = rx.try_recv() {
+                match c {
+                    Command::Apply(newer) => d = newer,
+                    other => others.push(other),
                 }
-                Some(Command::Forget(ip)) => {
-                    if let Err(e) = crate::conntrack::forget_address(ip).await {
-                        tracing::debug!(err = %e, %ip, "cannot forget a removed container's connections");
-                    }
-                }
-                Some(Command::Shutdown { cleanup, reply }) => {
-                    self.stop(cleanup).await;
-                    let _ = reply.send(());
+            }
+            dirty = self.sync(&d).await.is_err();
+            want = Some(d);
+            for c in others {
+                if self.handle(c).await.is_break() {
                     return;
                 }
             }
         }
+    }
+
+    /// A command other than `Apply`; `Break` once the actor is to stop.
+    async fn handle(&mut self, cmd: Command) -> std::ops::ControlFlow<()> {
+        match cmd {
+            Command::Apply(_) => {}
+            Command::State(reply) => {
+                let mut s = self.state.clone();
+                if let Some(wg) = &self.wg {
+                    let stats: BTreeMap<String, crate::wg::WgPeerStats> =
+                        wg.stats().into_iter().map(|p| (p.id.clone(), p)).collect();
+                    for p in &mut s.peers {
+                        if let Some(st) = stats.get(&p.peer.id) {
+                            p.last_handshake = st.last_handshake;
+                            p.rx_bytes = st.rx_bytes;
+                            p.tx_bytes = st.tx_bytes;
+                        }
+                    }
+                }
+                let _ = reply.send(s);
+            }
+            Command::Forget(ip) => {
+                if let Err(e) = crate::conntrack::forget_address(ip).await {
+                    tracing::debug!(err = %e, %ip, "cannot forget a removed container's connections");
+                }
+            }
+            Command::Shutdown { cleanup, reply } => {
+                self.stop(cleanup).await;
+                let _ = reply.send(());
+                return std::ops::ControlFlow::Break(());
+            }
+        }
+        std::ops::ControlFlow::Continue(())
     }
 
     fn netlink(&mut self) -> Result<Netlink, String> {
@@ -460,5 +479,47 @@ impl Actor {
                 let _ = nl.delete_link(&dev).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state asked for while newer desired states queue up is still answered: draining the
+    /// queue for the latest state once dropped whatever else was in it (`shoal network` then
+    /// said "no container subnet yet", and a stop or a forget could be lost the same way).
+    #[tokio::test]
+    async fn commands_queued_behind_a_state_change_are_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = crate::ipam::Pool::new(Subnet::parse("198.19.0.0/16").unwrap(), 24).unwrap();
+        let (net, task) = Network::start(NetworkConfig {
+            settings: NetSettings {
+                pool,
+                vips: Subnet::parse("198.20.0.0/16").unwrap(),
+                transport: Transport::Local,
+                wg_port: 0,
+                vxlan_port: 0,
+            },
+            bridge: "shoaltest0".into(),
+            me: "me".into(),
+            state_dir: dir.path().to_path_buf(),
+            psk: None,
+            upstreams: vec![],
+        })
+        .unwrap();
+        for round in 0..200 {
+            let (a, b) = (net.clone(), net.clone());
+            let applies = tokio::spawn(async move {
+                for _ in 0..4 {
+                    a.apply(Desired::default()).await.unwrap();
+                }
+            });
+            let state = tokio::spawn(async move { b.state().await });
+            applies.await.unwrap();
+            assert!(state.await.unwrap().is_ok(), "round {round}: a state request went unanswered");
+        }
+        net.shutdown(false).await;
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("the actor stops").unwrap();
     }
 }
