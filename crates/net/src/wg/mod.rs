@@ -128,6 +128,8 @@ pub(crate) struct Shared {
     pub(crate) limiter: Arc<RateLimiter>,
     pub(crate) peers: RwLock<Table>,
     pub(crate) stop: AtomicBool,
+    /// Written to on stop; the data path waits on the other end beside the device and socket.
+    pub(crate) wake: (std::os::unix::net::UnixDatagram, std::os::unix::net::UnixDatagram),
 }
 
 /// What `shoal network` shows about one peer of the device.
@@ -194,6 +196,8 @@ impl WgDevice {
         }
         let private = StaticSecret::from(config.private);
         let public = PublicKey::from(&private);
+        let wake = std::os::unix::net::UnixDatagram::pair()
+            .map_err(|source| WgError::Tun { dev: config.dev.clone(), source })?;
         // Read without blocking: the data path waits on the device and the socket together.
         tun.set_nonblocking(true).map_err(|source| WgError::Tun { dev: config.dev.clone(), source })?;
         let mask = if config.peer_prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(config.peer_prefix)) };
@@ -205,6 +209,7 @@ impl WgDevice {
             public,
             peers: RwLock::new(Table { mask, ..Table::default() }),
             stop: AtomicBool::new(false),
+            wake,
         });
         let mut threads = Vec::new();
         for (name, run) in [("shoal-wg", path::run as fn(Arc<Shared>)), ("shoal-wg-timers", path::timers)] {
@@ -287,10 +292,7 @@ impl WgDevice {
     /// Stops the threads; the TUN device goes with the last handle.
     pub fn stop(mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        // An empty datagram to ourselves wakes the data path at once (else within its wait).
-        if let Ok(s) = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) {
-            let _ = s.send_to(&[], (Ipv4Addr::LOCALHOST, self.config.port));
-        }
+        let _ = self.shared.wake.0.send(&[1]);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -76,12 +76,15 @@ pub(super) fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Until the TUN device or the socket is readable (or [`WAIT`] passes).
+/// Until the TUN device or the socket is readable, a stop wakes it, or [`WAIT`] passes.
 fn wait(shared: &Shared) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
-    let mut fds =
-        [PollFd::new(shared.tun.as_fd(), PollFlags::POLLIN), PollFd::new(shared.udp.as_fd(), PollFlags::POLLIN)];
+    let mut fds = [
+        PollFd::new(shared.tun.as_fd(), PollFlags::POLLIN),
+        PollFd::new(shared.udp.as_fd(), PollFlags::POLLIN),
+        PollFd::new(shared.wake.1.as_fd(), PollFlags::POLLIN),
+    ];
     let ms = u16::try_from(WAIT.as_millis()).unwrap_or(u16::MAX);
     if let Err(e) = poll(&mut fds, PollTimeout::from(ms))
         && e != nix::errno::Errno::EINTR
@@ -92,7 +95,15 @@ fn wait(shared: &Shared) {
 }
 
 /// TUN → peers: read a batch, encrypt each packet for the peer owning its destination into one
-/// buffer, and send each run of packets to one peer with one GSO `sendmsg`.
+/// buffer, and send each run of equal-size datagrams to one peer with one GSO `sendmsg`.
+///
+/// A round's reads share the buffer, so runs go on across reads: a stream's super-packets
+/// (46 full packets of a 64 KiB one but the last) and a burst of ACKs leave in sends of up to
+/// 64 datagrams instead of two or one sends per read. So that a super-packet's short last
+/// packet does not end the run, it is padded to the size of the first (WireGuard pads anyway;
+/// the receiver keeps only the IP packet's own length): one datagram's worth of padding per
+/// 64 KiB, against half the sends, the receiver's `recvmsg`s and the kernel's walks through
+/// both stacks.
 struct Outbound {
     original: Vec<u8>,
     bufs: Vec<Vec<u8>>,
@@ -100,19 +111,24 @@ struct Outbound {
     out: Vec<u8>,
 }
 
+/// Slots in the send buffer: a round's reads of full super-packets.
+const OUT_SLOTS: usize = 4 * IDEAL_BATCH_SIZE;
+
 impl Outbound {
     fn new() -> Outbound {
         Outbound {
             original: vec![0u8; VIRTIO_NET_HDR_LEN + 65_535],
             bufs: vec![vec![0u8; SLOT]; IDEAL_BATCH_SIZE],
             sizes: vec![0usize; IDEAL_BATCH_SIZE],
-            out: vec![0u8; IDEAL_BATCH_SIZE * SLOT],
+            out: vec![0u8; OUT_SLOTS * SLOT],
         }
     }
 
-    /// Up to [`TUN_READS_PER_ROUND`] reads; whether anything was read.
+    /// Up to [`TUN_READS_PER_ROUND`] reads, all sent before it returns; whether anything was
+    /// read.
     fn round(&mut self, shared: &Shared) -> bool {
         let mut any = false;
+        let mut run = Run::new(0);
         for _ in 0..TUN_READS_PER_ROUND {
             let n = match shared.tun.recv_multiple(&mut self.original, &mut self.bufs, &mut self.sizes, 0) {
                 Ok(n) => n,
@@ -126,48 +142,61 @@ impl Outbound {
                 }
             };
             any = true;
-            self.send(shared, n);
+            if run.end + n * SLOT > self.out.len() {
+                flush(shared, &self.out, &run);
+                run = Run::new(0);
+            }
+            self.encrypt(shared, n, &mut run);
         }
+        flush(shared, &self.out, &run);
         any
     }
 
-    fn send(&mut self, shared: &Shared, n: usize) {
+    /// Encrypts the `n` packets read into `out` after `run`, sending each run that ends.
+    fn encrypt(&mut self, shared: &Shared, n: usize, run: &mut Run) {
         let table = shared.peers.read().unwrap_or_else(|e| e.into_inner());
-        let out = &mut self.out;
-        let mut run = Run::new(0);
-        for (buf, size) in self.bufs.iter().zip(&self.sizes).take(n) {
-            let pkt = &buf[..*size];
-            if pkt.len() < 20 || pkt[0] >> 4 != 4 {
+        let first = self.sizes[0];
+        for i in 0..n {
+            let size = self.sizes[i];
+            let buf = &mut self.bufs[i];
+            if size < 20 || buf[0] >> 4 != 4 {
                 continue;
             }
+            // The short last packet of a split super-packet, padded to its siblings' size.
+            let padded = if n > 1 && i == n - 1 && size < first && first <= buf.len() {
+                buf[size..first].fill(0);
+                first
+            } else {
+                size
+            };
+            let pkt = &buf[..padded];
             let dst = std::net::Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
             let Some(peer) = table.for_destination(dst) else { continue };
             let to = peer.endpoint();
             let at = run.end;
             let (len, data) = {
                 let mut tunn = peer.tunn.lock().unwrap_or_else(|e| e.into_inner());
-                match tunn.encapsulate(pkt, &mut out[at..at + SLOT]) {
+                match tunn.encapsulate(pkt, &mut self.out[at..at + SLOT]) {
                     TunnResult::WriteToNetwork(p) => (p.len(), p.first() == Some(&4)),
                     _ => continue,
                 }
             };
             if !data {
                 // A handshake initiation (the packet waits in the session's queue): alone, now.
-                let _ = shared.udp.send_to(&out[at..at + len], to);
+                let _ = shared.udp.send_to(&self.out[at..at + len], to);
                 continue;
             }
-            peer.tx.fetch_add(pkt.len() as u64, Ordering::Relaxed);
+            peer.tx.fetch_add(size as u64, Ordering::Relaxed);
             if run.takes(to, len) {
                 run.end += len;
                 run.count += 1;
                 run.closed = len < run.seg;
             } else {
-                flush(shared, out, &run);
+                flush(shared, &self.out, run);
                 // The new run starts where this datagram is: runs are contiguous slices of `out`.
-                run = Run { to: Some(to), start: at, end: at + len, seg: len, count: 1, closed: false };
+                *run = Run { to: Some(to), start: at, end: at + len, seg: len, count: 1, closed: false };
             }
         }
-        flush(shared, out, &run);
     }
 }
 
