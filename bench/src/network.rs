@@ -222,7 +222,7 @@ fn routes(lab: &TestLab, i: usize, subnet: &str) -> bool {
 fn with_log<T>(lab: &TestLab, i: usize, r: anyhow::Result<T>) -> anyhow::Result<T> {
     if r.is_err() {
         let log = String::from_utf8_lossy(&lab.cli(&["logs", &i.to_string()]).stdout).into_owned();
-        for l in log.lines().filter(|l| l.contains("panick") || l.contains("ERROR")) {
+        for l in log.lines().filter(|l| l.contains("panick") || l.contains("ERROR")).take(20) {
             eprintln!("peer {i}'s log: {l}");
         }
         let tail: Vec<&str> = log.lines().rev().take(30).collect();

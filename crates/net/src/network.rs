@@ -226,6 +226,11 @@ impl Actor {
             while let Ok(c) = rx.try_recv() {
                 match c {
                     Command::Apply(newer) => d = newer,
+                    Command::Shutdown { .. } => {
+                        // Nothing queued after a stop is applied (its senders see `Stopped`).
+                        others.push(c);
+                        break;
+                    }
                     other => others.push(other),
                 }
             }

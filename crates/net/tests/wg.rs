@@ -190,6 +190,6 @@ fn a_bulk_stream_arrives_whole_and_a_stop_is_prompt() {
     for d in [a, b] {
         let t = std::time::Instant::now();
         d.stop();
-        assert!(t.elapsed() < Duration::from_millis(300), "stopping took {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_millis(450), "stopping took {:?}", t.elapsed());
     }
 }

@@ -191,6 +191,9 @@ impl WgDevice {
         let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, config.port))
             .map_err(|source| WgError::Udp { port: config.port, source })?;
         udp::size_buffers(&udp);
+        // Never block the one data-path thread on a full send buffer (7 MiB already queued):
+        // such a datagram is dropped, as a full NIC queue would, and receiving goes on.
+        udp.set_nonblocking(true).map_err(|source| WgError::Udp { port: config.port, source })?;
         if !udp::enable_gro(&udp) {
             tracing::debug!("UDP GRO is not available; datagrams are received one by one");
         }

@@ -128,17 +128,19 @@ impl Outbound {
     /// read.
     fn round(&mut self, shared: &Shared) -> bool {
         let mut any = false;
+        let mut failed = 0;
         let mut run = Run::new(0);
         for _ in 0..TUN_READS_PER_ROUND {
             let n = match shared.tun.recv_multiple(&mut self.original, &mut self.bufs, &mut self.sizes, 0) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    if !shared.stop.load(Ordering::Relaxed) {
-                        tracing::debug!(err = %e, "reading the TUN device failed");
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    break;
+                    // One packet's (a super-packet of more segments than there are buffers, at
+                    // a tiny MSS): it was read and is dropped; the next may be fine.
+                    tracing::debug!(err = %e, "reading the TUN device failed");
+                    any = true;
+                    failed += 1;
+                    continue;
                 }
             };
             any = true;
@@ -147,6 +149,10 @@ impl Outbound {
                 run = Run::new(0);
             }
             self.encrypt(shared, n, &mut run);
+        }
+        if failed == TUN_READS_PER_ROUND && !shared.stop.load(Ordering::Relaxed) {
+            // Every read failed: the device itself may be gone; do not spin.
+            std::thread::sleep(Duration::from_millis(10));
         }
         flush(shared, &self.out, &run);
         any
