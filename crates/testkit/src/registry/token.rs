@@ -117,7 +117,7 @@ impl TokenServer {
 
     /// A token for `scope` (as a challenge names it) with `user`/`password`, as a client gets it.
     pub fn fetch(&self, scope: &str, user: &str, password: &str) -> anyhow::Result<String> {
-        let path = format!("/token?service={}&scope={}", percent_encode(SERVICE), percent_encode(scope));
+        let path = format!("/token?{}", token_query(scope));
         let auth = super::basic_auth(user, password);
         let r = super::http_request(self.addr, "GET", &path, &[("Authorization", &auth)], b"")?;
         ensure!(r.status == 200, "token server answered {}: {}", r.status, r.text());
@@ -214,14 +214,7 @@ fn answer(
     if method != "GET" {
         return error(405, "UNSUPPORTED", "tokens are fetched with GET");
     }
-    let params: Vec<(String, String)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect();
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.as_str());
     if service != Some(SERVICE) {
         return error(400, "INVALID_REQUEST", &format!("unknown service {service:?}, this is {SERVICE}"));
@@ -305,46 +298,9 @@ fn basic_credentials(header: &str) -> Option<(String, String)> {
     Some((u.to_string(), p.to_string()))
 }
 
-/// A query component with `%XX` escapes and `+` decoded (a malformed escape is kept as is).
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let escaped = (b[i] == b'%')
-            .then(|| b.get(i + 1..i + 3))
-            .flatten()
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-        match (b[i], escaped) {
-            (_, Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (b'+', None) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, None) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Everything but RFC 3986's unreserved characters as `%XX`.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+/// The query a client sends the token service for `scope` (form-encoded, as Docker's clients do).
+fn token_query(scope: &str) -> String {
+    form_urlencoded::Serializer::new(String::new()).append_pair("service", SERVICE).append_pair("scope", scope).finish()
 }
 
 /// The `key="value"` parameters of a `WWW-Authenticate: Bearer …` challenge (values may hold
@@ -386,9 +342,12 @@ mod tests {
     #[test]
     fn percent_coding_round_trips() {
         let scope = "repository:team/app:pull,push";
-        assert_eq!(percent_encode(scope), "repository%3Ateam%2Fapp%3Apull%2Cpush");
-        assert_eq!(percent_decode(&percent_encode(scope)), scope);
-        assert_eq!(percent_decode("a+b%2"), "a b%2");
+        let query = token_query(scope);
+        assert!(query.ends_with("&scope=repository%3Ateam%2Fapp%3Apull%2Cpush"), "{query}");
+        let decoded: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        assert_eq!(decoded[1], ("scope".to_string(), scope.to_string()));
+        let odd: Vec<(String, String)> = form_urlencoded::parse(b"a+b%2").into_owned().collect();
+        assert_eq!(odd[0].0, "a b%2");
     }
 
     #[test]
