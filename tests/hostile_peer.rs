@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use futures::StreamExt;
+use shoal_node::StateMsg;
 use shoal_overlay::ClusterKey;
 use shoal_overlay::libp2p::futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use shoal_overlay::libp2p::identity::Keypair;
@@ -645,19 +646,6 @@ async fn a_peer_is_not_made_to_fetch_from_its_own_loopback() -> anyhow::Result<(
     assert_eq!((reg.blob_gets(&secret), reg.blob_gets(&config)), (0, 0), "the registry was asked for a blob");
     assert!(!c.agents[0].log_text().contains("panicked"));
     Ok(())
-}
-
-/// The `/shoal/state/1` messages as the agent reads them (same variants, same order: postcard
-/// encodes a variant by its index).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-enum StateMsg {
-    Sync(Vec<u8>),
-    Same,
-    Logs { container: String, since_nanos: u64, tail: u32 },
-    LogLines(Vec<(String, u64, String)>),
-    Refused,
-    Restart { container: String },
-    Restarting,
 }
 
 /// A key holder that is no operator asks a peer to restart its service replica and a plain

@@ -29,3 +29,4 @@ pub use config::{AgentConfig, ConfigError, FileConfig, Overrides};
 pub use error::{ErrorKind, NodeError};
 pub use exec::ExecSession;
 pub use node::Node;
+pub use services::StateMsg;

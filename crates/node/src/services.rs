@@ -35,9 +35,10 @@ const RESTART_GRACE_SECS: u64 = 10;
 /// Largest message of the protocol.
 const MAX_STATE_MSG: usize = shoal_services::store::MAX_MAP + 64;
 
-/// Messages of `/shoal/state/1`: one request, one answer per stream.
+/// Messages of `/shoal/state/1`: one request, one answer per stream (public for the tests that
+/// speak it as a hostile peer would).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) enum StateMsg {
+pub enum StateMsg {
     /// The sender's whole map; the receiver merges it and answers with its own map if the two
     /// still differ after the merge, else with `Same`.
     Sync(Vec<u8>),
