@@ -444,14 +444,10 @@ impl<C: Containers, K: Cluster> Actor<C, K> {
                 for id in replaced {
                     self.stopping.remove(&id);
                 }
-                let took_over = match result {
-                    Ok(()) => self.departed.remove(&key).map(|(from, _)| from),
-                    Err(_) => None,
-                };
                 match result {
                     Ok(()) => {
-                        match took_over {
-                            Some(from) => {
+                        match self.departed.remove(&key) {
+                            Some((from, _)) => {
                                 shoal_metrics::get().replica_failovers.inc();
                                 info!(ev = "replica.started", service = %key.0, slot = %key.1, on = %self.cfg.name, took_over_from = %from, "replica started in place of a peer that is gone");
                             }
