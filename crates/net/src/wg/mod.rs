@@ -168,6 +168,15 @@ pub enum WgError {
         #[source]
         source: std::io::Error,
     },
+    /// Another part of the data path (a system call that should not fail).
+    #[error("cannot set up the encrypted transport ({what}): {source}")]
+    Setup {
+        /// Which part.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running device.
@@ -193,16 +202,16 @@ impl WgDevice {
         udp::size_buffers(&udp);
         // Never block the one data-path thread on a full send buffer (7 MiB already queued):
         // such a datagram is dropped, as a full NIC queue would, and receiving goes on.
-        udp.set_nonblocking(true).map_err(|source| WgError::Udp { port: config.port, source })?;
+        udp.set_nonblocking(true).map_err(|source| WgError::Setup { what: "a non-blocking socket", source })?;
         if !udp::enable_gro(&udp) {
             tracing::debug!("UDP GRO is not available; datagrams are received one by one");
         }
         let private = StaticSecret::from(config.private);
         let public = PublicKey::from(&private);
         let wake = std::os::unix::net::UnixDatagram::pair()
-            .map_err(|source| WgError::Tun { dev: config.dev.clone(), source })?;
+            .map_err(|source| WgError::Setup { what: "the wake-up socket pair", source })?;
         // Read without blocking: the data path waits on the device and the socket together.
-        tun.set_nonblocking(true).map_err(|source| WgError::Tun { dev: config.dev.clone(), source })?;
+        tun.set_nonblocking(true).map_err(|source| WgError::Setup { what: "a non-blocking TUN device", source })?;
         let mask = if config.peer_prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(config.peer_prefix)) };
         let shared = Arc::new(Shared {
             tun,
